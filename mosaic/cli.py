@@ -19,6 +19,7 @@ from . import progress
 #: first line is the summary and whose rest (with an example) is the help text.
 COMMANDS = {
     "info": "mosaic.info",
+    "view": "mosaic.view",
 }
 
 log = logging.getLogger("mosaic")

@@ -1,0 +1,110 @@
+"""Show a stitched panorama in the browser: serve OUT on localhost and open its viewer.
+
+Serves the output folder of ``mosaic stitch`` over HTTP on 127.0.0.1 (nothing else can reach it)
+and opens ``index.html``, writing the page first from ``preview.jpg`` when it is missing.
+Ctrl-C stops the server. The page also works straight from disk (file://); the server is for
+browsers that restrict file:// pages and for sharing a link on this machine.
+
+Example:
+    mosaic view out                    # opens http://127.0.0.1:8765/index.html
+    mosaic view out --port 0 --no-browser
+    mosaic view out --az 120 --el -10 --fov 50
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import logging
+import threading
+import webbrowser
+from pathlib import Path
+
+from calib.errors import InputError
+
+log = logging.getLogger("mosaic")
+
+DEFAULT_PORT = 8765
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files from one folder; requests go to the debug log, not to stderr."""
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        log.debug("view: %s - %s", self.address_string(), format % args)
+
+    def end_headers(self):
+        # A re-stitched panorama must show up on reload.
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+
+@contextlib.contextmanager
+def serving(directory, port: int = 0, host: str = "127.0.0.1"):
+    """Serve ``directory`` in a background thread; yield the base URL (``http://host:port/``).
+
+    ``port=0`` picks a free port. The server stops and its socket closes when the block ends.
+    """
+    handler = functools.partial(_Handler, directory=str(directory))
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise InputError(f"{host}:{port}: cannot listen there ({e.strerror or e})") from None
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="mosaic-view", daemon=True)
+    thread.start()
+    try:
+        h, p = server.server_address[:2]
+        yield f"http://{h}:{p}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def view_url(base: str, az=None, el=None, fov=None) -> str:
+    """The viewer's URL under ``base``, with the initial view in the hash where given."""
+    parts = [f"{k}={v:g}" for k, v in (("az", az), ("el", el), ("fov", fov)) if v is not None]
+    return base + "index.html" + ("#" + "&".join(parts) if parts else "")
+
+
+def prepare(out_dir) -> Path:
+    """Check ``out_dir`` and make sure it holds ``index.html``; return the folder."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputError(f"{out}: no such output folder (run `mosaic stitch -o {out}` first)")
+    if not (out / "index.html").is_file():
+        if not (out / "preview.jpg").is_file():
+            raise InputError(f"{out}: holds neither index.html nor preview.jpg (not a `mosaic stitch` output)")
+        from .viewer import write_viewer
+
+        write_viewer(out)
+        log.info("view: wrote %s", out / "index.html")
+    return out
+
+
+def add_arguments(p):
+    p.add_argument("out", metavar="OUT", help="output folder of `mosaic stitch` (holds index.html or preview.jpg)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    p.add_argument("--az", type=float, help="initial heading, degrees clockwise from north")
+    p.add_argument("--el", type=float, help="initial elevation, degrees up")
+    p.add_argument("--fov", type=float, help="initial horizontal field of view, degrees (10-120)")
+
+
+def run(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: not a port number (0-65535)")
+    out = prepare(args.out)
+    with serving(out, port=args.port) as base:
+        url = view_url(base, args.az, args.el, args.fov)
+        print(f"Serving {out} at {url}  (Ctrl-C stops)", flush=True)
+        if not args.no_browser:
+            webbrowser.open(url)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("view: stopped", flush=True)
+    return 0

@@ -1,0 +1,115 @@
+"""The panorama viewer page: one self-contained ``index.html`` beside the panorama.
+
+The page (template ``mosaic/viewer/index.html``) is raw WebGL with the preview JPEG embedded as a
+``data:`` URI, so it opens from disk with no network: Chromium refuses ``file://`` images as WebGL
+textures, and a data URI is same-origin everywhere. Where WebGL is missing it shows a message and
+the flat preview.
+
+Example::
+
+    from mosaic.viewer import write_viewer
+    write_viewer("out", title="Sol 1002 Navcam", meta={"frames": 35, "rms px": 0.41})
+    # then open out/index.html#az=90&el=0&fov=60
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+from calib.errors import InputError
+
+from ..atomic import write_text
+
+#: The embedded image is at most this wide: 4096 × 2048 is 8 M texels, within every WebGL's texture
+#: limit, and keeps the page at a few MB.
+MAX_EMBED_WIDTH = 4096
+#: JPEG quality when the preview has to be re-encoded (smaller, not a PNG, not an over-wide JPEG).
+EMBED_QUALITY = 88
+
+
+def _template() -> str:
+    return resources.files(__package__).joinpath("index.html").read_text(encoding="utf-8")
+
+
+def embed_image(path, max_width: int = MAX_EMBED_WIDTH) -> tuple[str, int, int]:
+    """Return ``(data_uri, width, height)`` of the image at ``path``, at most ``max_width`` wide.
+
+    A baseline JPEG that already fits is embedded byte for byte; anything else (wider, PNG, TIFF,
+    16-bit) is converted to 8-bit RGB, downscaled with a Lanczos filter and re-encoded as JPEG.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.format == "JPEG" and w <= max_width and im.mode in ("RGB", "L"):
+                return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii"), w, h
+            im.load()
+            rgb = _to_rgb8(im)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such preview image") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path}: not a readable image ({e})") from None
+    if w > max_width:
+        h = max(1, round(h * max_width / w))
+        w = max_width
+        rgb = rgb.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=EMBED_QUALITY, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), w, h
+
+
+def _to_rgb8(im):
+    """8-bit RGB; transparent (uncovered) pixels become black, as in ``preview.jpg``."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(np.nanmax(a)), 1.0)
+        im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def render_page(config: dict, title: str) -> str:
+    """The viewer page for ``config`` (the JSON object the page script reads)."""
+    # "</" inside the JSON would end the <script> element early.
+    blob = json.dumps(config, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    return _template().replace("{{TITLE}}", html.escape(title)).replace("{{CONFIG}}", blob)
+
+
+def write_viewer(out_dir, preview_name: str = "preview.jpg", title: str | None = None,
+                 meta: dict | None = None, max_width: int = MAX_EMBED_WIDTH) -> Path:
+    """Write ``out_dir/index.html`` showing ``out_dir/preview_name``; return its path.
+
+    ``meta`` is shown as a small key/value list under the title (values are turned into text).
+    The page is written atomically and needs nothing beside it: the image is embedded, so it
+    still works when copied elsewhere alone.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: not a directory")
+    uri, w, h = embed_image(out_dir / preview_name, max_width=max_width)
+    if w != 2 * h and abs(w - 2 * h) > 1:
+        raise InputError(f"{out_dir / preview_name}: {w}x{h} is not an equirectangular full sphere (width = 2 x height)")
+    config = {
+        "title": title or out_dir.resolve().name,
+        "meta": {str(k): str(v) for k, v in (meta or {}).items()},
+        "preview": uri,
+        "preview_file": preview_name,
+        "width": w,
+        "height": h,
+    }
+    path = write_text(out_dir / "index.html", render_page(config, config["title"]))
+    path.chmod(0o644)   # a page to publish: the temporary file it was renamed from is owner-only
+    return path
