@@ -44,6 +44,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from .atomic import atomic_path
@@ -73,6 +75,14 @@ def equirect_transform(width: int, height: int) -> Affine:
     if width != 2 * height:
         raise ValueError(f"equirectangular panorama must be 2:1, got {width}x{height}")
     return Affine(360.0 / width, 0.0, 0.0, 0.0, -180.0 / height, 90.0)
+
+
+@contextlib.contextmanager
+def _quiet_ungeoreferenced():
+    # Parts, and panoramas of a plain photo set, legitimately carry no georeferencing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 def _window(where, shape_hw) -> Window:
@@ -124,7 +134,7 @@ class PartSink:
         _check_window(win, a, self.width, self.height)
         name = f"part_r{int(win.row_off):09d}_c{int(win.col_off):09d}.tif"
         target = Path(self.folder) / name
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp, _quiet_ungeoreferenced():
             with rasterio.open(tmp, "w", driver="GTiff", width=a.shape[2], height=a.shape[1],
                                count=self.count, dtype=self.dtype) as ds:
                 ds.write(a)
@@ -192,7 +202,8 @@ class CogWriter:
             profile["nodata"] = self.nodata
         if self.count == 3 + self.alpha and self.interp[:3] == [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
             profile["photometric"] = "RGB"
-        ds = rasterio.open(self.intermediate, "w", **profile)
+        with _quiet_ungeoreferenced():
+            ds = rasterio.open(self.intermediate, "w", **profile)
         ds.colorinterp = self.interp
         if self.tags:
             ds.update_tags(**self.tags)
@@ -220,7 +231,7 @@ class CogWriter:
         for part in sorted(self._parts.glob("part_r*_c*.tif")):
             stem = part.stem.split("_")
             row0, col0 = int(stem[1][1:]), int(stem[2][1:])
-            with rasterio.open(part) as src:
+            with _quiet_ungeoreferenced(), rasterio.open(part) as src:
                 self._ds.write(src.read(), window=Window(col0, row0, src.width, src.height))
 
     def _options(self) -> dict:
@@ -240,7 +251,7 @@ class CogWriter:
         try:
             self._merge_parts()
             self._ds.close()
-            with atomic_path(self.path) as tmp:
+            with atomic_path(self.path) as tmp, _quiet_ungeoreferenced():
                 rasterio.shutil.copy(self.intermediate, tmp, **self._options())
         finally:
             self._cleanup()

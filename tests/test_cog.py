@@ -1,0 +1,189 @@
+"""CogWriter: windowed writes from threads and processes, valid COGs, Mars CRS, contract transform,
+no alpha bleed in overviews, deterministic bytes, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import shutil
+import subprocess
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from mosaic import geo
+from mosaic.cog import CogWriter, equirect_transform, validate, write_cog
+
+GDALINFO = shutil.which("gdalinfo")
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+
+def _rgba(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(1, 255, (4, h, w), dtype=np.uint8)
+    img[3] = 255
+    img[:, :, w // 2:] = 0  # right half transparent black
+    return img
+
+
+def _write_tiled(path, img, tile=128, threads=4, **kw):
+    bands, h, w = img.shape
+    windows = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
+    with CogWriter(path, w, h, bands, img.dtype, tile=256, **kw) as cw:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(lambda rc: cw.write(rc, img[:, rc[0]:rc[0] + tile, rc[1]:rc[1] + tile]), windows))
+    return path
+
+
+def _md5(p):
+    return hashlib.md5(p.read_bytes()).hexdigest()
+
+
+def test_rgba_panorama_threads_valid_exact_and_deterministic(tmp_path):
+    h, w = 512, 1024
+    img = _rgba(h, w)
+    kw = dict(transform=equirect_transform(w, h), alpha=True)
+    a = _write_tiled(tmp_path / "a" / "panorama.tif", img, **kw)
+    b = _write_tiled(tmp_path / "b" / "panorama.tif", img, threads=1, **kw)
+    assert _md5(a) == _md5(b)
+    ok, errors, warnings = validate(a)
+    assert ok, errors
+    assert not warnings
+    with rasterio.open(a) as ds:
+        assert ds.crs is None
+        assert ds.transform.to_gdal() == (0.0, 360.0 / w, 0.0, 90.0, 0.0, -180.0 / h)
+        assert ds.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha)
+        assert ds.overviews(1) == [2, 4]
+        np.testing.assert_array_equal(ds.read(), img)
+    # Only the COG remains: the temporary folder beside it is gone.
+    assert sorted(p.name for p in a.parent.iterdir()) == ["panorama.tif"]
+
+
+def test_equirect_transform_contract():
+    t = equirect_transform(8, 4)
+    assert t.to_gdal() == (0.0, 45.0, 0.0, 90.0, 0.0, -45.0)
+    az, el = t @ (0 + 0.5, 0 + 0.5)
+    assert (az, el) == (360 * 0.5 / 8, 90 - 180 * 0.5 / 4)
+    with pytest.raises(ValueError):
+        equirect_transform(10, 4)
+
+
+def test_overviews_do_not_bleed_transparent_pixels(tmp_path):
+    # Opaque white rows alternate with transparent black rows: an alpha-blind average gives grey.
+    h, w = 1024, 1024
+    img = np.zeros((2, h, w), np.uint8)
+    img[:, ::2] = 255
+    p = write_cog(tmp_path / "g.tif", img, alpha=True, tile=256)
+    with rasterio.open(p) as ds:
+        assert ds.colorinterp == (ColorInterp.gray, ColorInterp.alpha)
+        assert ds.overviews(1) == [2, 4]
+        for level in ds.overviews(1):
+            ov = ds.read(out_shape=(2, h // level, w // level))
+            assert ov[1].min() > 0
+            assert np.all(ov[0] == 255), np.unique(ov[0])
+
+
+def test_float_dem_with_nodata_mars_crs(tmp_path):
+    h, w = 600, 700
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dem = (-2570.0 + 0.01 * xx - 0.02 * yy).astype(np.float32)
+    dem[:100, :100] = -32768.0
+    t = geo.grid_transform(geo.DEFAULT_SITE_ORIGIN, -35.0, 30.0, 0.1)
+    p = _write_tiled(tmp_path / "dem.tif", dem[None], tile=100, transform=t, crs=geo.site_crs_wkt(),
+                     nodata=-32768.0)
+    assert validate(p)[0]
+    with rasterio.open(p) as ds:
+        assert ds.nodata == -32768.0 and ds.dtypes == ("float32",)
+        assert ds.transform == t
+        np.testing.assert_array_equal(ds.read(1), dem)
+        assert ds.crs.to_dict().get("proj") == "eqc"
+        ov = ds.read(1, out_shape=(h // 2, w // 2))
+        # The void block stays void and its neighbours are not dragged towards -32768.
+        assert np.all(ov[:50, :50] == -32768.0)
+        assert ov[:, 50:].min() > -2600
+    # The stored CRS reads back as the named Mars sphere with the localisation projection.
+    from pyproj import CRS
+
+    back = CRS.from_wkt(rasterio.open(p).crs.to_wkt())
+    assert back.ellipsoid.semi_major_metre == geo.MARS_SPHERE_RADIUS
+    assert "Mars" in back.datum.name
+
+
+@pytest.mark.skipif(GDALINFO is None, reason="gdalinfo not installed")
+def test_gdalinfo_sees_mars_eqc_and_the_panorama_contract(tmp_path):
+    dem = np.full((64, 64), -2570.0, np.float32)
+    t = geo.grid_transform(geo.DEFAULT_SITE_ORIGIN, 0.0, 0.0, 0.5)
+    p = write_cog(tmp_path / "dem.tif", dem, transform=t, crs=geo.site_crs_wkt(), nodata=-32768.0)
+    out = subprocess.run([GDALINFO, str(p)], capture_output=True, text=True, check=True).stdout
+    assert 'ELLIPSOID["Mars (2015) - Sphere",3396190,0' in out
+    assert 'DATUM["Mars (2015) - Sphere"' in out
+    assert 'METHOD["Equidistant Cylindrical"' in out
+    assert 'PARAMETER["Latitude of 1st standard parallel",18.4663' in out
+    assert "LAYOUT=COG" in out
+    assert "WGS" not in out
+    pan = write_cog(tmp_path / "pan.tif", _rgba(64, 128), transform=equirect_transform(128, 64), alpha=True)
+    out = subprocess.run([GDALINFO, str(pan)], capture_output=True, text=True, check=True).stdout
+    assert "Coordinate System is" not in out
+    assert "Origin = (0.000000000000000,90.000000000000000)" in out
+    assert "Pixel Size = (2.812500000000000,-2.812500000000000)" in out
+    assert "ColorInterp=Alpha" in out
+
+
+def test_uint16_gray_alpha_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 4096, (2, 300, 200), dtype=np.uint16)
+    img[1] = np.where(img[1] > 2000, 65535, 0)
+    p = write_cog(tmp_path / "g16.tif", img, alpha=True, tile=128)
+    assert validate(p)[0]
+    with rasterio.open(p) as ds:
+        assert ds.dtypes == ("uint16", "uint16")
+        np.testing.assert_array_equal(ds.read(), img)
+
+
+def test_exception_inside_with_leaves_nothing(tmp_path):
+    target = tmp_path / "out" / "panorama.tif"
+    with pytest.raises(RuntimeError, match="boom"):
+        with CogWriter(target, 256, 128, 4, "uint8", alpha=True) as w:
+            w.write((0, 0), np.zeros((4, 64, 64), np.uint8))
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_bad_writes_are_refused(tmp_path):
+    with CogWriter(tmp_path / "x.tif", 100, 100, 3, "uint8") as w:
+        with pytest.raises(ValueError, match="outside"):
+            w.write((90, 0), np.zeros((3, 20, 20), np.uint8))
+        with pytest.raises(ValueError, match="shape"):
+            w.write((0, 0), np.zeros((4, 20, 20), np.uint8))
+        with pytest.raises(ValueError, match="does not match"):
+            w.write(Window(0, 0, 10, 10), np.zeros((3, 20, 20), np.uint8))
+        w.write(Window(0, 0, 100, 100), np.full((3, 100, 100), 7, np.uint8))
+    with pytest.raises(ValueError, match="dtype"):
+        CogWriter(tmp_path / "y.tif", 10, 10, 1, "int64")
+
+
+def _write_part(args):
+    sink, row0, col0, block = args
+    sink.write((row0, col0), block)
+    return row0, col0
+
+
+def test_sink_writes_from_other_processes(tmp_path):
+    h, w, tile = 256, 384, 128
+    img = _rgba(h, w, seed=5)
+    target = tmp_path / "proc.tif"
+    with CogWriter(target, w, h, 4, "uint8", alpha=True, tile=128) as cw:
+        sink = cw.sink()
+        jobs = [(sink, r, c, img[:, r:r + tile, c:c + tile]) for r in range(0, h, tile) for c in range(0, w, tile)]
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+            done = list(ex.map(_write_part, jobs))
+        assert len(done) == 6
+    ref = write_cog(tmp_path / "ref.tif", img, alpha=True, tile=128)
+    with rasterio.open(target) as ds:
+        np.testing.assert_array_equal(ds.read(), img)
+    assert _md5(target) == _md5(ref)
