@@ -23,8 +23,8 @@ Example:
 
 >>> nav = instrument("NAVCAM_LEFT")
 >>> m = nav.model(mast_az_deg=30.0, mast_el_deg=-20.0)
->>> [round(v, 1) for v in m.fov(nav.width, nav.height)]
-[96.5, 73.1]
+>>> [round(v, 2) for v in m.fov(nav.width, nav.height)]   # degrees
+[96.55, 73.1]
 >>> stereo_partner("NAVCAM_LEFT")
 'NAVCAM_RIGHT'
 >>> tile = nav.model(30.0, -20.0, downsample=2, subframe=(2545, 1, 2576, 1936))
@@ -77,9 +77,10 @@ MCZ_ZOOM_RANGE_MM = (26.0, 110.0)
 MCZ_ZOOM_STOPS_MM = (26.0, 34.0, 48.0, 63.0, 79.0, 100.0, 110.0)
 MCZ_BASELINE_M = 0.244
 MCZ_TOE_IN_DEG = 1.15
-#: CAHVOR radial terms. Assumption: Mastcam-Z's distortion is reported as small (sub-pixel to a
-#: few pixels at the corners) but its flight R terms are not in our sources; r1 = -1e-3 gives a
-#: barrel displacement of 0.13 px at the 26 mm corner, of the order of MSL Mastcam's.
+#: CAHVOR radial terms: an ASSUMPTION. The flight Mastcam-Z R terms (one model per zoom, Hayes
+#: et al. 2021) are not in our sources; the lens is described as low-distortion, so we take
+#: r1 = -1e-3 (barrel): 0.08 px at the 26 mm corner, 0.005 px at 110 mm. Real frames carry their
+#: own CAHVOR in their labels, which is always used instead of this nominal one.
 MCZ_R = (0.0, -1.0e-3, 0.0)
 #: Midpoint of the two Mastcam-Z centres at mast (0, 0), RNAV metres: the left centre un-posed
 #: from a real MCZ_LEFT record (ZL6_1484_0798697293, camera_position (0.793651, 0.435964,
