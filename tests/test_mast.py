@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import xml.etree.ElementTree as ET
-
 import numpy as np
 import pytest
 
 from calib.instruments import MCZ_PAIR_CENTRE, NAVCAM_BASELINE_M, NAVCAM_PAIR_CENTRE, instrument
+from calib.labels import read_json_frame, read_pds4_frame
 from calib.mast import (
     AZ_AXIS,
     AZ_POINT,
@@ -22,7 +20,7 @@ from calib.mast import (
     pose_model,
     unpose_model,
 )
-from calib.models import CAHV, CAHVORE
+from calib.models import CAHV
 from calib.rotation import axis_angle
 
 NLF = "m20-navcam-mru-tiles/NLF_0670_0726421423_362ECM_N0320604NCAM08111_01_095J01-metadata.json"
@@ -117,48 +115,15 @@ def test_mast_angles_of_axis_naive_case():
 # --- real frames ---------------------------------------------------------------------------
 
 
-def _json_frame(path):
-    rec = json.loads(path.read_text())
-    parts = rec["camera_model_component_list"].split(";")
-    vecs = [[float(v) for v in p.strip("()").split(",")] for p in parts[:7]]
-    model = CAHVORE(**dict(zip("CAHVORE", vecs)), T=int(parts[7]), P=float(parts[8]))
-    sub = tuple(int(v) for v in rec["subframe_rect"])
-    return rec["instrument"], model, rec["mast_az"], rec["mast_el"], sub, int(rec["scale_factor"])
-
-
-def _pds4_frame(path):
-    root = ET.parse(path).getroot()
-
-    def local(el):
-        return el.tag.rsplit("}", 1)[-1]
-
-    def first(node, name):
-        return next((e for e in node.iter() if local(e) == name), None)
-
-    angles = {}
-    for dev in (e for e in root.iter() if local(e) == "Articulation_Device_Parameters"):
-        if first(dev, "device_id").text.strip() != "RSM":
-            continue
-        for idx in (e for e in dev.iter() if local(e) == "Device_Angle_Index"):
-            if first(idx, "index_id") is not None:
-                angles[first(idx, "index_id").text.strip()] = float(first(idx, "index_value_angle").text)
-        break
-    cm = first(root, "CAHVORE_Model")
-    vec = [[float(c.text) for c in first(cm, n)] for n in (
-        "Vector_Center", "Vector_Axis", "Vector_Horizontal", "Vector_Vertical", "Vector_Optical",
-        "Radial_Terms", "Entrance_Terms")]
-    model = CAHVORE(**dict(zip("CAHVORE", vec)), T=int(first(cm, "cahvore_model_type").text),
-                    P=float(first(cm, "cahvore_model_parameter").text))
-    sub = first(root, "Subframe")
-    subframe = tuple(int(first(sub, n).text) for n in ("first_sample", "first_line", "samples", "lines"))
-    az, el = joint_to_mast(angles["AZIMUTH FINAL-RESOLVER"], angles["ELEVATION FINAL-RESOLVER"])
-    return "NAVCAM_LEFT", model, az, el, subframe, 1
+def _frame(meta):
+    return meta.instrument, meta.model, meta.mast_az, meta.mast_el, meta.subframe, meta.downsample
 
 
 @pytest.fixture
 def real_frames(realdata):
-    return {"NLF_0670": _json_frame(realdata / NLF), "NRF_0731": _json_frame(realdata / NRF),
-            "NLF_0629 (PDS4)": _pds4_frame(realdata / PDS4)}
+    return {"NLF_0670": _frame(read_json_frame(realdata / NLF)),
+            "NRF_0731": _frame(read_json_frame(realdata / NRF)),
+            "NLF_0629 (PDS4)": _frame(read_pds4_frame(realdata / PDS4))}
 
 
 def test_nominal_models_reproduce_real_frames(real_frames):
@@ -170,6 +135,13 @@ def test_nominal_models_reproduce_real_frames(real_frames):
         assert np.linalg.norm(nominal.C - real.C) < 0.01, key
         # the same pixel grid: principal points agree to within the pointing error
         assert np.allclose(nominal.intrinsics()[2:], real.intrinsics()[2:], rtol=0.005), key
+
+
+def test_joint_angles_to_telemetry_convention(realdata):
+    # The PDS4 label gives raw RSM joint angles (radians); the reader turns them into mastAz/El.
+    meta = read_pds4_frame(realdata / PDS4)
+    assert np.allclose(joint_to_mast(5.10068, 1.4108), (meta.mast_az, meta.mast_el), atol=1e-9)
+    assert joint_to_mast(3.161115, 1.588138) == (0.0, 0.0)
 
 
 def test_the_other_elevation_sense_does_not_reproduce_real_frames(real_frames):
