@@ -92,14 +92,27 @@ def image_header(path) -> tuple[int, int, int, int]:
             raise InputError(path, "empty file (0 bytes)")
         with Image.open(path) as im:
             w, h = im.size
-            mode = im.mode
             bands = len(im.getbands())
+            depth = _bit_depth(im)
     except InputError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise InputError(path, f"not a readable image: {e}") from None
-    depth = 16 if mode.startswith("I;16") or mode in ("I", "I;16B") else (32 if mode in ("F",) else 8)
     return int(w), int(h), int(bands), depth
+
+
+def _bit_depth(im) -> int:
+    # Pillow reports 16-bit RGB(A) PNG/TIFF as 8-bit modes: ask the file's own header.
+    if im.format == "PNG":
+        with open(im.filename, "rb") as f:
+            ihdr = f.read(25)
+        if len(ihdr) == 25 and ihdr[12:16] == b"IHDR":
+            return max(8, int(ihdr[24]))
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258)
+        if bits:
+            return int(bits[0] if isinstance(bits, tuple) else bits)
+    return {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}.get(im.mode, 8)
 
 
 def read_image(meta) -> np.ndarray:
