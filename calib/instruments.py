@@ -157,7 +157,11 @@ class Instrument:
         return self.home(self.default_zoom_mm if zoom_mm is None else float(zoom_mm))
 
     def _check_product(self, downsample, subframe):
-        if not (int(downsample) == downsample and downsample >= 1):
+        try:
+            ok = int(downsample) == downsample and downsample >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise InputError(None, f"downsample must be a positive integer, got {downsample!r}", field="downsample")
         if subframe is None:
             return 1, 1, self.width, self.height

@@ -155,6 +155,6 @@ def test_bad_products_are_input_errors():
     for sub in [(0, 1, 100, 100), (5000, 1, 200, 100), (1, 1, 5120, 3841), ("a", 1, 2, 3), (1, 2)]:
         with pytest.raises(InputError, match="subframe"):
             nav.model(0, 0, subframe=sub)
-    for ds in (0, 1.5, -2):
+    for ds in (0, 1.5, -2, "two", None):
         with pytest.raises(InputError, match="downsample"):
             nav.model(0, 0, downsample=ds)
