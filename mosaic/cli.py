@@ -20,6 +20,8 @@ from . import progress
 COMMANDS = {
     "info": "mosaic.info",
     "view": "mosaic.view",
+    "synth": "mosaic.synth.cli",
+    "eval": "mosaic.evaluate",
 }
 
 log = logging.getLogger("mosaic")

@@ -132,7 +132,9 @@ def _candidates(directory: Path, recursive: bool):
     """Files under ``directory`` that may belong to a frame, sorted, hidden ones skipped."""
     walker = os.walk(directory) if recursive else [(str(directory), [], os.listdir(directory))]
     for root, dirs, files in walker:
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # A synthetic scene's truth/ (beside its scene.json, see mosaic synth) holds answers, not frames.
+        synth = os.path.isfile(os.path.join(root, "scene.json"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (synth and d == "truth"))
         for name in sorted(files):
             if name.startswith("."):
                 continue

@@ -1,0 +1,242 @@
+"""Compare a stitcher's solution (and terrain products) with a synthetic scene's truth.
+
+Pointing: per frame, the angle of the rotation between the solved and the true camera axes, in
+degrees and in full-resolution pixels (the true model's angular pixel divided by its downsample
+factor), absolute and after removing the best common rotation (the chordal L2 mean of the
+per-frame rotations: a solution that is right up to a rigid turn of the whole pan scores zero
+there). Terrain: if the output holds ``dem.tif``, its error against ``truth/dem.tif`` (median and
+90th percentile of the absolute error by distance from the rover) and its horizontal offset
+(least-squares shift of the truth DEM that best explains the difference).
+
+Example:
+
+    mosaic synth out/scene --scene navcam-360 --scale 8
+    mosaic stitch out/scene -o out/stitch
+    mosaic eval out/stitch --truth out/scene          # prints a table, writes out/stitch/eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from calib.errors import InputError
+from calib.meta import LOCAL_LEVEL
+from calib.models import model_from_dict
+from calib.rotation import matrix_to_rotvec
+
+from .atomic import write_json
+
+#: Distance bins (metres from the rover) for the DEM error.
+DEM_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
+
+
+def _solution_path(path: Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "solution.json"
+    if not p.is_file():
+        raise InputError(path, "no solution.json here")
+    return p
+
+
+def _truth_dir(path: Path) -> Path:
+    p = Path(path)
+    for cand in (p / "truth", p):
+        if (cand / "solution.json").is_file():
+            return cand
+    raise InputError(path, "no truth/solution.json (expected the output folder of 'mosaic synth')")
+
+
+def load_solution(path) -> dict:
+    """id -> frame dict of a solution.json (contract schema), models in LOCAL_LEVEL."""
+    path = Path(path)
+    try:
+        sol = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read solution: {e}") from None
+    if not isinstance(sol, dict) or not isinstance(sol.get("frames"), list):
+        raise InputError(path, "not a solution (no 'frames' list)", field="frames")
+    out = {}
+    for i, f in enumerate(sol["frames"]):
+        if not isinstance(f, dict) or "id" not in f:
+            raise InputError(path, "frame without an id", field=f"frames[{i}]")
+        if f.get("used", True) and f.get("model") is not None:
+            if f.get("frame", LOCAL_LEVEL) != LOCAL_LEVEL:
+                raise InputError(path, f"model in {f.get('frame')!r}, expected {LOCAL_LEVEL}", field=f"frames[{i}].frame")
+            f = dict(f, _model=model_from_dict(f["model"], source=path))
+        out[str(f["id"])] = f
+    return out
+
+
+def camera_rotation(model) -> np.ndarray:
+    """World -> camera rotation (rows: camera x right, y down, z = A) of a model's linear part."""
+    return model.to_opencv()[1]
+
+
+def angle_deg(rot) -> float:
+    return float(np.degrees(np.linalg.norm(matrix_to_rotvec(rot))))
+
+
+def mean_rotation(rots) -> np.ndarray:
+    """The rotation nearest (Frobenius) to the mean of ``rots``: the chordal L2 mean."""
+    u, _, vt = np.linalg.svd(np.sum(rots, axis=0))
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def pointing_errors(solution: dict, truth: dict) -> dict:
+    """Per-frame and summary pointing errors of ``solution`` against ``truth`` (id -> frame)."""
+    rows, rots, missing = [], [], []
+    for fid, tf in truth.items():
+        sf = solution.get(fid)
+        if sf is None or "_model" not in sf:
+            missing.append(fid)
+            continue
+        mt, ms = tf["_model"], sf["_model"]
+        # Maps a world direction seen by a pixel in the truth to the one the solution gives it.
+        d = camera_rotation(ms).T @ camera_rotation(mt)
+        full_px = mt.angular_pixel() / float(tf.get("downsample", 1) or 1)
+        rots.append(d)
+        rows.append({"id": fid, "error_deg": angle_deg(d), "full_px_rad": full_px,
+                     "centre_offset_m": float(np.linalg.norm(ms.C - mt.C))})
+    summary = {"frames": len(rows), "missing": missing}
+    if rows:
+        q = mean_rotation(np.array(rots))
+        for row, d in zip(rows, rots):
+            row["error_px"] = math.radians(row["error_deg"]) / row["full_px_rad"]
+            row["residual_deg"] = angle_deg(q.T @ d)
+            row["residual_px"] = math.radians(row["residual_deg"]) / row["full_px_rad"]
+            del row["full_px_rad"]
+        for key in ("error_deg", "error_px", "residual_deg", "residual_px", "centre_offset_m"):
+            v = np.array([r[key] for r in rows])
+            summary[f"{key}_rms"] = float(np.sqrt(np.mean(v**2)))
+            summary[f"{key}_max"] = float(v.max())
+        summary["common_rotation_deg"] = angle_deg(q)
+        summary["common_rotvec_rad"] = [float(v) for v in matrix_to_rotvec(q)]
+    return {"frames": rows, "summary": summary}
+
+
+def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
+    """Error of a DEM against the truth DEM on the truth's grid, by distance from the rover."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+    from scipy import ndimage
+
+    from . import geo
+
+    with rasterio.open(truth_dem_path) as t:
+        truth = t.read(1, masked=True).astype(np.float64).filled(np.nan)
+        transform, crs = t.transform, t.crs
+    try:
+        src = rasterio.open(dem_path)
+    except rasterio.errors.RasterioIOError as e:
+        raise InputError(dem_path, f"cannot read DEM: {e}") from None
+    with src:
+        solved = np.full(truth.shape, np.nan)
+        reproject(rasterio.band(src, 1), solved, src_nodata=src.nodata, dst_transform=transform, dst_crs=crs,
+                  dst_nodata=np.nan, resampling=Resampling.bilinear)
+    rows, cols = np.mgrid[0:truth.shape[0], 0:truth.shape[1]]
+    east, north = transform * (cols + 0.5, rows + 0.5)
+    re, rn = geo.local_level_to_map(rover_site_xy[0], rover_site_xy[1], origin)
+    dist = np.hypot(east - float(re), north - float(rn))
+    diff = solved - truth
+    ok = np.isfinite(diff)
+    out = {"valid_cells": int(ok.sum()), "truth_cells": int(np.isfinite(truth).sum()), "bins": []}
+    if not ok.any():
+        return out
+    for lo, hi in zip(DEM_BINS[:-1], DEM_BINS[1:]):
+        sel = ok & (dist >= lo) & (dist < hi)
+        cover = np.isfinite(truth) & (dist >= lo) & (dist < hi)
+        if not sel.any():
+            continue
+        a = np.abs(diff[sel])
+        out["bins"].append({"from_m": lo, "to_m": None if math.isinf(hi) else hi, "n": int(sel.sum()),
+                            "coverage": float(sel.sum() / max(cover.sum(), 1)),
+                            "median_abs_m": float(np.median(a)), "p90_abs_m": float(np.percentile(a, 90))})
+    a = np.abs(diff[ok])
+    out.update(median_abs_m=float(np.median(a)), p90_abs_m=float(np.percentile(a, 90)))
+    # Horizontal offset s (pixels) and vertical bias c: solved(p) ~ truth(p - s) + c, solved by
+    # Gauss-Newton on the truth's gradients, re-sampling the shifted truth at each step.
+    gsd = abs(transform.a)
+    s = np.zeros(2)
+    filled = np.where(np.isfinite(truth), truth, np.nanmedian(truth))
+    for _ in range(5):
+        shifted = ndimage.shift(filled, s, order=1, mode="nearest")
+        g_row, g_col = np.gradient(shifted)
+        r = (solved - shifted)[ok]
+        jac = np.column_stack([-g_row[ok], -g_col[ok], np.ones(ok.sum())])
+        step, *_ = np.linalg.lstsq(jac, r, rcond=None)
+        s += step[:2]
+        if np.abs(step[:2]).max() < 1e-3:
+            break
+    out["horizontal_offset_m"] = {"east": float(s[1] * gsd), "north": float(-s[0] * gsd),
+                                  "total": float(np.hypot(*s) * gsd)}
+    out["vertical_bias_m"] = float(np.median(diff[ok]))
+    return out
+
+
+def evaluate(out, truth, dem=None) -> dict:
+    """The comparison of output ``out`` (folder or solution.json) against ``truth`` (synth folder)."""
+    from . import geo
+
+    sol_path = _solution_path(Path(out))
+    tdir = _truth_dir(Path(truth))
+    result = {"solution": str(sol_path), "truth": str(tdir)}
+    result["pointing"] = pointing_errors(load_solution(sol_path), load_solution(tdir / "solution.json"))
+    dem = Path(dem) if dem else (sol_path.parent / "dem.tif")
+    if dem.is_file():
+        scene_path = tdir.parent / "scene.json"
+        scene = json.loads(scene_path.read_text()) if scene_path.is_file() else {}
+        rover = scene.get("rover", {}).get("position_site", [0.0, 0.0, 0.0])
+        so = scene.get("site_origin")
+        origin = geo.SiteOrigin(so["lat"], so["lon"], so["elev"]) if so else geo.DEFAULT_SITE_ORIGIN
+        result["dem"] = dict(dem_errors(dem, tdir / "dem.tif", rover[:2], origin), path=str(dem))
+    return result
+
+
+def format_table(result) -> str:
+    p = result["pointing"]
+    lines = [f"{'frame':<58} {'err deg':>8} {'err px':>8} {'res deg':>8} {'res px':>8}"]
+    for r in p["frames"]:
+        lines.append(f"{r['id']:<58} {r['error_deg']:8.4f} {r['error_px']:8.2f} {r['residual_deg']:8.4f} "
+                     f"{r['residual_px']:8.2f}")
+    s = p["summary"]
+    if s["frames"]:
+        lines.append(f"{'RMS':<58} {s['error_deg_rms']:8.4f} {s['error_px_rms']:8.2f} {s['residual_deg_rms']:8.4f} "
+                     f"{s['residual_px_rms']:8.2f}")
+        lines.append(f"common rotation {s['common_rotation_deg']:.4f} deg; {s['frames']} frames compared, "
+                     f"{len(s['missing'])} missing from the solution")
+    else:
+        lines.append(f"no frame of the truth in the solution ({len(s['missing'])} missing)")
+    d = result.get("dem")
+    if d:
+        lines.append("")
+        lines.append(f"DEM {d['path']}: {d['valid_cells']} cells compared")
+        lines.append(f"{'distance m':<14} {'n':>9} {'cover':>6} {'median |dz| m':>14} {'p90 |dz| m':>11}")
+        for b in d["bins"]:
+            rng = f"{b['from_m']:g}-{'' if b['to_m'] is None else format(b['to_m'], 'g')}"
+            lines.append(f"{rng:<14} {b['n']:9d} {b['coverage']:6.2f} {b['median_abs_m']:14.4f} {b['p90_abs_m']:11.4f}")
+        if "horizontal_offset_m" in d:
+            h = d["horizontal_offset_m"]
+            lines.append(f"horizontal offset {h['total']:.4f} m (east {h['east']:.4f}, north {h['north']:.4f}); "
+                         f"vertical bias {d['vertical_bias_m']:.4f} m")
+    return "\n".join(lines)
+
+
+def add_arguments(p):
+    p.add_argument("out", help="stitcher / terrain output folder (or its solution.json)")
+    p.add_argument("--truth", required=True, help="the folder 'mosaic synth' wrote (or its truth/)")
+    p.add_argument("--dem", default=None, help="DEM to compare (default: dem.tif beside the solution)")
+    p.add_argument("--json", default=None, help="where to write the JSON (default: eval.json beside the solution)")
+
+
+def run(args) -> int:
+    result = evaluate(args.out, args.truth, args.dem)
+    print(format_table(result))
+    dest = Path(args.json) if args.json else Path(result["solution"]).parent / "eval.json"
+    write_json(dest, result)
+    return 0
