@@ -39,6 +39,8 @@ def number(value, path, field, *, optional=False):
         s = value.strip().strip("\"'")
         # A unit suffix as PDS3 writes it ("0.42 <m>") is not part of the number.
         s = re.sub(r"\s*<[^>]*>\s*$", "", s)
+        if s.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise LabelError(path, f"not finite: {_short(value)}", field=field)
         if not _NUMBER.match(s):
             raise LabelError(path, f"expected a number, got {_short(value)}", field=field)
         v = float(s)
