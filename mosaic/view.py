@@ -50,7 +50,7 @@ def serving(directory, port: int = 0, host: str = "127.0.0.1"):
     try:
         server = http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:
-        raise InputError(f"{host}:{port}: cannot listen there ({e.strerror or e})") from None
+        raise InputError(None, f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="mosaic-view", daemon=True)
     thread.start()
@@ -73,10 +73,10 @@ def prepare(out_dir) -> Path:
     """Check ``out_dir`` and make sure it holds ``index.html``; return the folder."""
     out = Path(out_dir)
     if not out.is_dir():
-        raise InputError(f"{out}: no such output folder (run `mosaic stitch -o {out}` first)")
+        raise InputError(out, f"no such output folder (run `mosaic stitch -o {out}` first)")
     if not (out / "index.html").is_file():
         if not (out / "preview.jpg").is_file():
-            raise InputError(f"{out}: holds neither index.html nor preview.jpg (not a `mosaic stitch` output)")
+            raise InputError(out, "holds neither index.html nor preview.jpg (not a `mosaic stitch` output)")
         from .viewer import write_viewer
 
         write_viewer(out)
@@ -96,7 +96,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     if not 0 <= args.port <= 65535:
-        raise InputError(f"--port {args.port}: not a port number (0-65535)")
+        raise InputError(None, f"--port {args.port}: not a port number (0-65535)")
     out = prepare(args.out)
     with serving(out, port=args.port) as base:
         url = view_url(base, args.az, args.el, args.fov)

@@ -53,9 +53,9 @@ def embed_image(path, max_width: int = MAX_EMBED_WIDTH) -> tuple[str, int, int]:
             im.load()
             rgb = _to_rgb8(im)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such preview image") from None
+        raise InputError(path, "no such preview image") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
+        raise InputError(path, f"not a readable image ({e})") from None
     if w > max_width:
         h = max(1, round(h * max_width / w))
         w = max_width
@@ -98,10 +98,10 @@ def write_viewer(out_dir, preview_name: str = "preview.jpg", title: str | None =
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise InputError(f"{out_dir}: not a directory")
+        raise InputError(out_dir, "not a directory")
     uri, w, h = embed_image(out_dir / preview_name, max_width=max_width)
     if w != 2 * h and abs(w - 2 * h) > 1:
-        raise InputError(f"{out_dir / preview_name}: {w}x{h} is not an equirectangular full sphere (width = 2 x height)")
+        raise InputError(out_dir / preview_name, f"{w}x{h} is not an equirectangular full sphere (width = 2 x height)")
     config = {
         "title": title or out_dir.resolve().name,
         "meta": {str(k): str(v) for k, v in (meta or {}).items()},
