@@ -1,0 +1,183 @@
+"""DEM and orthoimage gridding: points bucketed by output tile, merged per cell by quality.
+
+The grid is north-up in the site map CRS (``mosaic.geo``), ``gsd`` metres per cell, covering a
+square of ``radius`` around the rover, cut into square tiles of ``tile`` cells. Every pair's points
+are written into one small file per tile they touch (the tile plus a halo, so hole filling at a
+tile's edge sees its neighbours' points); a tile then reads only its own files, so a whole 360°
+pan grids in memory proportional to one tile.
+
+Merging: a cell's height and brightness are the inverse-variance weighted means of its samples,
+weight 1 / sigma^2 with sigma the sample's expected range error (r^2 sigma_d / (f b)), so one
+near, well-triangulated sample outweighs many far ones and pairs of different cameras combine
+consistently. Cells left empty between samples (far terrain is sampled ever more sparsely along
+the line of sight) are filled by normalised convolution at growing scales up to ``fill`` cells,
+only where enough samples surround them; nothing is extrapolated past the data's edge by more
+than about a scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+#: Fields a point file holds, all float32: column and row in grid cells (continuous, cell (0, 0)
+#: spans [0, 1)), height above the site origin (m, up), brightness, range sigma (m).
+POINT_FIELDS = ("col", "row", "height", "value", "sigma")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    transform: Affine
+    width: int
+    height: int
+    tile: int = 1024
+    halo: int = 16
+
+    def tiles(self) -> list[tuple[int, int]]:
+        """Tile indices (tile_row, tile_col) in row-major order."""
+        nr = math.ceil(self.height / self.tile)
+        nc = math.ceil(self.width / self.tile)
+        return [(r, c) for r in range(nr) for c in range(nc)]
+
+    def window(self, tile_index) -> tuple[int, int, int, int]:
+        """(row0, col0, rows, cols) of a tile inside the grid."""
+        r, c = tile_index
+        row0, col0 = r * self.tile, c * self.tile
+        return row0, col0, min(self.tile, self.height - row0), min(self.tile, self.width - col0)
+
+    def cells(self, easting, northing):
+        """Continuous (col, row) of map coordinates."""
+        inv = ~self.transform
+        col, row = inv @ (np.asarray(easting, float), np.asarray(northing, float))
+        return col, row
+
+    def to_dict(self) -> dict:
+        return {"transform": list(self.transform)[:6], "width": self.width, "height": self.height,
+                "tile": self.tile, "halo": self.halo}
+
+    @classmethod
+    def from_dict(cls, d) -> "GridSpec":
+        return cls(Affine(*d["transform"]), int(d["width"]), int(d["height"]), int(d["tile"]), int(d["halo"]))
+
+
+def grid_spec(origin, centre_north: float, centre_east: float, radius: float, gsd: float,
+              tile: int = 1024, halo: int = 16) -> GridSpec:
+    """The grid covering ``radius`` metres around a SITE point (north, east), snapped to ``gsd``."""
+    from mosaic.geo import grid_transform
+
+    t = grid_transform(origin, centre_east - radius, centre_north + radius, gsd)
+    n = int(math.ceil(2 * radius / gsd)) + 1  # +1: snapping moves the corner out by < one cell
+    return GridSpec(t, n, n, tile, halo)
+
+
+def bucket(spec: GridSpec, col, row) -> dict[tuple[int, int], np.ndarray]:
+    """Indices of the points each tile (with its halo) holds: {tile_index: indices}."""
+    out: dict[tuple[int, int], list] = {}
+    inside = (col >= -spec.halo) & (row >= -spec.halo) & (col < spec.width + spec.halo) & (row < spec.height + spec.halo)
+    idx = np.nonzero(inside)[0]
+    c, r = col[idx], row[idx]
+    # A point lies in its own tile and in the neighbours whose halo reaches it.
+    for dr in (-spec.halo, 0, spec.halo):
+        for dc in (-spec.halo, 0, spec.halo):
+            tr = np.floor((r + dr) / spec.tile).astype(np.int64)
+            tc = np.floor((c + dc) / spec.tile).astype(np.int64)
+            key = tr * 1_000_003 + tc
+            order = np.argsort(key, kind="stable")
+            ks, starts = np.unique(key[order], return_index=True)
+            bounds = list(starts[1:]) + [len(order)]
+            for k, s0, s1 in zip(ks, starts, bounds):
+                t = (int(k // 1_000_003), int(k % 1_000_003))
+                if 0 <= t[0] * spec.tile < spec.height and 0 <= t[1] * spec.tile < spec.width:
+                    out.setdefault(t, []).append(idx[order[s0:s1]])
+    return {t: np.unique(np.concatenate(v)) for t, v in out.items()}
+
+
+def tile_dir(root, tile_index) -> Path:
+    return Path(root) / f"{tile_index[0]:04d}_{tile_index[1]:04d}"
+
+
+def save_points(root, pair_id: str, spec: GridSpec, fields: dict) -> dict:
+    """Write ``fields`` (POINT_FIELDS arrays) as one file per tile; {tile: count}."""
+    from mosaic import atomic
+
+    buckets = bucket(spec, fields["col"], fields["row"])
+    counts = {}
+    for t, idx in buckets.items():
+        path = tile_dir(root, t) / f"{pair_id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        block = np.stack([np.asarray(fields[k], np.float32)[idx] for k in POINT_FIELDS])
+        with atomic.atomic_path(path) as tmp:
+            np.save(tmp, block)
+        counts[f"{t[0]}_{t[1]}"] = int(len(idx))
+    return counts
+
+
+def load_points(root, tile_index) -> np.ndarray:
+    """All pairs' points for a tile, (len(POINT_FIELDS), N) float32."""
+    files = sorted(tile_dir(root, tile_index).glob("*.npy"))
+    if not files:
+        return np.zeros((len(POINT_FIELDS), 0), np.float32)
+    return np.concatenate([np.load(f) for f in files], axis=1)
+
+
+def _fill(values: list[np.ndarray], weight: np.ndarray, fill: int, min_support: float = 0.2):
+    """Fill empty cells (weight 0) by normalised convolution at scales 1, 2, 4... < fill/2 cells.
+
+    Support is measured from the samples alone (never from filled cells), so a fill reaches at
+    most ~0.85 sigma past the edge of the data (where a half-plane's support drops to 0.2), and
+    gaps between samples are bridged from both sides.
+    """
+    import cv2
+
+    have0 = (weight > 0).astype(np.float32)
+    have = weight > 0
+    out = [v.copy() for v in values]
+    sigma = 1.0
+    while sigma <= fill / 2.0 and not have.all():
+        k = int(2 * math.ceil(2.5 * sigma) + 1)
+        support = cv2.GaussianBlur(have0, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+        todo = ~have & (support >= min_support)
+        if todo.any():
+            for v in out:
+                s = cv2.GaussianBlur(np.where(have0 > 0, v, 0).astype(np.float32), (k, k), sigma,
+                                     borderType=cv2.BORDER_CONSTANT)
+                v[todo] = s[todo] / support[todo]
+            have = have | todo
+        sigma *= 2
+    return out, have
+
+
+def grid_tile(spec: GridSpec, tile_index, points: np.ndarray, fill: int | None = None):
+    """Gridded (height, value, sigma) float32 arrays for one tile, NaN where empty."""
+    row0, col0, rows, cols = spec.window(tile_index)
+    halo = spec.halo
+    fill = halo if fill is None else min(fill, halo)
+    h, w = rows + 2 * halo, cols + 2 * halo
+    col, row, height, value, sigma = points
+    c = np.floor(col - col0 + halo).astype(np.int64)
+    r = np.floor(row - row0 + halo).astype(np.int64)
+    ok = (c >= 0) & (r >= 0) & (c < w) & (r < h) & np.isfinite(height) & (sigma > 0)
+    cell = r[ok] * w + c[ok]
+    wt = 1.0 / np.square(sigma[ok].astype(np.float64))
+    sw = np.bincount(cell, wt, h * w)
+    sz = np.bincount(cell, wt * height[ok], h * w)
+    sv = np.bincount(cell, wt * value[ok], h * w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (sz / sw).reshape(h, w)
+        v = (sv / sw).reshape(h, w)
+        s = (1.0 / np.sqrt(sw)).reshape(h, w)
+    weight = sw.reshape(h, w)
+    (z, v, s), have = _fill([z, v, s], weight, fill)
+    inner = (slice(halo, halo + rows), slice(halo, halo + cols))
+    nan = ~have[inner]
+    outs = []
+    for a in (z, v, s):
+        a = a[inner].astype(np.float32)
+        a[nan] = np.nan
+        outs.append(a)
+    return tuple(outs)
+

@@ -1,0 +1,271 @@
+"""The terrain pipeline: stereo frames -> DEM and orthoimage of the site, georeferenced.
+
+Stages (each a dask task graph; artefacts under ``OUT/work``, skipped when already done):
+
+1. pairs: frames are read (``calib.labels.discover``) and paired (``stereo_pairs.find_pairs``);
+2. points, one task per pair: rectify (``rectify``), match (``disparity``), triangulate
+   (``triangulate``), move the points into SITE and map coordinates and save them bucketed by
+   output tile (``grid.save_points``); a task returns only counts;
+3. grid, one task per output tile: read that tile's point files, merge and fill
+   (``grid.grid_tile``); the arrays come back to the client, which writes them into the COGs;
+4. products: ``dem.tif`` (float32, nodata -32768, metres above the IAU 2015 Mars sphere),
+   ``ortho.tif`` (8-bit gray + alpha), web tiles of both (``mosaic.webtiles``), ``item.json``
+   (``mosaic.stac``) and ``index.html`` (``mosaic.webmap``), all on the same grid.
+
+Frames: points live in LOCAL_LEVEL of their frame (rover origin, north-east-down), plus the
+rover's position in SITE; the SITE origin is the map's anchor (``site_origin``: the label's, then
+``--site-origin``, else the landing site), with elevation = origin elevation - z_down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calib.errors import InputError
+
+from . import grid as gridmod
+from .disparity import MatchSettings, disparity
+from .rectify import rectify_image, rectify_pair, remap_maps
+from .stereo_pairs import StereoPair, find_pairs
+from .triangulate import triangulate
+
+log = logging.getLogger("mosaic")
+
+DEM_NODATA = -32768.0
+
+
+@dataclass(frozen=True)
+class TerrainSettings:
+    gsd: float = 0.02              # metres per DEM cell
+    radius: float = 20.0           # metres around the rover
+    min_range: float = 1.0         # nearest range matched (sets the disparity search)
+    max_range: float = 60.0
+    min_angle_deg: float = 0.3     # triangulation angle limit
+    sigma_disparity: float = 0.3   # px, matching noise assumed for sample weights
+    max_pixels: int = 4_000_000    # rectified image area cap
+    max_disparity: int = 512       # px, cap on the disparity search
+    tile: int = 1024               # output tile (cells)
+    fill: int = 16                 # largest gap filled (cells)
+    block: int = 5
+    max_dt: float = 1.0            # s, clock difference of a pair
+
+
+def _gray01(image, bit_depth) -> np.ndarray:
+    """Gray float32 in [0, 1] (RGB averaged; scaled by the frame's bit depth)."""
+    a = np.asarray(image)
+    if a.ndim == 3:
+        a = a[..., :3].mean(axis=2) if a.shape[2] >= 3 else a[..., 0]
+    if np.issubdtype(np.asarray(image).dtype, np.floating):
+        return a.astype(np.float32)
+    depth = bit_depth or (8 if np.asarray(image).dtype == np.uint8 else 16)
+    return (a.astype(np.float32) / float(2 ** int(depth) - 1)).astype(np.float32)
+
+
+def _site_offset(meta) -> np.ndarray:
+    return np.zeros(3) if meta.rover_position is None else np.asarray(meta.rover_position, float)
+
+
+def process_pair(pair: StereoPair, points_root: str, spec: dict, origin, settings: TerrainSettings) -> dict:
+    """One pair: rectify, match, triangulate, bucket; returns counts and diagnostics (small)."""
+    from calib.labels import read_image
+
+    from mosaic.geo import local_level_to_map
+
+    t0 = time.perf_counter()
+    s = settings
+    left, right = pair.left, pair.right
+    ml, mr = left.model_local_level(), right.model_local_level()
+    lsize, rsize = (left.width, left.height), (right.width, right.height)
+    rp = rectify_pair(ml, mr, lsize, rsize, max_pixels=s.max_pixels)
+    lx, ly, err_l = remap_maps(ml, rp.left, rp.width, rp.height, lsize)
+    rx, ry, err_r = remap_maps(mr, rp.right, rp.width, rp.height, rsize)
+    il, vl = rectify_image(_gray01(read_image(left), left.bit_depth), lx, ly, *lsize)
+    ir, vr = rectify_image(_gray01(read_image(right), right.bit_depth), rx, ry, *rsize)
+    del lx, ly, rx, ry
+    max_disp = min(s.max_disparity, rp.focal * rp.baseline / s.min_range)
+    disp = disparity(il, ir, vl, vr, max_disp, MatchSettings(block=s.block))
+    pts = triangulate(rp, disp, min_range=s.min_range, max_range=s.max_range,
+                      min_angle_deg=s.min_angle_deg, sigma_disparity=s.sigma_disparity)
+    site = pts.xyz + _site_offset(left)
+    east, north = local_level_to_map(site[:, 0], site[:, 1], origin)
+    g = gridmod.GridSpec.from_dict(spec)
+    col, row = g.cells(east, north)
+    px = pts.pixels.astype(np.int64)
+    fields = {"col": col, "row": row, "height": -site[:, 2], "value": il[px[:, 1], px[:, 0]],
+              "sigma": pts.sigma}
+    counts = gridmod.save_points(points_root, pair.id, g, fields)
+    matched = int(np.isfinite(disp).sum())
+    return {
+        "id": pair.id, "left": left.id, "right": right.id,
+        "rectified": [rp.width, rp.height], "focal_px": rp.focal, "baseline_m": rp.baseline,
+        "remap_error_px": max(err_l, err_r), "matched": matched,
+        "match_fraction": matched / float(vl.sum() or 1), "points": len(pts),
+        "median_range_m": float(np.median(pts.range)) if len(pts) else None,
+        "tiles": counts, "seconds": time.perf_counter() - t0,
+    }
+
+
+def grid_one_tile(points_root: str, spec: dict, tile_index, fill: int):
+    """One output tile: (tile_index, height, value, sigma) arrays, or None when it is empty."""
+    g = gridmod.GridSpec.from_dict(spec)
+    pts = gridmod.load_points(points_root, tile_index)
+    if pts.shape[1] == 0:
+        return tile_index, None
+    return tile_index, gridmod.grid_tile(g, tile_index, pts, fill=fill)
+
+
+def _site_origin(frames, site_origin):
+    from mosaic.geo import DEFAULT_SITE_ORIGIN, SiteOrigin, parse_site_origin
+
+    if site_origin is not None:
+        return site_origin if isinstance(site_origin, SiteOrigin) else parse_site_origin(site_origin)
+    for f in frames:
+        o = f.extra.get("site_origin") if f.extra else None
+        if o is not None:
+            return SiteOrigin(*(float(v) for v in o))
+    return DEFAULT_SITE_ORIGIN
+
+
+def _write_products(out: Path, spec: gridmod.GridSpec, origin, tiles, settings, report, frames, pairs):
+    from mosaic.cog import CogWriter
+    from mosaic.geo import site_crs_wkt
+
+    crs = site_crs_wkt()
+    tags = {"UNITS": "metre", "VERTICAL_DATUM": "IAU 2015 Mars sphere, R = 3396190 m",
+            "SITE_ORIGIN": f"{origin.lat},{origin.lon},{origin.elev}", "GSD_M": f"{settings.gsd}"}
+    cells = 0
+    with CogWriter(out / "dem.tif", spec.width, spec.height, 1, "float32", transform=spec.transform,
+                   crs=crs, nodata=DEM_NODATA, tags=tags) as dem_w, \
+         CogWriter(out / "ortho.tif", spec.width, spec.height, 2, "uint8", transform=spec.transform,
+                   crs=crs, alpha=True, tags={"SITE_ORIGIN": tags["SITE_ORIGIN"]}) as ortho_w:
+        for tile_index, arrays in tiles:
+            if arrays is None:
+                continue
+            height, value, _sigma = arrays
+            row0, col0, _, _ = spec.window(tile_index)
+            have = np.isfinite(height)
+            cells += int(have.sum())
+            dem = np.where(have, height + origin.elev, DEM_NODATA).astype(np.float32)
+            dem_w.write((row0, col0), dem)
+            gray = np.clip(np.nan_to_num(value) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            ortho_w.write((row0, col0), np.stack([np.where(have, gray, 0), have.astype(np.uint8) * 255]))
+    report["cells"] = cells
+    report["coverage"] = cells / float(spec.width * spec.height)
+
+
+def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=None, scheduler=None,
+            workspace=None, keep_points: bool = False, web: bool = True, **options) -> dict:
+    """Build ``dem.tif``, ``ortho.tif``, tiles, ``item.json`` and ``index.html`` under ``out``.
+
+    ``inputs``: frame files or folders. ``site_origin``: "LAT,LON,ELEV" or a SiteOrigin.
+    ``options``: other ``TerrainSettings`` fields. Returns the run report (also ``report.json``).
+    """
+    from calib.labels import discover
+
+    from mosaic import atomic, cluster, progress
+    from mosaic.workspace import Workspace, digest, file_digest
+
+    t_start = time.perf_counter()
+    unknown = set(options) - set(TerrainSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown terrain options: {', '.join(sorted(unknown))}")
+    settings = TerrainSettings(gsd=float(gsd), radius=float(radius), **options)
+    if not settings.gsd > 0 or not settings.radius > 0:
+        raise InputError(None, f"gsd ({gsd}) and radius ({radius}) must be positive", field="grid")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(workspace or out / "work")
+    report: dict = {"settings": asdict(settings), "stages": {}}
+
+    t = time.perf_counter()
+    frames = discover([str(p) for p in inputs])
+    pairs = find_pairs(frames, max_dt=settings.max_dt)
+    if not pairs:
+        raise InputError(str(inputs[0]) if inputs else None,
+                         f"no stereo pairs among {len(frames)} frames (need left/right frames taken together)")
+    origin = _site_origin(frames, site_origin)
+    centre = np.median([_site_offset(p.left) for p in pairs], axis=0)
+    spec = gridmod.grid_spec(origin, centre[0], centre[1], settings.radius, settings.gsd,
+                             tile=settings.tile, halo=max(settings.fill, 1))
+    report["stages"]["pairs"] = {"frames": len(frames), "pairs": len(pairs), "seconds": time.perf_counter() - t}
+    report["site_origin"] = list(origin)
+    report["grid"] = spec.to_dict()
+    log.info("terrain: %d frames, %d stereo pairs, grid %dx%d at %g m", len(frames), len(pairs),
+             spec.width, spec.height, settings.gsd)
+
+    key = digest(asdict(settings), list(origin), spec.to_dict(),
+                 [p.to_dict() for p in pairs],
+                 file_digest([f.image for p in pairs for f in (p.left, p.right) if f.image]))
+    points_root = ws.path("points", key, ".keep").parent
+    with cluster.client(scheduler) as client:
+        t = time.perf_counter()
+        if ws.stage_done("terrain-points", key):
+            pair_stats = ws.stage_report("terrain-points")["pairs"]
+        else:
+            shutil.rmtree(points_root, ignore_errors=True)
+            points_root.mkdir(parents=True, exist_ok=True)
+            futures = [client.submit(process_pair, p, str(points_root), spec.to_dict(), origin, settings,
+                                     key=f"terrain-pair-{i}-{key}", pure=False) for i, p in enumerate(pairs)]
+            pair_stats = progress.track_futures("stereo", futures)
+            ws.mark_done("terrain-points", key, {"pairs": pair_stats})
+        report["stages"]["points"] = {"seconds": time.perf_counter() - t,
+                                      "points": int(sum(p["points"] for p in pair_stats))}
+        report["pairs"] = pair_stats
+
+        t = time.perf_counter()
+        tile_list = spec.tiles()
+        futures = [client.submit(grid_one_tile, str(points_root), spec.to_dict(), ti, settings.fill,
+                                 key=f"terrain-tile-{ti[0]}-{ti[1]}-{key}", pure=False) for ti in tile_list]
+        from distributed import as_completed
+
+        def results():
+            with progress.stage("grid", len(futures)) as bar:
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    fut.release()
+                    bar.advance()
+                    yield res
+
+        _write_products(out, spec, origin, results(), settings, report, frames, pairs)
+        report["stages"]["grid"] = {"seconds": time.perf_counter() - t, "tiles": len(tile_list)}
+
+    if web:
+        t = time.perf_counter()
+        report["web"] = _write_web(out, spec, origin, report)
+        report["stages"]["web"] = {"seconds": time.perf_counter() - t}
+    if not keep_points:
+        shutil.rmtree(points_root, ignore_errors=True)
+        ws.invalidate("terrain-points")
+    report["seconds"] = time.perf_counter() - t_start
+    report["outputs"] = {k: str(out / k) for k in ("dem.tif", "ortho.tif", "item.json", "index.html")
+                         if (out / k).exists()}
+    atomic.write_json(out / "report.json", _jsonable(report))
+    return report
+
+
+def _write_web(out: Path, spec, origin, report) -> dict:
+    from mosaic.webtiles import write_tiles
+
+    ts = write_tiles(out / "ortho.tif", out_dir=out, hillshade_dem=out / "dem.tif")
+    web = {"zooms": ts.zooms, "bounds_lonlat": list(ts.bounds_lonlat), "layers": ts.layers}
+    return web
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        v = float(o)
+        return v if math.isfinite(v) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
