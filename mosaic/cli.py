@@ -22,6 +22,7 @@ COMMANDS = {
     "view": "mosaic.view",
     "synth": "mosaic.synth.cli",
     "eval": "mosaic.evaluate",
+    "terrain": "mosaic.terrain.command",
 }
 
 log = logging.getLogger("mosaic")

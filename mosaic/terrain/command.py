@@ -1,0 +1,55 @@
+"""Build a georeferenced DEM and orthoimage of the site from stereo frames.
+
+Finds the left/right frames taken together, rectifies each pair the JPL way (one shared linear
+model per pair), matches them with OpenCV's semi-global matcher, triangulates, and grids the
+points of all pairs into a DEM (float32, metres above the IAU 2015 Mars sphere) and an
+orthoimage on the same north-up grid in the site map projection
+(+proj=eqc +lat_ts=18.4663 +lon_0=0 +R=3396190). Writes into OUT: dem.tif and ortho.tif (COGs),
+tiles/ and hillshade/ ({z}/{x}/{y}.png, Mars tile matrix set), item.json (STAC), index.html
+(Leaflet map that opens from disk) and report.json.
+
+Example:
+
+    mosaic terrain frames/ -o site/ --gsd 0.02 --radius 15
+    mosaic terrain NLF_*.png NRF_*.png -o site/ --site-origin 18.44463,77.45089,-2569.91
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger("mosaic")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IN", help="frames (image + sidecar label) or folders")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--gsd", type=float, default=0.02, metavar="METRES", help="DEM cell size (default 0.02)")
+    p.add_argument("--radius", type=float, default=20.0, metavar="METRES",
+                   help="half-width of the mapped square around the rover (default 20)")
+    p.add_argument("--site-origin", metavar="LAT,LON,ELEV",
+                   help="SITE frame origin: planetocentric latitude, east longitude (degrees), elevation (m); "
+                        "default: from the labels, else the landing site 18.44463,77.45089,-2569.91")
+    p.add_argument("--min-range", type=float, default=1.0, metavar="METRES", help="nearest range matched")
+    p.add_argument("--max-range", type=float, default=60.0, metavar="METRES", help="farthest range kept")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler to use (default: embedded)")
+    p.add_argument("--workspace", metavar="DIR", help="intermediate files (default OUT/work)")
+    p.add_argument("--keep-points", action="store_true", help="keep the per-pair point files")
+    p.add_argument("--no-web", action="store_true", help="skip tiles, item.json and index.html")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON")
+
+
+def run(args) -> int:
+    from .pipeline import terrain
+
+    report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
+                     scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
+                     web=not args.no_web, min_range=args.min_range, max_range=args.max_range)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        pts = report["stages"]["points"]["points"]
+        print(f"{report['stages']['pairs']['pairs']} stereo pairs, {pts} points, "
+              f"{100 * report['coverage']:.1f}% of the grid covered, {report['seconds']:.1f} s -> {args.out}")
+    return 0
