@@ -158,7 +158,7 @@ def grid_transform(origin: SiteOrigin, y_min_east: float, x_max_north: float, gs
 
     With ``snap`` the corner moves out (west and north) to a multiple of ``gsd`` in map metres, so
     grids of the same GSD from different runs or sites share pixel edges and the cell
-    ``(row, col)`` centre is ``transform * (col + 0.5, row + 0.5)``. Size the grid to cover the
+    ``(row, col)`` centre is ``transform @ (col + 0.5, row + 0.5)``. Size the grid to cover the
     last point after snapping (the corner moves by less than one cell).
     """
     if not gsd > 0:

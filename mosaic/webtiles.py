@@ -91,8 +91,8 @@ def _rio_crs(crs) -> RioCRS:
 
 def _ground_pixel_m(transform, crs, width, height) -> tuple[float, float]:
     """Source pixel size in ground metres at the centre, and the centre latitude."""
-    cx, cy = transform * (width / 2.0, height / 2.0)
-    dx, dy = transform * (width / 2.0 + 1.0, height / 2.0 + 1.0)
+    cx, cy = transform @ (width / 2.0, height / 2.0)
+    dx, dy = transform @ (width / 2.0 + 1.0, height / 2.0 + 1.0)
     g = tile_matrix_set().rasterio_geographic_crs
     lons, lats = rasterio.warp.transform(_rio_crs(crs), g, [cx, dx, cx], [cy, cy, dy])
     lat = math.radians(lats[0])
@@ -223,7 +223,7 @@ def _tile_maps(tms, tile, to_src, inv_transform) -> tuple[np.ndarray, np.ndarray
     p = np.linspace(0.5, TILE - 0.5, NODES)
     gx, gy = np.meshgrid(b.left + p * (b.right - b.left) / TILE, b.top - p * (b.top - b.bottom) / TILE)
     e, n = to_src.transform(gx, gy)
-    col, row = inv_transform * (np.asarray(e), np.asarray(n))
+    col, row = inv_transform @ (np.asarray(e), np.asarray(n))
     return _interp_nodes(np.asarray(col) - 0.5), _interp_nodes(np.asarray(row) - 0.5)
 
 
@@ -353,8 +353,8 @@ def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hills
 
 def _lonlat_bounds(transform, crs, shape_hw) -> tuple[float, float, float, float]:
     h, w = shape_hw
-    left, top = transform * (0, 0)
-    right, bottom = transform * (w, h)
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (w, h)
     return transform_bounds(_rio_crs(crs), tile_matrix_set().rasterio_geographic_crs, min(left, right),
                             min(top, bottom), max(left, right), max(top, bottom), densify_pts=21)
 
