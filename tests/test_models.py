@@ -82,7 +82,7 @@ def test_jacobian_wrt_point(models):
         # Relative to the size of the derivative: pixels per metre span 1e1..1e4 over these ranges.
         scale = np.abs(num).max(axis=(1, 2), keepdims=True)
         err = np.abs(jp - num) / scale
-        assert err.max() < 1e-6, (name, err.max())
+        assert err.max() < 1e-7, (name, err.max())  # measured: <= 1.2e-9
 
 
 @pytest.mark.parametrize("pivot", ["camera", "rover"])
@@ -94,7 +94,7 @@ def test_jacobian_wrt_rotation(models, pivot):
         num = _num_jac_rot(model, pts, piv)
         scale = np.abs(num).max(axis=(1, 2), keepdims=True)
         err = np.abs(jr - num) / scale
-        assert err.max() < 1e-5, (name, pivot, err.max())
+        assert err.max() < 1e-6, (name, pivot, err.max())  # measured: <= 3.4e-9
 
 
 def test_round_trip_including_variants(models):
