@@ -140,7 +140,8 @@ def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
         reproject(rasterio.band(src, 1), solved, src_nodata=src.nodata, dst_transform=transform, dst_crs=crs,
                   dst_nodata=np.nan, resampling=Resampling.bilinear)
     rows, cols = np.mgrid[0:truth.shape[0], 0:truth.shape[1]]
-    east, north = transform * (cols + 0.5, rows + 0.5)
+    east = transform.c + transform.a * (cols + 0.5)
+    north = transform.f + transform.e * (rows + 0.5)
     re, rn = geo.local_level_to_map(rover_site_xy[0], rover_site_xy[1], origin)
     dist = np.hypot(east - float(re), north - float(rn))
     diff = solved - truth

@@ -63,7 +63,7 @@ def _imageid(shot, sclk, tile, downsample, seq_index):
     whole = int(sclk)
     frac = int(round((sclk - whole) * 1000)) % 1000
     return (f"{cam}_{SOL:04d}_{whole:010d}_{frac:03d}ECM_N{SITE_INDEX:03d}{DRIVE:04d}"
-            f"{seq}{shot.sequence:03d}{seq_index:02d}_{tile:02d}_{downsample:01d}9{shot.tier:01d}J")
+            f"{seq}{shot.sequence:03d}{seq_index:02d}_{tile:02d}_{shot.tier:01d}{downsample:02d}J")
 
 
 def plan_frames(scene, seed, scale, zoom_mm=None, tiles=False):
@@ -177,7 +177,8 @@ def write_truth_rasters(terrain, truth_dir, gsd, half=DEM_HALF_M, origin=geo.DEF
     transform = geo.grid_transform(origin, ry - half, rx + half, gsd)
     n = int(math.ceil(2 * half / gsd)) + 1
     cols, rows = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5)
-    east, north = transform * (cols.ravel(), rows.ravel())
+    east = transform.c + transform.a * cols.ravel()
+    north = transform.f + transform.e * rows.ravel()
     x, y = geo.map_to_local_level(east, north, origin)
     hup = terrain.height(np.asarray(x, float), np.asarray(y, float))
     alb = terrain.albedo(np.asarray(x, float), np.asarray(y, float), np.full(x.size, gsd))
