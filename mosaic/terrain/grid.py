@@ -10,9 +10,8 @@ Merging: a cell's height and brightness are the inverse-variance weighted means 
 weight 1 / sigma^2 with sigma the sample's expected range error (r^2 sigma_d / (f b)), so one
 near, well-triangulated sample outweighs many far ones and pairs of different cameras combine
 consistently. Cells left empty between samples (far terrain is sampled ever more sparsely along
-the line of sight) are filled by normalised convolution at growing scales up to ``fill`` cells,
-only where enough samples surround them; nothing is extrapolated past the data's edge by more
-than about a scale.
+the line of sight) are filled when they lie in a gap at most ``fill`` cells wide (a closing of the
+sampled cells), from the nearest samples; nothing is extrapolated past the data's outer edge.
 """
 
 from __future__ import annotations
@@ -124,29 +123,43 @@ def load_points(root, tile_index) -> np.ndarray:
     return np.concatenate([np.load(f) for f in files], axis=1)
 
 
-def _fill(values: list[np.ndarray], weight: np.ndarray, fill: int, min_support: float = 0.2):
-    """Fill empty cells (weight 0) by normalised convolution at scales 1, 2, 4... < fill/2 cells.
+def _fill(values: list[np.ndarray], weight: np.ndarray, fill: int):
+    """Fill gaps between samples, at most ``fill`` cells wide, by normalised convolution.
 
-    Support is measured from the samples alone (never from filled cells), so a fill reaches at
-    most ~0.85 sigma past the edge of the data (where a half-plane's support drops to 0.2), and
-    gaps between samples are bridged from both sides.
+    A cell is in a gap when samples lie on both sides of it along a row, a column or a diagonal
+    within ``fill`` cells (morphological closings with line elements in four directions): that
+    bridges the gaps between samples (far terrain comes in lines of samples, ever further apart
+    along the line of sight, and disks do not close dotted lines) without growing the data past
+    its outer edge. Values come from the nearest scale (sigma 1, 2, 4... cells) whose Gaussian
+    window holds samples, weighted by that window only (never by filled cells).
     """
     import cv2
 
     have0 = (weight > 0).astype(np.float32)
     have = weight > 0
     out = [v.copy() for v in values]
+    if fill < 1 or have.all() or not have.any():
+        return out, have
+    n = int(fill) + 2  # a line of n cells spans a gap of up to ``fill`` between two samples
+    lines = (np.ones((1, n), np.uint8), np.ones((n, 1), np.uint8), np.eye(n, dtype=np.uint8),
+             np.fliplr(np.eye(n, dtype=np.uint8)).copy())
+    h8 = have.astype(np.uint8)
+    gaps = np.zeros_like(have)
+    for line in lines:
+        gaps |= cv2.morphologyEx(h8, cv2.MORPH_CLOSE, line, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    gaps &= ~have
     sigma = 1.0
-    while sigma <= fill / 2.0 and not have.all():
-        k = int(2 * math.ceil(2.5 * sigma) + 1)
+    while gaps.any() and sigma <= max(fill, 1):
+        k = int(2 * math.ceil(3 * sigma) + 1)
         support = cv2.GaussianBlur(have0, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
-        todo = ~have & (support >= min_support)
+        todo = gaps & (support > 1e-3)
         if todo.any():
             for v in out:
-                s = cv2.GaussianBlur(np.where(have0 > 0, v, 0).astype(np.float32), (k, k), sigma,
+                s = cv2.GaussianBlur(np.where(have, v, 0).astype(np.float32), (k, k), sigma,
                                      borderType=cv2.BORDER_CONSTANT)
                 v[todo] = s[todo] / support[todo]
             have = have | todo
+            gaps &= ~todo
         sigma *= 2
     return out, have
 
