@@ -525,3 +525,43 @@ def test_truncated_pds3(realdata, tmp_path):
 
 def test_model_error_is_a_label_error():
     assert issubclass(ModelError, LabelError) and issubclass(LabelError, InputError)
+
+
+# -- bare VICAR files ----------------------------------------------------------------------------
+
+
+def test_bare_vicar_reads_like_its_pds3_wrapper(realdata, tmp_path):
+    # A MER product is an ODL label followed by a complete VICAR file: cut it out and read it.
+    src = realdata / MER / f"{MER_NAV[0]}.IMG"
+    raw = src.read_bytes()
+    vic = tmp_path / "frame.VIC"
+    vic.write_bytes(raw[13 * 2048 :])
+    a, b = read_frame(src), read_frame(vic)
+    assert b.extra["format"] == "VICAR" and a.extra["format"] == "PDS3"
+    for f in ("id", "instrument", "width", "height", "model", "model_frame", "attitude", "rover_position",
+              "mast_az", "mast_el", "subframe", "site", "drive", "sclk", "bands", "bit_depth"):
+        assert getattr(a, f) == getattr(b, f), f
+    assert b.extra["site_instrument_azel"] == a.extra["site_instrument_azel"]
+    assert np.array_equal(read_image(a), read_image(b))
+    assert [m.id for m in discover([tmp_path])] == [a.id]
+
+
+@pytest.mark.parametrize(
+    "old,new,match",
+    [
+        (b"RECSIZE=2048", b"RECSIZE=2047", "RECSIZE: RECSIZE 2047 is not NBB 0 \\+ 2048"),
+        (b"FORMAT='HALF'", b"FORMAT='COMP'", "FORMAT: unsupported pixel format 'COMP'"),
+        (b"MODEL_COMPONENT_2=(0.93995,-0.338133,0.0464979)", b"MODEL_COMPONENT_2=(0.93995,-0.338133)          ",
+         "GEOMETRIC_CAMERA_MODEL.MODEL_COMPONENT_2: expected 3 numbers"),
+    ],
+)
+def test_malformed_bare_vicar(realdata, tmp_path, old, new, match):
+    raw = (realdata / MER / f"{MER_NAV[0]}.IMG").read_bytes()[13 * 2048 :]
+    assert old in raw
+    path = tmp_path / "bad.VIC"
+    path.write_bytes(raw.replace(old, new, 1))
+    with pytest.raises(LabelError, match=rf"^{path}: {match}"):
+        read_frame(path)
+    path.write_bytes(raw[:9000])
+    with pytest.raises(LabelError, match=rf"^{path}: LBLSIZE: truncated label"):
+        read_frame(path)

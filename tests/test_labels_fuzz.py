@@ -183,7 +183,7 @@ def test_pds3_bytes(mer_bytes, tmp_path_factory, cut, noise):
 
 
 @FUZZ
-@given(blob=st.binary(max_size=512), suffix=st.sampled_from([".json", ".xml", ".IMG", ".png", ".jpg", ".tif"]))
+@given(blob=st.binary(max_size=512), suffix=st.sampled_from([".json", ".xml", ".IMG", ".VIC", ".png", ".jpg", ".tif"]))
 def test_random_bytes(tmp_path_factory, blob, suffix):
     path = _fresh(tmp_path_factory, "random" + suffix)
     path.write_bytes(blob)
@@ -194,3 +194,24 @@ def test_random_bytes(tmp_path_factory, blob, suffix):
         except InputError:
             return
         assert isinstance(px, np.ndarray)
+
+
+@FUZZ
+@given(data=st.data())
+def test_bare_vicar_mutations(mer_bytes, tmp_path_factory, data):
+    vic = bytearray(mer_bytes[13 * 2048 :])
+    label_end = 16384
+    items = [m.span(2) for m in re.finditer(rb"([A-Z0-9_]+)=('[^']*'|\([^)]*\)|\S+)", bytes(vic[:label_end]))]
+    for a, b in sorted(data.draw(st.lists(st.sampled_from(items), max_size=4, unique=True), label="items"), reverse=True):
+        junk = str(data.draw(JUNK, label="value")).encode("utf-8", "replace")
+        vic[a:b] = junk
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(vic))), label="cut")
+    path = _fresh(tmp_path_factory, "frame.VIC")
+    path.write_bytes(bytes(vic[:cut]))
+    meta = _check(path)
+    if meta is not None:
+        try:
+            px = read_image(meta)
+        except InputError:
+            return
+        assert px.shape[:2] == (meta.height, meta.width)

@@ -18,7 +18,7 @@ from ..meta import FrameMeta
 from .json_record import load_record, looks_like_record, read_json_frame
 from .pds4 import is_pds4, read_pds4_frame
 from .raster import IMAGE_SUFFIXES, RAW_SUFFIXES, image_header
-from .vicar import is_pds3, read_vicar_frame
+from .vicar import is_pds3, is_vicar, read_vicar_frame
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ class _Pairing:
     def __init__(self, directory: Path):
         self.dir = directory
         self._claims = None
+        self._files = None
+
+    def files(self) -> dict:
+        """file name (lower case) -> path, for the files of this directory."""
+        if self._files is None:
+            self._files = {c.name.lower(): c for c in sorted(self.dir.iterdir()) if c.is_file()}
+        return self._files
 
     def pds4_claims(self) -> dict:
         """image file name (lower case) -> the PDS4 label in this directory that names it."""
@@ -75,8 +82,9 @@ class _Pairing:
             stem = p.stem.removesuffix("-metadata")
             return p, _same_stem(self.dir, stem, IMAGE_SUFFIXES), "json"
         if s == ".xml":
-            named = {n for n, label in self.pds4_claims().items() if label == p}
-            image = next((c for c in sorted(self.dir.iterdir()) if c.name.lower() in named and c.is_file()), None)
+            files = self.files()
+            named = sorted(n for n, label in self.pds4_claims().items() if label == p and n in files)
+            image = files[named[0]] if named else None
             return p, image or _same_stem(self.dir, p.stem, IMAGE_SUFFIXES), "pds4"
         if s in IMAGE_SUFFIXES or s in RAW_SUFFIXES:
             for side in (p.stem + ".json", p.stem + "-metadata.json"):
@@ -111,8 +119,9 @@ def _read(label, image, kind) -> FrameMeta:
     if kind == "pds4":
         return read_pds4_frame(label, image)
     if kind == "pds3":
-        if not is_pds3(_head(label)):
-            raise LabelError(label, "not a PDS3 product with an attached label (no PDS_VERSION_ID)", field="label")
+        head = _head(label)
+        if not (is_pds3(head) or is_vicar(head)):
+            raise LabelError(label, "neither a PDS3 product (PDS_VERSION_ID) nor a VICAR file (LBLSIZE)", field="label")
         return read_vicar_frame(label)
     return read_photo(image)
 

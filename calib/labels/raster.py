@@ -18,8 +18,8 @@ from ..errors import InputError
 
 #: Extensions read through OpenCV/Pillow (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-#: Extensions of raw products with an attached (or PDS4) label.
-RAW_SUFFIXES = (".img",)
+#: Extensions of raw products with an attached (or PDS4) label, or bare VICAR files.
+RAW_SUFFIXES = (".img", ".vic")
 
 
 @dataclass(frozen=True)

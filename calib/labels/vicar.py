@@ -1,4 +1,4 @@
-"""PDS3 products with attached ODL labels (MER/MSL ``.IMG``, the VICAR label riding along).
+"""PDS3 products with attached ODL labels (MER/MSL ``.IMG``) and bare VICAR files.
 
 Fields read (see docs/formats.md):
 
@@ -12,6 +12,11 @@ Fields read (see docs/formats.md):
   ``BAND_STORAGE_TYPE``, ``LINE_PREFIX_BYTES``/``LINE_SUFFIX_BYTES``, ``FIRST_LINE[_SAMPLE]``;
   the pixels start at (``^IMAGE`` - 1) * ``RECORD_BYTES`` (or at ``^IMAGE = n <BYTES>``);
 - ``ROVER_MOTION_COUNTER`` (+ ``_NAME``) for site and drive, ``SPACECRAFT_CLOCK_START_COUNT``.
+
+A bare VICAR file (``LBLSIZE=`` first; the label PDS3 products carry after their ODL label)
+states the same items in ``PROPERTY`` sections and the pixels in its system label (``NL``,
+``NS``, ``NB``, ``FORMAT``, ``ORG``, ``INTFMT``/``REALFMT``, ``NLB``, ``NBB``, ``RECSIZE``); it
+is read into the same shape and then the same way.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ def is_pds3(head: bytes) -> bool:
     return s.startswith(b"PDS_VERSION_ID") or s.startswith(b"ODL_VERSION_ID")
 
 
+def is_vicar(head: bytes) -> bool:
+    return head.startswith(b"LBLSIZE=")
+
+
 def read_label(path) -> dict:
     """The attached ODL label of a PDS3 product, parsed."""
     path = os.fspath(path)
@@ -105,13 +114,11 @@ def _head_int(head: bytes, key: bytes):
 
 
 def read_vicar_frame(path) -> FrameMeta:
-    """FrameMeta of a PDS3 ``.IMG`` with an attached label (pixels described, not read)."""
+    """FrameMeta of a PDS3 ``.IMG`` with an attached label, or of a bare VICAR file (pixels
+    described, not read)."""
     path = os.fspath(path)
-    label = read_label(path)
-    image = label.get("IMAGE")
-    if not isinstance(image, dict):
-        raise LabelError(path, "no IMAGE object in the label", field="IMAGE")
-    layout = pixel_layout(label, path)
+    label, layout = read_label_and_layout(path)
+    image = label["IMAGE"]
     width, height = layout.samples, layout.lines
 
     model, model_frame = None, ROVER_NAV_FRAME
@@ -136,7 +143,7 @@ def read_vicar_frame(path) -> FrameMeta:
     if isinstance(rdg, dict):
         mast_az = fields.number(rdg.get("INSTRUMENT_AZIMUTH"), path, "ROVER_DERIVED_GEOMETRY_PARMS.INSTRUMENT_AZIMUTH", optional=True)
         mast_el = fields.number(rdg.get("INSTRUMENT_ELEVATION"), path, "ROVER_DERIVED_GEOMETRY_PARMS.INSTRUMENT_ELEVATION", optional=True)
-    extra = {"raw_layout": layout, "format": "PDS3"}
+    extra = {"raw_layout": layout, "format": label.get("_format", "PDS3")}
     sdg = label.get("SITE_DERIVED_GEOMETRY_PARMS")
     if isinstance(sdg, dict):
         az = fields.number(sdg.get("INSTRUMENT_AZIMUTH"), path, "SITE_DERIVED_GEOMETRY_PARMS.INSTRUMENT_AZIMUTH", optional=True)
@@ -273,15 +280,139 @@ def _pointer_in_bytes(path) -> bool:
 
 
 def read_pixels(meta_or_path):
-    """Pixels of a PDS3 product (a FrameMeta from ``read_vicar_frame`` or a path to the .IMG)."""
+    """Pixels of a PDS3/VICAR product (a FrameMeta from ``read_vicar_frame`` or a path to the .IMG)."""
     if isinstance(meta_or_path, FrameMeta):
         layout = meta_or_path.extra.get("raw_layout")
         if layout is None:
             raise LabelError(meta_or_path.source, "no raw pixel layout in this frame's label", field="^IMAGE")
     else:
-        path = os.fspath(meta_or_path)
-        label = read_label(path)
-        if not isinstance(label.get("IMAGE"), dict):
-            raise LabelError(path, "no IMAGE object in the label", field="IMAGE")
-        layout = pixel_layout(label, path)
+        _, layout = read_label_and_layout(os.fspath(meta_or_path))
     return read_raw(layout)
+
+
+def read_label_and_layout(path):
+    """(label in the PDS3 shape, RawLayout) of a PDS3 product or a bare VICAR file."""
+    head = _read_head(path)
+    if is_vicar(head):
+        return read_vicar_label(path)
+    label = read_label(path)
+    if not isinstance(label.get("IMAGE"), dict):
+        raise LabelError(path, "no IMAGE object in the label", field="IMAGE")
+    return label, pixel_layout(label, path)
+
+
+def _read_head(path, n=64):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise LabelError(path, f"cannot read: {e.strerror or e}") from None
+
+
+# -- bare VICAR files -----------------------------------------------------------------------------
+
+#: VICAR FORMAT -> numpy kind and size; the byte order comes from INTFMT / REALFMT.
+VICAR_FORMATS = {"BYTE": ("u", 1), "HALF": ("i", 2), "WORD": ("i", 2), "FULL": ("i", 4), "LONG": ("i", 4),
+                 "REAL": ("f", 4), "DOUB": ("f", 8)}
+_VICAR_TOKEN = re.compile(r"\s*([A-Za-z0-9_]+)=\s*('(?:[^']|'')*'|\((?:[^()']|'(?:[^']|'')*')*\)|[^\s]+)")
+
+
+def parse_vicar_label(text: str, path=None) -> tuple[dict, dict]:
+    """(system items, {property name: items}) of a VICAR label string.
+
+    Items before the first PROPERTY/TASK are the system label (LBLSIZE, FORMAT, NL, ...). A
+    ``PROPERTY='NAME'`` item opens a property; history (``TASK=``) items are skipped.
+    """
+    system: dict = {}
+    props: dict = {}
+    current = system
+    pos = 0
+    text = text.rstrip("\0 ")
+    while pos < len(text):
+        m = _VICAR_TOKEN.match(text, pos)
+        if not m:
+            if not text[pos:].strip(" \0"):
+                break
+            raise LabelError(path, f"VICAR label: cannot parse {text[pos:pos + 30]!r}", field="label")
+        pos = m.end()
+        key, raw = m.group(1).upper(), m.group(2)
+        value = _vicar_value(raw)
+        if key == "PROPERTY":
+            current = props.setdefault(str(value), {})
+        elif key == "TASK":
+            current = {}
+        else:
+            current.setdefault(key, value)
+    return system, props
+
+
+def _vicar_value(raw: str):
+    if raw.startswith("'"):
+        return raw[1:-1].replace("''", "'")
+    if raw.startswith("("):
+        items = re.findall(r"'(?:[^']|'')*'|[^,()\s]+", raw[1:-1])
+        return tuple(_vicar_value(i) for i in items)
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def read_vicar_label(path):
+    """(label in the PDS3 shape, RawLayout) of a bare VICAR file (``LBLSIZE=`` first)."""
+    head = _read_head(path, 64)
+    m = re.match(rb"LBLSIZE=\s*(\d+)", head)
+    if not m:
+        raise LabelError(path, "not a VICAR file (no LBLSIZE at the start)", field="LBLSIZE")
+    size = int(m.group(1))
+    if not 0 < size <= _MAX_LABEL:
+        raise LabelError(path, f"implausible label size {size}", field="LBLSIZE")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(size)
+    except OSError as e:
+        raise LabelError(path, f"cannot read: {e.strerror or e}") from None
+    if len(raw) < size:
+        raise LabelError(path, f"truncated label: {len(raw)} of {size} bytes", field="LBLSIZE")
+    system, props = parse_vicar_label(raw.decode("latin-1"), path)
+
+    def need(key):
+        return fields.integer(fields.require(system, key, path), path, key)
+
+    nl, ns, nb = need("NL"), need("NS"), need("NB") if "NB" in system else 1
+    recsize, nlb = need("RECSIZE"), fields.integer(system.get("NLB", 0), path, "NLB")
+    nbb = fields.integer(system.get("NBB", 0), path, "NBB")
+    fmt = fields.text(system.get("FORMAT"), path, "FORMAT", optional=False).upper()
+    if fmt not in VICAR_FORMATS:
+        raise LabelError(path, f"unsupported pixel format {fmt!r}", field="FORMAT")
+    kind, nbytes = VICAR_FORMATS[fmt]
+    if kind == "f":
+        realfmt = str(system.get("REALFMT", "IEEE")).upper()
+        if realfmt not in ("IEEE", "RIEEE"):
+            raise LabelError(path, f"unsupported real format {realfmt!r}", field="REALFMT")
+        order = ">" if realfmt == "IEEE" else "<"
+    else:
+        order = "<" if str(system.get("INTFMT", "HIGH")).upper() == "LOW" else ">"
+    dtype = f"{'|' if nbytes == 1 else order}{kind}{nbytes}"
+    storage = str(system.get("ORG", "BSQ")).upper()
+    if storage not in ("BSQ", "BIL", "BIP") or min(nl, ns, nb) < 1:
+        raise LabelError(path, f"unsupported organisation {storage} {ns}x{nl}x{nb}", field="ORG")
+    line_bytes = ns * nbytes * (nb if storage == "BIP" else 1)
+    if recsize != nbb + line_bytes:
+        raise LabelError(path, f"RECSIZE {recsize} is not NBB {nbb} + {line_bytes} bytes of pixels", field="RECSIZE")
+    layout = RawLayout(os.fspath(path), size + nlb * recsize, dtype, nl, ns, nb, storage, prefix=nbb)
+
+    # The PDS3 shape read_vicar_frame expects: the IMAGE object, property groups by name and
+    # identification items (PRODUCT_ID, INSTRUMENT_ID, ...) at the top.
+    label: dict = {}
+    for name, items in props.items():
+        label.setdefault(name, items)
+        for k, v in items.items():
+            label.setdefault(k, v)
+    image = dict(props.get("IMAGE_DATA", {}))
+    image.update(LINES=nl, LINE_SAMPLES=ns, BANDS=nb, SAMPLE_BITS=8 * nbytes)
+    label["IMAGE"] = image
+    label["_format"] = "VICAR"
+    return label, layout
