@@ -1,0 +1,501 @@
+"""Render a solved frame set into a panorama, tile by tile on dask.
+
+``render_panorama(solution, out_dir, ...)`` reads a ``solution.json`` (contract, DESIGN.md),
+solves one gain per frame from the overlaps (:mod:`.photometry`), cuts the output into tiles and
+renders each tile as a dask task: the task gets the few frames whose cone of view meets the tile's
+window (the tile plus a halo as wide as the blender's support), maps the window into each frame
+(:mod:`.warp`), picks the seams (:mod:`.seams`), blends (:mod:`.blend`) and returns the tile's
+pixels, which the client writes into ``panorama.tif`` (:class:`mosaic.cog.CogWriter`) as they
+arrive. Memory is O(tile x frames touching it) per task plus a bounded number of tiles in
+flight, whatever the panorama's size; ``plan()`` states the sizes before anything is allocated
+and ``max_pixels`` refuses outputs beyond a limit.
+
+Because every tile window starts on the coarsest pyramid level's grid and carries the full halo,
+tiles blend exactly as one whole image would (tested: a 2-tile and a 1-tile render agree), and a
+wrapping projection's halo at x = 0 comes from the right edge (directions are periodic in x), so
+the 0/360 degree seam is blended like any other place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calib.errors import InputError
+from calib.models import model_from_dict
+
+from . import blend, photometry, seams, warp
+from .projections import make_projection
+
+log = logging.getLogger("mosaic")
+
+#: Refuse outputs above this many pixels unless told otherwise (4 gigapixels: ~32 GB of RGBA16).
+MAX_PIXELS = 4_000_000_000
+LEVELS = 4
+_CONE_MARGIN = np.radians(0.25)
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One used frame: what a tile task needs to warp it (small and picklable)."""
+
+    index: int
+    id: str
+    path: str
+    width: int
+    height: int
+    model: object
+    boresight: np.ndarray
+    radius: float  # half-angle (radians) of a cone holding the frame's view
+    gain: float = 1.0
+    scale: float = 1.0  # to the output's value range (8-bit frames in a 16-bit panorama: 257)
+
+
+def _cone(model, w, h):
+    b = model.boresight(w, h)
+    d = model.footprint(w, h, n=16)
+    d = d[np.isfinite(d).all(axis=1)]
+    r = float(np.arccos(np.clip(d @ b, -1, 1)).max()) if len(d) else np.pi
+    return b, r + _CONE_MARGIN
+
+
+def load_solution(solution):
+    """(solution dict, folder relative image paths resolve against)."""
+    if isinstance(solution, dict):
+        return solution, Path.cwd()
+    path = Path(solution)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "solution file not found") from None
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a readable JSON solution ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
+        raise InputError(path, "no 'frames' list", field="frames")
+    return data, path.parent
+
+
+def frames_of(solution) -> list[FrameInfo]:
+    data, base = load_solution(solution)
+    src = solution if not isinstance(solution, dict) else None
+    out = []
+    for k, f in enumerate(data["frames"]):
+        if not f.get("used", True):
+            continue
+        try:
+            fid = str(f.get("id", k))
+            img = Path(f["image"])
+            w, h = int(f["width"]), int(f["height"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(src, f"frame {k}: missing or bad id/image/width/height ({e})", field="frames") from None
+        frame = f.get("frame", "LOCAL_LEVEL")
+        if frame != "LOCAL_LEVEL":
+            raise InputError(src, f"frame {fid}: model in {frame}, expected LOCAL_LEVEL", field="frame")
+        model = model_from_dict(f.get("model"), source=src)
+        path = img if img.is_absolute() else base / img
+        b, r = _cone(model, w, h)
+        out.append(FrameInfo(len(out), fid, str(path), w, h, model, b, r))
+    if not out:
+        raise InputError(src, "no used frames to render", field="frames")
+    return out
+
+
+def _probe(path):
+    """(dtype name, bands) of an image from its header (GDAL reads PNG/JPEG/TIFF headers)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "image file not found")
+    if p.suffix.lower() in (".img", ".vic"):
+        img = warp.read_image(p)
+        return img.dtype.name, (1 if img.ndim == 2 else img.shape[2])
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(p) as ds:
+                dt, n = ds.dtypes[0], ds.count
+        except rasterio.errors.RasterioIOError as e:
+            raise InputError(p, f"cannot read image header ({e})") from None
+    bands = 3 if n >= 3 else 1
+    if dt not in ("uint8", "uint16"):
+        dt = "float32" if dt.startswith("float") else "uint16"
+    return dt, bands
+
+
+def _output_kind(frames):
+    """Output dtype (the finest input depth) and colour band count (RGB if any frame is)."""
+    probes = [_probe(f.path) for f in frames]
+    dts = {p[0] for p in probes}
+    dtype = "float32" if "float32" in dts else ("uint16" if "uint16" in dts else "uint8")
+    bands = 3 if any(p[1] == 3 for p in probes) else 1
+    return dtype, bands, [p[0] for p in probes]
+
+
+def default_resolution(frames, projection, ground_z=0.0) -> float:
+    """The finest input's pixel: degrees per pixel, or metres per pixel on the ground (vertical)."""
+    ang = min(f.model.angular_pixel() for f in frames)
+    if projection == "vertical":
+        height = min(max(1.0, ground_z - float(f.model.C[2])) for f in frames)
+        return ang * height
+    return float(np.degrees(ang))
+
+
+def _projection(frames, projection, resolution, align, elevation_range, proj_kw):
+    res = resolution if resolution is not None else default_resolution(frames, projection,
+                                                                        proj_kw.get("ground_z", 0.0))
+    return make_projection(projection, res, align=align, elevation_range=elevation_range, **proj_kw)
+
+
+def _windows(proj, tile, hal):
+    """Tiles as (core (x0, y0, w, h), window (x0, y0, w, h)), row-major."""
+    out = []
+    for r0 in range(0, proj.height, tile):
+        r1 = min(proj.height, r0 + tile)
+        for c0 in range(0, proj.width, tile):
+            c1 = min(proj.width, c0 + tile)
+            wr0, wr1 = max(0, r0 - hal), min(proj.height, r1 + hal)
+            if proj.wraps:
+                wc0, wc1 = c0 - hal, c1 + hal
+            else:
+                wc0, wc1 = max(0, c0 - hal), min(proj.width, c1 + hal)
+            out.append(((c0, r0, c1 - c0, r1 - r0), (wc0, wr0, wc1 - wc0, wr1 - wr0)))
+    return out
+
+
+def _window_samples(window, n=12):
+    x0, y0, w, h = window
+    t = np.linspace(0, 1, n)
+    xs = np.concatenate([x0 - 0.5 + t * w, np.full(n, x0 + w - 0.5), x0 - 0.5 + t * w, np.full(n, x0 - 0.5)])
+    ys = np.concatenate([np.full(n, y0 - 0.5), y0 - 0.5 + t * h, np.full(n, y0 + h - 0.5), y0 - 0.5 + t * h])
+    gx, gy = np.meshgrid(x0 - 0.5 + (np.arange(5) + 0.5) * w / 5, y0 - 0.5 + (np.arange(5) + 0.5) * h / 5)
+    return np.concatenate([xs, gx.ravel()]), np.concatenate([ys, gy.ravel()])
+
+
+def _cones_of(vecs):
+    """Cone (centre (T, 3), half-angle (T,)) of each row of unit vectors (T, S, 3), NaN-tolerant."""
+    ok = np.isfinite(vecs).all(axis=2)
+    v = np.where(ok[..., None], vecs, 0.0)
+    c = v.sum(axis=1)
+    n = np.linalg.norm(c, axis=1, keepdims=True)
+    c = np.where(n > 1e-9, c / np.maximum(n, 1e-300), np.array([1.0, 0, 0]))
+    cos = np.einsum("tsk,tk->ts", v, c)
+    cos = np.where(ok, cos, 1.0)
+    r = np.arccos(np.clip(cos.min(axis=1), -1, 1))
+    r = np.where((n[:, 0] > 1e-9) & ok.any(axis=1), r, np.pi)
+    # A window with blind samples (outside a polar view's disc) keeps the cone of the rest;
+    # a wholly blind one gets an empty cone.
+    r = np.where(ok.any(axis=1), r, -1.0)
+    return c, r
+
+
+def _tile_frames(proj, windows, frames, range_m):
+    """For each tile, the indices of the frames whose cone meets the tile window's cone."""
+    samples = [_window_samples(win) for _, win in windows]
+    xs = np.stack([s[0] for s in samples])
+    ys = np.stack([s[1] for s in samples])
+    fb = np.array([f.boresight for f in frames])
+    fr = np.array([f.radius for f in frames])
+    hits = [[] for _ in windows]
+    if proj.kind == "direction" and range_m is None:
+        c, r = _cones_of(proj.pixel_to_dir(xs, ys))
+        for a in range(0, len(windows), 4096):
+            ang = np.arccos(np.clip(c[a:a + 4096] @ fb.T, -1, 1))
+            ti, fi = np.nonzero((ang <= r[a:a + 4096, None] + fr[None, :]) & (r[a:a + 4096, None] >= 0))
+            for t, f in zip(ti.tolist(), fi.tolist()):
+                hits[a + t].append(f)
+        return hits
+    if proj.kind == "point":
+        pts = proj.pixel_to_point(xs, ys)
+    else:
+        pts = float(range_m) * proj.pixel_to_dir(xs, ys)
+    for f in frames:
+        v = pts - f.model.C
+        v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+        c, r = _cones_of(v)
+        ang = np.arccos(np.clip(c @ f.boresight, -1, 1))
+        for t in np.nonzero((ang <= r + f.radius) & (r >= 0))[0].tolist():
+            hits[t].append(f.index)
+    return hits
+
+
+# -- the tile task --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TileJob:
+    proj: object
+    core: tuple
+    window: tuple
+    frames: tuple  # FrameInfo
+    bands: int
+    dtype: str
+    levels: int
+    range_m: float | None
+    step: int
+    tol: float
+
+
+def _place(fm, img, bands, rr, cc):
+    """The frame's warped pixels (and cover) embedded in the blend region rr x cc."""
+    h, w = rr.stop - rr.start, cc.stop - cc.start
+    out = np.zeros((h, w, bands), np.float32)
+    cover = np.zeros((h, w), np.float32)
+    r0, c0 = fm.rows.start - rr.start, fm.cols.start - cc.start
+    sub = out[r0:r0 + img.shape[0], c0:c0 + img.shape[1]]
+    sub[...] = img  # broadcasts a grey frame into every colour band; invalid pixels carry no cover
+    cover[r0:r0 + img.shape[0], c0:c0 + img.shape[1]] = fm.valid
+    return out, cover
+
+
+def render_tile(job: TileJob):
+    """Pixels of one tile: ((row0, col0), array (bands + 1, h, w) with alpha last) and stats, or
+    (None, stats) when no frame covers the tile."""
+    x0, y0, w, h = job.window
+    cx, cy, cw, ch = job.core
+    fmaps = [warp.frame_map(job.proj, job.window, f.model, f.width, f.height, job.range_m, job.step, job.tol)
+             for f in job.frames]
+    stats = {"frames": sum(m is not None for m in fmaps),
+             "exact_px": sum(m.exact_px for m in fmaps if m is not None)}
+    if not stats["frames"]:
+        return None, stats
+    label = seams.assign((h, w), fmaps, [(f.width, f.height) for f in job.frames])
+    core = (slice(cy - y0, cy - y0 + ch), slice(cx - x0, cx - x0 + cw))
+    if not (label[core] >= 0).any():
+        return None, stats
+    present = [i for i in range(len(fmaps)) if fmaps[i] is not None and (label[fmaps[i].rows, fmaps[i].cols] == i).any()]
+
+    def warped(i):
+        f, fm = job.frames[i], fmaps[i]
+        img = warp.remap(warp.CACHE.get(f.path), fm)
+        k = np.float32(f.gain * f.scale)
+        return img if k == 1 else img * k
+
+    if len(present) == 1:
+        i = present[0]
+        fm = fmaps[i]
+        rr, cc = slice(0, h), slice(0, w)
+        out, _ = _place(fm, warped(i), job.bands, rr, cc)
+    else:
+        mb = blend.MultiBand((h, w), job.bands, job.levels)
+        for i in present:
+            fm = fmaps[i]
+            rr, cc = mb.region(fm.rows, fm.cols)
+            img, cover = _place(fm, warped(i), job.bands, rr, cc)
+            weight = (label[rr, cc] == i).astype(np.float32)
+            mb.add(rr, cc, img, cover, weight)
+        out = mb.result()
+    out = out[core]
+    alpha = label[core] >= 0
+    dt = np.dtype(job.dtype)
+    if dt.kind == "u":
+        top = np.iinfo(dt).max
+        pix = np.clip(np.rint(out), 0, top).astype(dt)
+    else:
+        top = 1.0
+        pix = out.astype(dt)
+    pix[~alpha] = 0
+    arr = np.empty((job.bands + 1, ch, cw), dt)
+    arr[:job.bands] = np.moveaxis(pix, 2, 0)
+    arr[job.bands] = np.where(alpha, top, 0).astype(dt)
+    stats["covered_px"] = int(alpha.sum())
+    return (cy, cx, arr), stats
+
+
+# -- planning and the driver -----------------------------------------------------------------------
+
+def _align(levels, step):
+    """The grid every tile window starts on: the coarsest pyramid level's and the warp grid's."""
+    if step < 2 or step & (step - 1):
+        raise InputError(None, f"warp grid step {step} must be a power of two >= 2", field="step")
+    return max(16, 1 << levels, step)
+
+
+def _halo(levels, step):
+    a = _align(levels, step)
+    return -(-blend.halo(levels) // a) * a
+
+
+def _setup(solution, projection, resolution, tile, elevation_range, levels, max_pixels, proj_kw, step=16):
+    a = _align(levels, step)
+    if tile <= 0 or tile % a:
+        raise InputError(None, f"tile size {tile} must be a positive multiple of {a}", field="tile")
+    frames = frames_of(solution)
+    proj = _projection(frames, projection, resolution, a, elevation_range, proj_kw)
+    npx = proj.width * proj.height
+    if npx > max_pixels:
+        raise InputError(solution if not isinstance(solution, dict) else None,
+                         f"output {proj.width} x {proj.height} = {npx / 1e9:.2f} gigapixels exceeds the limit of "
+                         f"{max_pixels / 1e9:.2f} (raise max_pixels or coarsen the resolution)", field="resolution")
+    return frames, proj
+
+
+def plan(solution, *, projection="equirect", resolution=None, tile=512, elevation_range=None, levels=LEVELS,
+         max_pixels=MAX_PIXELS, **proj_kw) -> dict:
+    """Dry run: output size, tile count and byte estimates, without reading any pixels (image
+    headers only). Raises InputError when the output would exceed ``max_pixels``."""
+    frames, proj = _setup(solution, projection, resolution, tile, elevation_range, levels, max_pixels, proj_kw)
+    dtype, bands, _ = _output_kind(frames)
+    item = np.dtype(dtype).itemsize
+    win = tile + 2 * _halo(levels, 16)
+    ntiles = -(-proj.width // tile) * -(-proj.height // tile)
+    biggest = max(f.width * f.height * bands * item for f in frames)
+    return {
+        "projection": projection, "width": proj.width, "height": proj.height, "tiles": ntiles,
+        "resolution": float(360.0 / proj.width) if projection == "equirect" else None,
+        "bands": bands + 1, "dtype": dtype, "frames": len(frames),
+        "bytes_estimate": int(proj.width * proj.height * (bands + 1) * item),
+        # per task: the window's pyramids (num + den, 4/3 for the levels) and per frame a map,
+        # a warped copy and its pyramid; plus the largest decoded frame in the cache.
+        "tile_bytes_estimate": int(win * win * 4 * ((bands + 1) * 4 / 3 * 2 + 6 * (bands + 3)) + biggest),
+    }
+
+
+def render_panorama(solution, out_dir, *, projection="equirect", resolution=None, tile=512, client=None,
+                    elevation_range=None, range_m=None, levels=LEVELS, gains=True, max_pixels=MAX_PIXELS,
+                    step=16, tol=0.1, preview_width=4096, **proj_kw) -> dict:
+    """Render ``solution`` (path to solution.json, or its dict with paths relative to the working
+    directory) into ``out_dir/panorama.tif`` (COG) and ``out_dir/preview.jpg``.
+
+    ``projection``: equirect (default; full sphere, W = 2H), cylindrical (``elevation_range``),
+    polar (``max_angle``), perspective (``direction=(az, el)``, ``fov=(h, v)``), vertical
+    (``extent`` metres, ``ground_z``). ``resolution``: degrees per pixel (metres for vertical),
+    default the finest input pixel. ``range_m``: render far-field directions (None) or points at
+    that distance from the rover origin. ``gains``: solve per-frame gains (or pass an array).
+    ``client``: a dask client; None starts the embedded default. Returns paths and stats.
+    """
+    from mosaic.cog import CogWriter, equirect_transform
+
+    t0 = time.monotonic()
+    frames, proj = _setup(solution, projection, resolution, tile, elevation_range, levels, max_pixels, proj_kw, step)
+    dtype, bands, fdtypes = _output_kind(frames)
+    top = {"uint8": 255.0, "uint16": 65535.0}
+    out_top = top.get(dtype, 1.0)
+    scales = [out_top / top[d] if d in top and dtype in top else 1.0 for d in fdtypes]
+    own = None
+    if client is None:
+        from mosaic.cluster import client as make_client
+
+        own = make_client()
+        client = own.__enter__()
+    try:
+        t1 = time.monotonic()
+        if isinstance(gains, bool):
+            if gains:
+                g, gstats = photometry.frame_gains(frames, client, saturation=out_top if dtype != "float32" else 1.0)
+            else:
+                g, gstats = np.ones(len(frames)), {"pairs": 0}
+        else:
+            g = np.asarray(gains, dtype=float)
+            if g.shape != (len(frames),):
+                raise InputError(None, f"{len(g)} gains given for {len(frames)} used frames", field="gains")
+            gstats = {"pairs": 0}
+        frames = [FrameInfo(f.index, f.id, f.path, f.width, f.height, f.model, f.boresight, f.radius,
+                            float(gi), float(s)) for f, gi, s in zip(frames, g, scales)]
+        t2 = time.monotonic()
+        windows = _windows(proj, tile, _halo(levels, step))
+        hits = _tile_frames(proj, windows, frames, range_m)
+        jobs = [TileJob(proj, core, win, tuple(frames[i] for i in hit), bands, dtype, levels, range_m, step, tol)
+                for (core, win), hit in zip(windows, hits) if hit]
+        transform = (equirect_transform(proj.width, proj.height) if projection == "equirect"
+                     else _affine(proj.transform))
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "panorama.tif"
+        tstats = {"tiles": len(windows), "tiles_with_frames": len(jobs), "tiles_written": 0, "covered_px": 0,
+                  "exact_px": 0}
+        with CogWriter(path, proj.width, proj.height, bands + 1, dtype, transform=transform, alpha=True) as cw:
+            for result, st in _run_jobs(client, jobs):
+                tstats["exact_px"] += st["exact_px"]
+                if result is None:
+                    continue
+                row0, col0, arr = result
+                cw.write((row0, col0), arr)
+                tstats["tiles_written"] += 1
+                tstats["covered_px"] += st["covered_px"]
+            t3 = time.monotonic()
+        t4 = time.monotonic()
+        preview = write_preview(path, out_dir / "preview.jpg", preview_width)
+    finally:
+        if own is not None:
+            own.__exit__(None, None, None)
+    t5 = time.monotonic()
+    return {
+        "panorama": str(path), "preview": str(preview), "projection": projection,
+        "width": proj.width, "height": proj.height, "bands": bands + 1, "dtype": dtype,
+        "resolution": float(360.0 / proj.width) if projection in ("equirect", "cylindrical") else None,
+        "frames": len(frames), "gains": {f.id: f.gain for f in frames}, "photometry": gstats,
+        **tstats,
+        "seconds": {"total": t5 - t0, "gains": t2 - t1, "render": t3 - t2, "cog": t4 - t3, "preview": t5 - t4},
+    }
+
+
+def _affine(gt):
+    from affine import Affine
+
+    return Affine.from_gdal(*gt)
+
+
+def _run_jobs(client, jobs):
+    """Yield (result, stats) as tiles finish, keeping a bounded number in flight (memory stays
+    O(in-flight tiles), not O(panorama))."""
+    from distributed import as_completed
+
+    from mosaic.progress import stage
+
+    if not jobs:
+        return
+    nthreads = sum(client.nthreads().values()) or 1
+    limit = 2 * nthreads + 2
+    it = iter(jobs)
+    first = [client.submit(render_tile, j, pure=False) for _, j in zip(range(limit), it)]
+    ac = as_completed(first)
+    with stage("render", len(jobs)) as bar:
+        for fut in ac:
+            res = fut.result()
+            fut.release()
+            nxt = next(it, None)
+            if nxt is not None:
+                ac.add(client.submit(render_tile, nxt, pure=False))
+            bar.advance()
+            yield res
+
+
+def write_preview(cog_path, out_path, max_width=4096):
+    """A JPEG of the panorama at most ``max_width`` wide, read from the COG's overviews;
+    transparent pixels black, 16-bit stretched to its 99.9th percentile."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from mosaic.atomic import write_bytes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(cog_path) as ds:
+            f = max(1.0, ds.width / max_width)
+            w, h = max(1, int(ds.width / f)), max(1, int(ds.height / f))
+            a = ds.read(out_shape=(ds.count, h, w), resampling=Resampling.average)
+    alpha = a[-1] > 0
+    col = a[:-1].astype(np.float32)
+    if a.dtype != np.uint8:
+        vals = col[:, alpha]
+        top = float(np.percentile(vals, 99.9)) if vals.size else 1.0
+        col = col * (255.0 / max(top, 1e-6))
+    col = np.clip(np.rint(col), 0, 255).astype(np.uint8)
+    col[:, ~alpha] = 0
+    img = np.moveaxis(col, 0, -1)
+    if img.shape[2] == 3:
+        img = img[..., ::-1]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError(f"{out_path}: JPEG encoding failed")
+    write_bytes(out_path, buf.tobytes())
+    return Path(out_path)

@@ -1,0 +1,286 @@
+"""Warping one frame into one output window: exact projections on a coarse grid, interpolated.
+
+GDAL's approximate-transformer idea: the exact mapping output pixel -> frame pixel (a CAHVORE
+projection is an iterative solve) is evaluated on a grid of nodes every ``step`` output pixels and
+interpolated bilinearly in between. The interpolation error is checked at every cell's centre
+(where a bilinear fit of a smooth map is worst); a cell whose error exceeds ``tol`` (0.1 px) or that
+has a corner where the frame does not see (behind the camera, outside a fisheye's cone) is filled
+with exact per-pixel projections instead, and when more than a quarter of the cells that reach
+the image fail, the grid step is halved. Cells whose corners all land far outside the image are
+not checked: their pixels are masked off anyway.
+
+What a camera sees of an output pixel:
+
+- ``direction`` projections, ``range_m=None``: the direction at infinite range from the camera's
+  own centre C. Every camera sees the same far direction at the same output pixel, which is what
+  makes a panorama of distant terrain consistent; near terrain shows parallax between cameras
+  (mast cameras sit ~2 m above and ~1 m from the rover origin), which only registration can hide.
+- ``direction`` projections with ``range_m``: the point at that distance from the rover origin (a
+  sphere of radius ``range_m`` around the rover), e.g. to render as seen from the origin.
+- ``point`` projections (vertical): the surface point itself, projected exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calib.errors import InputError
+
+#: Range (m) standing in for infinity: 1e6 m puts a 2 m baseline at 2e-6 rad, 0.03 px of a
+#: Mastcam-Z pixel, and keeps CAHVORE's entrance-pupil terms negligible.
+FAR = 1.0e6
+#: Frame coordinate standing for "far off the image" (finite, so float32 arithmetic stays tame).
+_OFF = 1.0e6
+
+
+def targets(proj, x, y, model, range_m=None) -> np.ndarray:
+    """Points (N, 3) to project through ``model`` for output pixels (x, y) (flat arrays)."""
+    if proj.kind == "point":
+        return proj.pixel_to_point(x, y).reshape(-1, 3)
+    d = proj.pixel_to_dir(x, y).reshape(-1, 3)
+    if range_m is None:
+        return model.C[None, :] + FAR * d
+    return float(range_m) * d
+
+
+def _project(proj, model, xs, ys, range_m):
+    """Frame pixels (N, 2) of output pixels; NaN where the frame does not see."""
+    return model.project(targets(proj, xs, ys, model, range_m))
+
+
+class FrameMap:
+    """Where one frame lands in a window: ``rows``/``cols`` slices of the window, float32 maps
+    ``mapx``/``mapy`` into the frame and the ``valid`` mask, all of the slices' shape."""
+
+    __slots__ = ("rows", "cols", "mapx", "mapy", "valid", "step", "exact_px")
+
+    def __init__(self, rows, cols, mapx, mapy, valid, step, exact_px):
+        self.rows, self.cols = rows, cols
+        self.mapx, self.mapy, self.valid = mapx, mapy, valid
+        self.step, self.exact_px = step, exact_px
+
+
+def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
+    """Map the output ``window`` (x0, y0, w, h) into a ``fw`` x ``fh`` frame.
+
+    Returns a FrameMap restricted to the rectangle of grid cells that reach the image, or None
+    when the frame sees nothing of the window. ``step`` must be even and divide the window's
+    origin: cells then sit on a global grid, so every window computes a given output pixel
+    from the same nodes and tiles agree exactly where their windows overlap.
+    """
+    x0, y0, w, h = window
+    if step < 2 or step % 2 or x0 % step or y0 % step:
+        raise ValueError(f"grid step {step} must be even and divide the window origin ({x0}, {y0})")
+    margin = 1.0
+    # Node k sits at window coordinate (k - 0.5) step - 0.5; cell k (nodes k, k+1) covers
+    # window pixels [(k - 0.5) step, (k + 0.5) step) (nodes half a pixel outside the cell's
+    # first and last pixel centres, which is exactly what cv2.resize by ``step`` assumes).
+    half = step // 2
+    nx = int(np.ceil(w / step + 1.5))
+    ny = int(np.ceil(h / step + 1.5))
+    kx = (np.arange(nx) - 0.5) * step - 0.5
+    ky = (np.arange(ny) - 0.5) * step - 0.5
+    gx, gy = np.meshgrid(x0 + kx, y0 + ky)
+    nodes = _project(proj, model, gx.ravel(), gy.ravel(), range_m).reshape(ny, nx, 2)
+    fin = np.isfinite(nodes).all(axis=2)
+    c = [nodes[:-1, :-1], nodes[:-1, 1:], nodes[1:, :-1], nodes[1:, 1:]]
+    f = [fin[:-1, :-1], fin[:-1, 1:], fin[1:, :-1], fin[1:, 1:]]
+    anyf = f[0] | f[1] | f[2] | f[3]
+    allf = f[0] & f[1] & f[2] & f[3]
+    with np.errstate(invalid="ignore"):
+        lo = np.fmin(np.fmin(c[0], c[1]), np.fmin(c[2], c[3]))
+        hi = np.fmax(np.fmax(c[0], c[1]), np.fmax(c[2], c[3]))
+        reach = (anyf & (hi[..., 0] >= -margin) & (lo[..., 0] <= fw - 1 + margin)
+                 & (hi[..., 1] >= -margin) & (lo[..., 1] <= fh - 1 + margin))
+        # A cell with a blind corner (behind the camera, outside a fisheye's cone) may still
+        # see the image when a seeing corner lands within an image size of it.
+        big = float(max(fw, fh))
+        near = ((hi[..., 0] >= -big) & (lo[..., 0] <= fw + big) & (hi[..., 1] >= -big) & (lo[..., 1] <= fh + big))
+    reach |= anyf & ~allf & near
+    if not reach.any():
+        return None
+    iy, ix = np.nonzero(reach)
+    ax = ix * step - half  # cells' first pixel, window-relative
+    ay = iy * step - half
+    centre = _project(proj, model, x0 + ax + half - 0.5, y0 + ay + half - 0.5, range_m)
+    corners = [cc[iy, ix] for cc in c]
+    with np.errstate(invalid="ignore"):
+        err = np.abs(centre - 0.25 * (corners[0] + corners[1] + corners[2] + corners[3])).max(axis=1)
+    bad_cell = ~allf[iy, ix] | ~(err <= tol)
+    # Rectangle of reaching cells -> window pixel slices.
+    ka, kb = ix.min(), ix.max() + 1  # cells ka..kb-1 -> nodes ka..kb
+    la, lb = iy.min(), iy.max() + 1
+    # Blind nodes become a far sentinel so that interpolation near them lands off the image;
+    # cells with a blind corner are refined below anyway.
+    sub = np.clip(nodes[la:lb + 1, ka:kb + 1], -_OFF, _OFF)
+    sub = np.where(np.isfinite(sub), sub, -_OFF).astype(np.float32)
+    up = cv2.resize(sub, ((kb - ka + 1) * step, (lb - la + 1) * step), interpolation=cv2.INTER_LINEAR)
+    # up[j] is window pixel (ka - 1) step + j; cells ka..kb-1 span j in [step/2, (kb-ka+0.5) step).
+    c0, r0 = ka * step - half, la * step - half
+    c1, r1 = kb * step - half, lb * step - half
+    cs0, cs1 = max(c0, 0), min(c1, w)
+    rs0, rs1 = max(r0, 0), min(r1, h)
+    if cs1 <= cs0 or rs1 <= rs0:
+        return None
+    jx0 = half + cs0 - c0
+    jy0 = half + rs0 - r0
+    m = up[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
+    mapx = np.ascontiguousarray(m[..., 0])
+    mapy = np.ascontiguousarray(m[..., 1])
+    # Cells inside the rectangle that do not reach the image are off it, whatever a bilinear
+    # fit of a wildly bending map says in between.
+    cells = np.zeros((lb - la, kb - ka), dtype=bool)
+    cells[iy - la, ix - ka] = True
+    if not cells.all():
+        full = np.repeat(np.repeat(cells, step, axis=0), step, axis=1)[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0]
+        mapx[~full] = -_OFF
+        mapy[~full] = -_OFF
+    sink = _Sink(proj, model, range_m, x0, y0, mapx, mapy, rs0, cs0, tol)
+    if bad_cell.any():
+        b = bad_cell
+        sink.refine(ax[b], ay[b], step, [cc[b] for cc in corners], centre[b])
+    with np.errstate(invalid="ignore"):
+        valid = (mapx >= -0.5) & (mapx <= fw - 0.5) & (mapy >= -0.5) & (mapy <= fh - 0.5)
+    if not valid.any():
+        return None
+    return FrameMap(slice(rs0, rs1), slice(cs0, cs1), mapx, mapy, valid, step, sink.exact_px)
+
+
+class _Sink:
+    """Refines failing cells of a frame map in place: a cell whose centre disagrees with its
+    bilinear fit by more than ``tol`` (or that has a blind corner) is split into four, with exact
+    projections at the new nodes, recursively; cells of 2 x 2 pixels or less are computed
+    exactly pixel by pixel. Every decision depends on the cell alone (global grid), never on
+    the window, so overlapping windows produce identical maps."""
+
+    def __init__(self, proj, model, range_m, x0, y0, mapx, mapy, rs0, cs0, tol):
+        self.proj, self.model, self.range_m = proj, model, range_m
+        self.x0, self.y0, self.mapx, self.mapy = x0, y0, mapx, mapy
+        self.rs0, self.cs0, self.tol = rs0, cs0, tol
+        self.exact_px = 0
+
+    def _p(self, x, y):
+        return _project(self.proj, self.model, self.x0 + x, self.y0 + y, self.range_m)
+
+    def _put(self, yy, xx, vals):
+        yy = yy - self.rs0
+        xx = xx - self.cs0
+        h, w = self.mapx.shape
+        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        v = np.where(np.isfinite(vals), np.clip(vals, -_OFF, _OFF), -_OFF)
+        self.mapx[yy[ok], xx[ok]] = v[..., 0][ok]
+        self.mapy[yy[ok], xx[ok]] = v[..., 1][ok]
+
+    def refine(self, ax, ay, s, corners, centre):
+        c00, c01, c10, c11 = corners
+        if s <= 2:
+            j = np.arange(s)
+            yy = np.broadcast_to(ay[:, None, None] + j[None, :, None], (len(ax), s, s))
+            xx = np.broadcast_to(ax[:, None, None] + j[None, None, :], (len(ax), s, s))
+            vals = self._p(xx.ravel(), yy.ravel()).reshape(len(ax), s, s, 2)
+            self._put(yy, xx, vals)
+            self.exact_px += vals.shape[0] * s * s
+            return
+        hs = s // 2
+        top = self._p(ax + hs - 0.5, ay - 0.5)
+        left = self._p(ax - 0.5, ay + hs - 0.5)
+        right = self._p(ax + s - 0.5, ay + hs - 0.5)
+        bottom = self._p(ax + hs - 0.5, ay + s - 0.5)
+        qx = np.concatenate([ax, ax + hs, ax, ax + hs])
+        qy = np.concatenate([ay, ay, ay + hs, ay + hs])
+        q00 = np.concatenate([c00, top, left, centre])
+        q01 = np.concatenate([top, c01, centre, right])
+        q10 = np.concatenate([left, centre, c10, bottom])
+        q11 = np.concatenate([centre, right, bottom, c11])
+        qc = self._p(qx + hs / 2 - 0.5, qy + hs / 2 - 0.5)
+        with np.errstate(invalid="ignore"):
+            err = np.abs(qc - 0.25 * (q00 + q01 + q10 + q11)).max(axis=1)
+        good = err <= self.tol  # False for NaN
+        if good.any():
+            t = (np.arange(hs) + 0.5) / hs
+            ty, tx = t[None, :, None, None], t[None, None, :, None]
+            g = good
+            vals = ((1 - ty) * (1 - tx) * q00[g][:, None, None] + (1 - ty) * tx * q01[g][:, None, None]
+                    + ty * (1 - tx) * q10[g][:, None, None] + ty * tx * q11[g][:, None, None])
+            j = np.arange(hs)
+            yy = np.broadcast_to(qy[g][:, None, None] + j[None, :, None], vals.shape[:3])
+            xx = np.broadcast_to(qx[g][:, None, None] + j[None, None, :], vals.shape[:3])
+            self._put(yy, xx, vals)
+        b = ~good
+        if b.any():
+            self.refine(qx[b], qy[b], hs, [q00[b], q01[b], q10[b], q11[b]], qc[b])
+
+
+def remap(image, fmap: FrameMap) -> np.ndarray:
+    """The frame's pixels at the map, float32 (h, w, bands). Pixels between the outermost pixel
+    centres and the image edge replicate the edge (``valid`` already excludes everything beyond)."""
+    mx = np.where(fmap.valid, fmap.mapx, np.float32(-1)).astype(np.float32, copy=False)
+    my = np.where(fmap.valid, fmap.mapy, np.float32(-1)).astype(np.float32, copy=False)
+    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if out.ndim == 2:
+        out = out[..., None]
+    return out.astype(np.float32, copy=False)
+
+
+# -- reading frames ------------------------------------------------------------------------------
+
+def read_image(path) -> np.ndarray:
+    """Pixels (h, w) or (h, w, 3) of a frame: PNG/JPG/TIF through OpenCV (BGR -> RGB, alpha
+    dropped), VICAR/PDS3 ``.IMG`` through ``calib.labels``. dtype as stored (uint8 or uint16;
+    other integer types are clipped into uint16, floats stay float32)."""
+    path = Path(path)
+    if path.suffix.lower() in (".img", ".vic"):
+        from calib.labels import read_image as read_vicar  # written in parallel; imported on need
+
+        img = np.asarray(read_vicar(path))
+        if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3):
+            img = np.moveaxis(img, 0, -1)  # band-sequential -> interleaved
+    else:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise InputError(path, "cannot read image (missing or not a PNG/JPEG/TIFF)")
+        if img.ndim == 3:
+            if img.shape[2] == 4:
+                img = img[..., :3]
+            img = img[..., ::-1] if img.shape[2] == 3 else img[..., 0]
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.dtype == np.uint8 or img.dtype == np.uint16:
+        return np.ascontiguousarray(img)
+    if np.issubdtype(img.dtype, np.integer):
+        return np.clip(img, 0, 65535).astype(np.uint16)
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
+class ImageCache:
+    """Per-process LRU of decoded frames, bounded in bytes (threads of one worker share it)."""
+
+    def __init__(self, max_bytes=384 << 20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, path) -> np.ndarray:
+        key = str(path)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        img = read_image(key)
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = img
+                self._bytes += img.nbytes
+                while self._bytes > self.max_bytes and len(self._items) > 1:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.nbytes
+            return self._items[key]
+
+
+CACHE = ImageCache()
