@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from calib.errors import InputError
@@ -99,9 +100,12 @@ def run(args) -> int:
     if not metas:
         raise InputError(" ".join(args.paths), "no frames found (images, .IMG, JSON records or PDS4 labels)")
     doc = describe(metas, radius=args.radius)
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(doc, metas))
+    text = json.dumps(doc, indent=2) if args.json else format_table(doc, metas)
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `mosaic info ... | head`: the reader has gone; not an error of ours. Point stdout at
+        # /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

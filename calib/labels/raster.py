@@ -156,9 +156,14 @@ def _decode(path) -> np.ndarray:
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise InputError(path, "cannot decode image (corrupt, truncated or unsupported format)")
-    if Path(path).suffix.lower() in (".png",) and not _png_complete(data):
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png" and not _png_complete(data):
         # libpng decodes a file cut after the last IDAT chunk without complaint.
         raise InputError(path, "truncated PNG (no IEND chunk)")
+    if suffix in (".jpg", ".jpeg") and b"\xff\xd9" not in bytes(data[-4096:]):
+        # libjpeg fills a cut file with grey and only warns; entropy-coded data never holds
+        # FF D9, so a complete file has its end-of-image marker at (or near) the end.
+        raise InputError(path, "truncated JPEG (no end-of-image marker)")
     if arr.ndim == 3:
         if arr.shape[2] == 3:
             arr = arr[:, :, ::-1]
