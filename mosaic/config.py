@@ -1,0 +1,94 @@
+"""StitchConfig: every option of ``mosaic stitch``, its default and where it is used.
+
+The same object comes from the command line, from the Python API (``stitch(..., **options)``) or
+from a TOML file (``[stitch]`` table or top-level keys). Each stage hashes only the fields it
+reads (``config.key_of(...)``), so changing a render option never re-runs feature detection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from calib.errors import InputError
+
+FEATURES = ("sift", "orb", "akaze")
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    # ingest
+    hfov: float | None = None           #: horizontal field of view (deg) of plain photos; None: EXIF or estimated
+    # features
+    feature: str = "sift"               #: sift | orb | akaze
+    work_megapixels: float = 0.5        #: working resolution for detection (frames are downscaled to this)
+    max_keypoints: int = 3000           #: strongest keypoints kept per frame
+    border_px: int = 8                  #: pixels masked along each edge (full-resolution pixels)
+    stretch_percentiles: tuple = (0.5, 99.5)  #: 12/16-bit data is stretched to 8 bit between these
+    # pairs
+    margin_deg: float = 2.0             #: pointing uncertainty: predicted overlaps are widened by this
+    min_overlap: float = 0.02           #: smallest predicted overlap fraction that makes a pair
+    neighbours: int = 6                 #: without metadata: candidate partners per frame (similarity ranking)
+    # matches
+    ratio: float = 0.8                  #: Lowe's ratio test
+    ransac_px: float = 2.0              #: inlier tolerance (pixels at working resolution)
+    ransac_iterations: int = 500
+    min_depth_m: float = 1.0            #: nearest scene point assumed: bounds the parallax a match may show
+    min_inliers: int = 12               #: fewer verified matches: the pair is not used
+    seed: int = 0                       #: RANSAC seed (each pair derives its own from it and its ids)
+    # adjust
+    prior_deg: float = 1.0              #: sigma of the prior on each frame's reported pointing
+    loss: str = "huber"                 #: huber | cauchy
+    loss_px: float = 1.0                #: scale of the robust loss (pixels as delivered)
+    outlier_px: float = 3.0             #: observations further than this after a solve are removed
+    max_iterations: int = 50
+    # run
+    scheduler: str | None = None        #: dask scheduler address; None: an embedded local cluster
+    workers: int | None = None
+    render: bool = True                 #: render panorama.tif after solution.json (when mosaic.render exists)
+
+    def __post_init__(self):
+        if self.feature not in FEATURES:
+            raise InputError(None, f"unknown feature type {self.feature!r} (expected one of {', '.join(FEATURES)})",
+                             field="feature")
+        if self.loss not in ("huber", "cauchy"):
+            raise InputError(None, f"unknown loss {self.loss!r} (expected huber or cauchy)", field="loss")
+        if self.hfov is not None and not (0 < float(self.hfov) < 180):
+            raise InputError(None, f"hfov must be between 0 and 180 degrees, got {self.hfov}", field="hfov")
+        for name in ("work_megapixels", "ratio", "ransac_px", "loss_px", "outlier_px", "prior_deg", "min_depth_m"):
+            if not float(getattr(self, name)) > 0:
+                raise InputError(None, f"must be positive, got {getattr(self, name)!r}", field=name)
+        object.__setattr__(self, "stretch_percentiles", tuple(float(v) for v in self.stretch_percentiles))
+
+    @classmethod
+    def from_mapping(cls, values: dict, source=None) -> "StitchConfig":
+        """A config from a dict, rejecting unknown keys (a typo must not be silently ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(source, f"unknown stitch option(s): {', '.join(unknown)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def from_toml(cls, path, **overrides) -> "StitchConfig":
+        """Options from a TOML file (a ``[stitch]`` table or top-level keys), then ``overrides``."""
+        import tomllib
+
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise InputError(path, f"cannot read config: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(path, f"not valid TOML: {e}") from None
+        values = data.get("stitch", data)
+        values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls.from_mapping(values, source=path)
+
+    def replace(self, **kw) -> "StitchConfig":
+        return dataclasses.replace(self, **kw)
+
+    def key_of(self, *names) -> dict:
+        """The named fields, for a stage's skip key."""
+        return {n: getattr(self, n) for n in names}

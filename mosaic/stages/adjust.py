@@ -1,0 +1,339 @@
+"""Adjust: tie points from the verified matches, a bundle adjustment, and ``adjust/solution.json``.
+
+Frames with camera models (Mars frames): a pointing correction per frame about its pivot, tie
+points as direction + inverse depth (parallax modelled), a prior of ``prior_deg`` on each frame's
+reported pointing (it fixes the gauge: groups of frames that share no tie point each keep their
+reported pointing on average, and so their reported relative pointing).
+
+Plain photos: rotation, focal length and k1 per photo, tie points as directions. The focal length
+starts from ``--hfov``/EXIF, else from the pairwise homographies (OpenCV's focalsFromHomography,
+median over pairs); rotations start from a maximum spanning tree of the homographies. The largest
+connected group is solved; a photo outside it is reported with ``"used": false``.
+
+Outliers: after each solve, observations beyond ``outlier_px`` (working-resolution pixels) are
+removed and the problem is solved again, until none is removed (at most 4 rounds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from calib.models import model_from_dict
+
+from .. import progress
+from .. import solution as solution_io
+from ..workspace import Workspace, digest
+from . import features as features_stage
+from . import matches as matches_stage
+from . import code_key, upstream_key
+from .bundle import Bundle, PhotoCamera, Points, PosedCamera, triangulate
+
+CONFIG_FIELDS = ("prior_deg", "loss", "loss_px", "outlier_px", "max_iterations")
+OUTLIER_ROUNDS = 4
+#: A frame needs this many tie-point observations to be adjusted.
+MIN_OBSERVATIONS = 6
+
+
+def build_tracks(frame_ids, n_keypoints, pair_matches):
+    """Tracks from pairwise matches: connected components of the keypoint graph.
+
+    ``pair_matches`` is [(frame index a, frame index b, ia, ib)]. A component holding two
+    keypoints of one frame is ambiguous and dropped. Returns (obs_frame, obs_kp, obs_point).
+    """
+    offsets = np.concatenate([[0], np.cumsum(n_keypoints)])
+    ea, eb = [], []
+    for a, b, ia, ib in pair_matches:
+        ea.append(offsets[a] + ia)
+        eb.append(offsets[b] + ib)
+    if not ea:
+        z = np.zeros(0, int)
+        return z, z, z
+    ea, eb = np.concatenate(ea), np.concatenate(eb)
+    n = int(offsets[-1])
+    g = coo_matrix((np.ones(len(ea)), (ea, eb)), shape=(n, n))
+    _, label = connected_components(g, directed=False)
+    nodes = np.unique(np.concatenate([ea, eb]))
+    frame = np.searchsorted(offsets, nodes, side="right") - 1
+    comp = label[nodes]
+    # Drop components with two keypoints in one frame.
+    key = comp.astype(np.int64) * (len(frame_ids) + 1) + frame
+    uniq, counts = np.unique(key, return_counts=True)
+    bad_comp = np.unique(uniq[counts > 1] // (len(frame_ids) + 1))
+    keep = ~np.isin(comp, bad_comp)
+    nodes, frame, comp = nodes[keep], frame[keep], comp[keep]
+    _, point = np.unique(comp, return_inverse=True)
+    return frame, nodes - offsets[frame], point
+
+
+def _rms(r):
+    return float(np.sqrt(np.mean(np.sum(r * r, axis=1)))) if len(r) else float("nan")
+
+
+def _solve_robust(bundle: Bundle, config) -> dict:
+    info = bundle.solve(config.max_iterations)
+    removed = 0
+    for _ in range(OUTLIER_ROUNDS):
+        k = bundle.remove_outliers(config.outlier_px)
+        removed += k
+        if k == 0:
+            break
+        info = bundle.solve(config.max_iterations)
+    return {"cost": info["cost"], "iterations": bundle.iterations, "outliers_removed": removed}
+
+
+def _largest_group(n, edges):
+    if not edges:
+        return np.arange(n) == 0 if n else np.zeros(0, bool)
+    a = np.array([e[0] for e in edges])
+    b = np.array([e[1] for e in edges])
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    counts = np.bincount(label)
+    # Largest group; among equals, the one holding the first frame (deterministic).
+    best = min(range(len(counts)), key=lambda c: (-counts[c], int(np.flatnonzero(label == c)[0])))
+    return label == best
+
+
+def _photo_focals(recs, homographies, idx):
+    """Initial focal length per photo: hfov when known, else the median homography estimate."""
+    import cv2
+
+    est = []
+    for a, b, h in homographies:
+        if not (idx[a] and idx[b]):
+            continue
+        ta = np.array([[1, 0, (recs[a]["width"] - 1) / 2], [0, 1, (recs[a]["height"] - 1) / 2], [0, 0, 1.0]])
+        tb = np.array([[1, 0, (recs[b]["width"] - 1) / 2], [0, 1, (recs[b]["height"] - 1) / 2], [0, 0, 1.0]])
+        hc = np.linalg.inv(tb) @ h @ ta
+        f0, f1, ok0, ok1 = cv2.detail.focalsFromHomography(hc / hc[2, 2])
+        if ok0 and ok1:
+            est.append(np.sqrt(f0 * f1))
+    fallback = float(np.median(est)) if est else None
+    out = []
+    for r in recs:
+        if r.get("hfov"):
+            out.append((r["width"] / 2.0) / np.tan(np.radians(r["hfov"]) / 2))
+        elif fallback is not None:
+            out.append(fallback)
+        else:
+            out.append(float(r["width"] + r["height"]))  # OpenCV's last resort
+    return np.array(out), len(est)
+
+
+#: A level camera looking north: image x east, image y down (columns: camera axes in LOCAL_LEVEL).
+NORTH_LEVEL = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def _orthonormal(m):
+    m = m / np.cbrt(np.linalg.det(m))
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    return r if np.linalg.det(r) > 0 else -r
+
+
+def _photo_rotations(recs, focals, homographies, group, inliers):
+    """Initial camera rotations from a maximum spanning tree of the pairwise homographies."""
+    n = len(recs)
+    ks = [np.array([[f, 0, (r["width"] - 1) / 2], [0, f, (r["height"] - 1) / 2], [0, 0, 1.0]])
+          for f, r in zip(focals, recs)]
+    rel = {}
+    for (a, b, h), w in zip(homographies, inliers):
+        if group[a] and group[b]:
+            r_ab = _orthonormal(np.linalg.inv(ks[b]) @ h @ ks[a])
+            rel[(a, b)] = (w, r_ab)
+    members = np.flatnonzero(group)
+    degree = {m: sum(w for (a, b), (w, _) in rel.items() if m in (a, b)) for m in members}
+    root = min(members, key=lambda m: (-degree[m], m))
+    rots = {root: NORTH_LEVEL.copy()}
+    # Prim's algorithm on inlier counts: strongest links first, deterministic tie-breaks.
+    while len(rots) < len(members):
+        best = None
+        for (a, b), (w, r_ab) in rel.items():
+            if (a in rots) != (b in rots):
+                cand = (-w, min(a, b), max(a, b))
+                if best is None or cand < best[0]:
+                    best = (cand, a, b, r_ab)
+        if best is None:
+            break
+        _, a, b, r_ab = best
+        if a in rots:
+            rots[b] = rots[a] @ r_ab.T
+        else:
+            rots[a] = rots[b] @ r_ab
+    return [rots.get(i) for i in range(n)], root
+
+
+def run(ws: Workspace, config, client=None) -> dict:
+    key = digest("adjust", code_key(__name__), code_key("mosaic.stages.bundle"), upstream_key(ws, "matches"),
+                 config.key_of(*CONFIG_FIELDS))
+    if ws.stage_done("adjust", key):
+        return ws.stage_report("adjust")
+    recs = ws.read_json("ingest", "frames.json")["frames"]
+    summary = ws.read_json("matches", "summary.json")["pairs"]
+    index = {r["id"]: i for i, r in enumerate(recs)}
+    feats = [features_stage.load(ws, r["id"]) for r in recs]
+    n_kp = [len(f["xy"]) for f in feats]
+    scale = np.array([float(f["scale"][0]) if len(f["scale"]) else 1.0 for f in feats])
+    verified = [s for s in summary if s["inliers"] > 0]
+    pair_matches, homographies, h_inliers = [], [], []
+    for s in verified:
+        m = matches_stage.load(ws, s["a"], s["b"])
+        a, b = index[s["a"]], index[s["b"]]
+        pair_matches.append((a, b, m["ia"].astype(int), m["ib"].astype(int)))
+        if "homography" in m:
+            homographies.append((a, b, m["homography"]))
+            h_inliers.append(len(m["ia"]))
+    tried = {i: 0 for i in range(len(recs))}
+    for s in summary:
+        tried[index[s["a"]]] += 1
+        tried[index[s["b"]]] += 1
+
+    with progress.stage("adjust", 1) as bar:
+        posed = np.array([r["model"] is not None for r in recs])
+        if posed.all():
+            entries, stats = _adjust_posed(recs, feats, scale, pair_matches, tried, config)
+        elif not posed.any():
+            entries, stats = _adjust_photos(recs, feats, scale, pair_matches, homographies, h_inliers, tried, config)
+        else:
+            from calib.errors import InputError
+
+            raise InputError(recs[int(np.argmin(posed))]["path"],
+                             "plain photos (no camera model) cannot be stitched together with rover frames")
+        bar.advance()
+    stats["pairs"] = len(verified)
+    stats["pairs_tried"] = len(summary)
+    solution_io.write(ws.path("adjust", "solution.json"), entries, stats)
+    report = {k: stats[k] for k in ("frames", "frames_used", "pairs", "tie_points", "observations", "rms_px",
+                                    "iterations", "outliers_removed")}
+    ws.mark_done("adjust", key, report)
+    return report
+
+
+def _observations(feats, pair_matches, n_frames):
+    obs_f, obs_k, obs_p = build_tracks(list(range(n_frames)), [len(f["xy"]) for f in feats], pair_matches)
+    xy = np.zeros((len(obs_f), 2))
+    for f in np.unique(obs_f):
+        m = obs_f == f
+        xy[m] = feats[f]["xy"][obs_k[m]]
+    return obs_f, obs_p, xy
+
+
+def _unused_reason(tried, n_obs):
+    if tried == 0:
+        return "no predicted overlap with any other frame"
+    if n_obs == 0:
+        return f"no verified matches with any other frame ({tried} pair(s) tried)"
+    return f"too few tie points ({n_obs} observations)"
+
+
+def _finish(recs, bundle, cam_of, frame_scale, models_out, reasons, extra=None):
+    r = bundle.residuals()[0] * bundle.sigma[:, None]
+    entries, rms_all = [], []
+    for i, rec in enumerate(recs):
+        ci = cam_of.get(i)
+        if ci is None:
+            entries.append(solution_io.frame_entry(rec, models_out[i], False, reason=reasons[i]))
+            continue
+        m = (bundle.f == ci) & bundle.keep
+        if m.sum() < MIN_OBSERVATIONS:
+            entries.append(solution_io.frame_entry(rec, models_out[i], False, n=int(m.sum()),
+                                                   reason="tie points rejected as outliers"))
+            continue
+        rms_all.append(r[m])
+        entries.append(solution_io.frame_entry(rec, bundle.cams[ci].model(), True, _rms(r[m]), int(m.sum()),
+                                               **(extra(ci) if extra else {})))
+    allr = np.concatenate(rms_all) if rms_all else np.zeros((0, 2))
+    kept_points = np.unique(bundle.p[bundle.keep])
+    stats = {"frames": len(recs), "frames_used": sum(e["used"] for e in entries), "rms_px": round(_rms(allr), 6)
+             if len(allr) else None, "tie_points": int(len(kept_points)), "observations": int(bundle.keep.sum())}
+    return entries, stats
+
+
+def _adjust_posed(recs, feats, scale, pair_matches, tried, config):
+    n = len(recs)
+    models = [model_from_dict(r["model"]) for r in recs]
+    obs_f, obs_p, xy = _observations(feats, pair_matches, n)
+    counts = np.bincount(obs_f, minlength=n)
+    solved = [i for i in range(n) if counts[i] >= MIN_OBSERVATIONS]
+    cam_of = {i: k for k, i in enumerate(solved)}
+    reasons = {i: _unused_reason(tried[i], int(counts[i])) for i in range(n)}
+    keep = np.isin(obs_f, solved)
+    obs_f, obs_p, xy = obs_f[keep], obs_p[keep], xy[keep]
+    _, obs_p = np.unique(obs_p, return_inverse=True)
+    cams = [PosedCamera(models[i], recs[i]["pivot"], np.radians(config.prior_deg)) for i in solved]
+    fidx = np.array([cam_of[f] for f in obs_f], dtype=int)
+    if len(cams) == 0 or len(obs_p) == 0:
+        entries = [solution_io.frame_entry(r, models[i], False, reason=reasons[i]) for i, r in enumerate(recs)]
+        return entries, {"frames": n, "frames_used": 0, "rms_px": None, "tie_points": 0, "observations": 0,
+                         "iterations": 0, "outliers_removed": 0}
+    origins, dirs = np.zeros((len(xy), 3)), np.zeros((len(xy), 3))
+    for k, cam in enumerate(cams):
+        m = fidx == k
+        origins[m], dirs[m] = cam.model().backproject(xy[m])
+    good = np.isfinite(dirs).all(1)
+    origin = np.mean([np.asarray(recs[i]["pivot"]) for i in solved], axis=0)
+    npts = int(obs_p.max()) + 1
+    pdirs, rho = triangulate(origins[good], dirs[good], obs_p[good], npts, origin)
+    bundle = Bundle(cams, Points(pdirs, rho, origin=origin), fidx[good], obs_p[good], xy[good],
+                    1.0 / scale[np.array(solved)][fidx[good]], config.loss, config.loss_px)
+    info = _solve_robust(bundle, config)
+
+    def extra(ci):
+        from calib.rotation import matrix_to_rotvec
+
+        return {"correction_deg": round(float(np.degrees(np.linalg.norm(matrix_to_rotvec(cams[ci].rot)))), 6)}
+
+    entries, stats = _finish(recs, bundle, cam_of, scale, models, reasons, extra)
+    stats.update(iterations=info["iterations"], outliers_removed=info["outliers_removed"], mode="posed")
+    return entries, stats
+
+
+def _adjust_photos(recs, feats, scale, pair_matches, homographies, h_inliers, tried, config):
+    n = len(recs)
+    group = _largest_group(n, [(a, b) for a, b, _ in homographies])
+    focals, n_est = _photo_focals(recs, homographies, group)
+    rots, root = _photo_rotations(recs, focals, homographies, group, h_inliers)
+    solved = [i for i in range(n) if group[i] and rots[i] is not None]
+    obs_f, obs_p, xy = _observations(feats, [pm for pm in pair_matches if group[pm[0]] and group[pm[1]]], n)
+    counts = np.bincount(obs_f, minlength=n)
+    solved = [i for i in solved if counts[i] >= MIN_OBSERVATIONS]
+    reasons = {}
+    for i in range(n):
+        if group[i] or counts[i] == 0:
+            reasons[i] = _unused_reason(tried[i], int(counts[i]))
+        else:
+            reasons[i] = "not connected to the largest group of matched photos"
+    cam_of = {i: k for k, i in enumerate(solved)}
+    keep = np.isin(obs_f, solved)
+    obs_f, obs_p, xy = obs_f[keep], obs_p[keep], xy[keep]
+    if len(solved) < 2 or len(obs_p) == 0:
+        entries = [solution_io.frame_entry(r, None, False, reason=reasons[i]) for i, r in enumerate(recs)]
+        return entries, {"frames": n, "frames_used": 0, "rms_px": None, "tie_points": 0, "observations": 0,
+                         "iterations": 0, "outliers_removed": 0, "mode": "photos"}
+    _, obs_p = np.unique(obs_p, return_inverse=True)
+    # The root photo's rotation is held (the gauge); the others are free.
+    cams = [PhotoCamera(rots[i], focals[i], recs[i]["width"], recs[i]["height"],
+                        rot_sigma=1e-6 if i == root else np.pi) for i in solved]
+    fidx = np.array([cam_of[f] for f in obs_f], dtype=int)
+    dirs = np.zeros((len(xy), 3))
+    for k, cam in enumerate(cams):
+        m = fidx == k
+        dirs[m] = cam.model().backproject(xy[m])[1]
+    npts = int(obs_p.max()) + 1
+    pd = np.zeros((npts, 3))
+    np.add.at(pd, obs_p, dirs)
+    pd /= np.linalg.norm(pd, axis=1, keepdims=True)
+    bundle = Bundle(cams, Points(pd, None), fidx, obs_p, xy, 1.0 / scale[np.array(solved)][fidx],
+                    config.loss, config.loss_px)
+    info = _solve_robust(bundle, config)
+
+    def extra(ci):
+        c = cams[ci]
+        hfov = float(np.degrees(2 * np.arctan(recs[solved[ci]]["width"] / 2 / c.focal)))
+        return {"focal_px": round(c.focal, 4), "k1": round(c.k1, 6), "hfov_deg": round(hfov, 4)}
+
+    entries, stats = _finish(recs, bundle, cam_of, scale, [None] * n, reasons, extra)
+    stats.update(iterations=info["iterations"], outliers_removed=info["outliers_removed"], mode="photos",
+                 focal_estimates=n_est)
+    return entries, stats

@@ -1,0 +1,383 @@
+"""Bundle adjustment: per-frame pointing corrections and 3D tie points, Levenberg-Marquardt with
+a Schur complement, robust (Huber/Cauchy) by iteratively re-weighted least squares.
+
+Unknowns:
+
+- per frame, a rotation about its pivot (the mast pivot for mast cameras: JPL's pointing
+  correction), parametrised by a small rotation vector applied on the left of the current one;
+  a plain photo also has log focal length and one radial term (k1 of CAHVOR's R = (0, k1, 0));
+- per tie point, either a direction and an inverse depth from an anchor ``origin`` (parallax is
+  modelled, far points stay well conditioned: X = origin + d / rho), or only a direction (photos
+  from one centre: depth is unobservable there).
+
+Each observation depends on one frame and one point, so the normal matrix has block-diagonal
+frame (U) and point (V) parts; eliminating the points leaves a dense frames-by-frames system of
+3-5 unknowns per frame, which is small at hundreds of frames. Building it is vectorised over
+observations (no Python loop over points), with one projection call per frame.
+
+Residuals are pixels divided by the observation's sigma (``obs_sigma``: a keypoint found at a
+working scale s is good to ~1/s delivered pixels), so the robust scale is in those units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from calib.models import CAHVOR
+from calib.rotation import matrix_to_rotvec, rotvec_to_matrix, skew
+
+RHO_MIN = 1e-4  # inverse depth floor (10 km): beyond it a point is as good as at infinity
+
+
+def _tangent_basis(d: np.ndarray):
+    """Two unit vectors (P,3) each, orthogonal to d and to each other."""
+    helper = np.where(np.abs(d[:, 2:3]) < 0.9, np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]))
+    e1 = np.cross(d, helper)
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(d, e1)
+    return e1, e2
+
+
+def triangulate(origins, dirs, obs_point, n_points, origin, far=1e3, min_angle=1e-3):
+    """Tie points from their rays (midpoint in the least-squares sense), as (unit directions from
+    ``origin``, inverse depths). Rays that hardly diverge, or meet behind a camera or nearer than
+    0.3 m, give a far point along their mean direction instead."""
+    proj = np.eye(3)[None] - dirs[:, :, None] * dirs[:, None, :]
+    A = np.zeros((n_points, 3, 3))
+    np.add.at(A, obs_point, proj)
+    b = np.zeros((n_points, 3))
+    np.add.at(b, obs_point, np.einsum("nij,nj->ni", proj, origins))
+    mean = np.zeros((n_points, 3))
+    np.add.at(mean, obs_point, dirs)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    cnt = np.bincount(obs_point, minlength=n_points)
+    # The spread of the rays: A's second eigenvalue is ~ n sin^2(angle between rays).
+    ev = np.linalg.eigvalsh(A)
+    ok = ev[:, 1] > cnt * min_angle**2
+    X = np.full((n_points, 3), np.nan)
+    X[ok] = np.linalg.solve(A[ok] + 1e-12 * np.eye(3), b[ok][:, :, None])[:, :, 0]
+    ahead = np.zeros(n_points, bool)
+    depth_along = np.einsum("ni,ni->n", X[obs_point] - origins, dirs)
+    bad_obs = ~(depth_along > 0.3)
+    ahead[:] = True
+    ahead[np.unique(obs_point[bad_obs])] = False
+    ok &= ahead
+    X[~ok] = origin + far * mean[~ok]
+    v = X - origin
+    dist = np.linalg.norm(v, axis=1)
+    return v / dist[:, None], np.maximum(1.0 / dist, RHO_MIN)
+
+
+class PosedCamera:
+    """A frame with a reported model: unknown is a rotation about ``pivot`` (prior: none)."""
+
+    k = 3
+
+    def __init__(self, model, pivot, prior_sigma_rad):
+        self.model0, self.pivot = model, np.asarray(pivot, float)
+        self.rot = np.eye(3)
+        self.sigma = prior_sigma_rad
+
+    def model(self):
+        return self.model0.moved(self.rot, self.pivot)
+
+    def param_jacobian(self, pix, jr, points):
+        return jr
+
+    def update(self, delta):
+        self.rot = rotvec_to_matrix(delta[:3]) @ self.rot
+
+    def prior(self):
+        return matrix_to_rotvec(self.rot) / self.sigma, np.eye(3) / self.sigma
+
+    def state(self):
+        return self.rot.copy()
+
+    def restore(self, s):
+        self.rot = s
+
+
+class PhotoCamera:
+    """A plain photo at the origin: rotation (columns = camera x, y, z axes in the world), focal
+    length and k1; the principal point stays at the image centre."""
+
+    k = 5
+
+    def __init__(self, rot, focal, width, height, rot_sigma, k1_sigma=0.2, logf_sigma=1.0):
+        self.rot, self.logf, self.k1 = np.asarray(rot, float), float(np.log(focal)), 0.0
+        self.c = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        self.rot0, self.logf0 = self.rot.copy(), self.logf
+        self.pivot = np.zeros(3)
+        self.sigmas = (rot_sigma, logf_sigma, k1_sigma)
+
+    def model(self):
+        f = np.exp(self.logf)
+        x, y, a = self.rot[:, 0], self.rot[:, 1], self.rot[:, 2]
+        return CAHVOR(C=np.zeros(3), A=a, H=self.c[0] * a + f * x, V=self.c[1] * a + f * y, O=a,
+                      R=np.array([0.0, self.k1, 0.0]))
+
+    def param_jacobian(self, pix, jr, points):
+        f = np.exp(self.logf)
+        v = points @ self.rot
+        n = v[:, :2] / v[:, 2:3]
+        r2 = (n * n).sum(1)
+        dlogf = pix - self.c
+        dk1 = f * n * r2[:, None]
+        return np.concatenate([jr, dlogf[:, :, None], dk1[:, :, None]], axis=2)
+
+    def update(self, delta):
+        self.rot = rotvec_to_matrix(delta[:3]) @ self.rot
+        self.logf += delta[3]
+        self.k1 += delta[4]
+
+    def prior(self):
+        rs, fs, ks = self.sigmas
+        r = np.concatenate([matrix_to_rotvec(self.rot @ self.rot0.T) / rs, [(self.logf - self.logf0) / fs],
+                            [self.k1 / ks]])
+        j = np.diag([1 / rs] * 3 + [1 / fs, 1 / ks])
+        return r, j
+
+    def state(self):
+        return self.rot.copy(), self.logf, self.k1
+
+    def restore(self, s):
+        self.rot, self.logf, self.k1 = s[0].copy(), s[1], s[2]
+
+    @property
+    def focal(self):
+        return float(np.exp(self.logf))
+
+
+@dataclass
+class Points:
+    """Tie points: unit directions from ``origin`` and inverse depths (None: directions only)."""
+
+    dirs: np.ndarray
+    rho: np.ndarray | None
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    rho_sigma: float = 100.0
+
+    def __post_init__(self):
+        self.rho0 = None if self.rho is None else self.rho.copy()
+
+    @property
+    def b(self):
+        return 2 if self.rho is None else 3
+
+    def rays(self, idx, centre):
+        """Points ``idx`` as seen from a camera centre: (P, D, dP/dparams) with P = centre + D v,
+        v = d + rho (origin - centre). For rho >= RHO_MIN, P is the point itself (exact for every
+        model); below, P stays at 1/RHO_MIN along v, which keeps the direction exact (and a
+        slightly negative rho, a point 'beyond infinity' that inconsistent rays ask for, valid)."""
+        d = self.dirs[idx]
+        e1, e2 = _tangent_basis(d)
+        if self.rho is None:
+            return self.origin + d, np.ones(len(d)), np.stack([e1, e2], axis=2)
+        rho = self.rho[idx]
+        v = d + rho[:, None] * (self.origin - centre)
+        dist = np.where(rho >= RHO_MIN, 1.0 / np.maximum(rho, RHO_MIN), 1.0 / RHO_MIN)
+        P = centre + dist[:, None] * v
+        dv = np.stack([e1, e2, np.broadcast_to(self.origin - centre, d.shape)], axis=2)
+        return P, dist, dist[:, None, None] * dv
+
+    def positions(self):
+        """Points in space (far points at 1/RHO_MIN from the origin)."""
+        if self.rho is None:
+            return self.origin + self.dirs
+        return self.origin + self.dirs / np.maximum(self.rho, RHO_MIN)[:, None]
+
+    def update(self, delta):
+        e1, e2 = _tangent_basis(self.dirs)
+        d = self.dirs + delta[:, :1] * e1 + delta[:, 1:2] * e2
+        self.dirs = d / np.linalg.norm(d, axis=1, keepdims=True)
+        if self.rho is not None:
+            self.rho = self.rho + delta[:, 2]
+
+    def prior(self):
+        """Weak prior on inverse depth (keeps points that show no parallax well posed)."""
+        if self.rho is None:
+            return None
+        return (self.rho - self.rho0) / self.rho_sigma, 1.0 / self.rho_sigma
+
+    def state(self):
+        return self.dirs.copy(), None if self.rho is None else self.rho.copy()
+
+    def restore(self, s):
+        self.dirs = s[0].copy()
+        self.rho = None if s[1] is None else s[1].copy()
+
+
+def robust_weights(s, kind, scale):
+    """IRLS weights and robust costs of residual norms s."""
+    if kind == "cauchy":
+        q = (s / scale) ** 2
+        return 1.0 / (1.0 + q), scale * scale * np.log1p(q)
+    w = np.where(s <= scale, 1.0, scale / np.maximum(s, 1e-300))
+    cost = np.where(s <= scale, s * s, 2 * scale * s - scale * scale)
+    return w, cost
+
+
+class Bundle:
+    """The problem: cameras, points and observations (frame index, point index, pixel, sigma)."""
+
+    def __init__(self, cams, points: Points, obs_frame, obs_point, obs_xy, obs_sigma, loss="huber", loss_scale=1.0):
+        self.cams, self.points = cams, points
+        order = np.argsort(obs_frame, kind="stable")
+        self.f = np.asarray(obs_frame)[order]
+        self.p = np.asarray(obs_point)[order]
+        self.xy = np.asarray(obs_xy, float)[order]
+        self.sigma = np.asarray(obs_sigma, float)[order]
+        self.keep = np.ones(len(self.f), bool)
+        self.loss, self.loss_scale = loss, loss_scale
+        self.k = cams[0].k if cams else 3
+        self.iterations = 0
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def residuals(self, with_jacobian=False):
+        """Residuals (N,2) in sigma units, and optionally dr/dcam (N,2,k), dr/dpoint (N,2,b)."""
+        n = len(self.f)
+        r = np.zeros((n, 2))
+        jc = np.zeros((n, 2, self.k)) if with_jacobian else None
+        jp = np.zeros((n, 2, self.points.b)) if with_jacobian else None
+        bounds = np.searchsorted(self.f, np.arange(len(self.cams) + 1))
+        for fi, cam in enumerate(self.cams):
+            lo, hi = bounds[fi], bounds[fi + 1]
+            if lo == hi:
+                continue
+            model = cam.model()
+            idx = self.p[lo:hi]
+            P, dist, dP = self.points.rays(idx, model.C)
+            if with_jacobian:
+                pix, jpt, _ = model.project_jacobian(P, cam.pivot)
+                # Rotating the camera about the pivot = rotating the point the other way; in
+                # terms of the scaled point this is exact also for far ("beyond infinity") points.
+                lever = P - model.C + (dist * self.points.rho[idx])[:, None] * (model.C - cam.pivot) if self.points.rho is not None \
+                    else P - cam.pivot
+                jr = jpt @ skew(lever)
+                s = self.sigma[lo:hi, None, None]
+                jc[lo:hi] = cam.param_jacobian(pix, jr, P) / s
+                jp[lo:hi] = np.einsum("nij,njk->nik", jpt, dP) / s
+            else:
+                pix = model.project(P)
+            r[lo:hi] = (pix - self.xy[lo:hi]) / self.sigma[lo:hi, None]
+        # A point behind a camera or absurdly far off: no information, only numerical trouble.
+        bad = ~np.isfinite(r).all(1) | (np.abs(r) > 1e4).any(1)
+        if bad.any():
+            r[bad] = 1e4
+            if with_jacobian:
+                jc[bad] = 0
+                jp[bad] = 0
+        return r, jc, jp
+
+    def cost(self, r=None):
+        if r is None:
+            r = self.residuals()[0]
+        s = np.linalg.norm(r[self.keep], axis=1)
+        total = robust_weights(s, self.loss, self.loss_scale)[1].sum()
+        for cam in self.cams:
+            total += float(np.sum(cam.prior()[0] ** 2))
+        pr = self.points.prior()
+        if pr is not None:
+            total += float(np.sum(pr[0] ** 2))
+        return float(total)
+
+    # -- one damped Gauss-Newton step ---------------------------------------------------------
+
+    def _step(self, r, jc, jp, lam):
+        nc, npnt, k, b = len(self.cams), len(self.points.dirs), self.k, self.points.b
+        keep = self.keep
+        s = np.linalg.norm(r, axis=1)
+        w, _ = robust_weights(s, self.loss, self.loss_scale)
+        w = np.where(keep, w, 0.0)
+        sw = np.sqrt(w)[:, None, None]
+        rw, jcw, jpw = r * sw[:, :, 0], jc * sw, jp * sw
+        f, p = self.f, self.p
+        U = np.zeros((nc, k, k))
+        np.add.at(U, f, np.einsum("nij,nik->njk", jcw, jcw))
+        gc = np.zeros((nc, k))
+        np.add.at(gc, f, np.einsum("nij,ni->nj", jcw, rw))
+        V = np.zeros((npnt, b, b))
+        np.add.at(V, p, np.einsum("nij,nik->njk", jpw, jpw))
+        gp = np.zeros((npnt, b))
+        np.add.at(gp, p, np.einsum("nij,ni->nj", jpw, rw))
+        for i, cam in enumerate(self.cams):
+            pr, pj = cam.prior()
+            U[i] += pj.T @ pj
+            gc[i] += pj.T @ pr
+        pr = self.points.prior()
+        if pr is not None:
+            V[:, 2, 2] += pr[1] ** 2
+            gp[:, 2] += pr[1] * pr[0]
+        Wb = np.einsum("nij,nik->njk", jcw, jpw)  # (N, k, b), one block per observation
+        # Marquardt damping, plus a floor so that unobserved parameters stay finite.
+        di = np.arange(k)
+        U[:, di, di] = U[:, di, di] * (1 + lam) + 1e-12
+        dj = np.arange(b)
+        V[:, dj, dj] = V[:, dj, dj] * (1 + lam) + 1e-12
+        Vinv = np.linalg.inv(V)
+        rows = (f[:, None, None] * k + np.arange(k)[None, :, None]).repeat(b, axis=2)
+        cols = (p[:, None, None] * b + np.arange(b)[None, None, :]).repeat(k, axis=1)
+        W = sp.csr_matrix((Wb.ravel(), (rows.ravel(), cols.ravel())), shape=(nc * k, npnt * b))
+        vr = np.repeat(np.arange(npnt * b).reshape(npnt, b), b, axis=1).ravel()
+        vc = np.tile(np.arange(npnt * b).reshape(npnt, b), (1, b)).ravel()
+        Vi = sp.csr_matrix((Vinv.ravel(), (vr, vc)), shape=(npnt * b, npnt * b))
+        Y = W @ Vi
+        S = sp.block_diag(list(U), format="csr") - Y @ W.T
+        rhs = -(gc.ravel() - Y @ gp.ravel())
+        S = S.toarray()
+        try:
+            dc = np.linalg.solve(S, rhs)
+        except np.linalg.LinAlgError:
+            dc = np.linalg.lstsq(S, rhs, rcond=None)[0]
+        dp = Vi @ (-gp.ravel() - W.T @ dc)
+        return dc.reshape(nc, k), dp.reshape(npnt, b)
+
+    def _state(self):
+        return [c.state() for c in self.cams], self.points.state()
+
+    def _restore(self, st):
+        for c, s in zip(self.cams, st[0]):
+            c.restore(s)
+        self.points.restore(st[1])
+
+    def solve(self, max_iterations=50, tol=1e-6) -> dict:
+        lam = 1e-4
+        r, jc, jp = self.residuals(True)
+        cost = self.cost(r)
+        it = 0
+        for it in range(1, max_iterations + 1):
+            dc, dp = self._step(r, jc, jp, lam)
+            saved = self._state()
+            for cam, d in zip(self.cams, dc):
+                cam.update(d)
+            self.points.update(dp)
+            new_r, new_jc, new_jp = self.residuals(True)
+            new_cost = self.cost(new_r)
+            if np.isfinite(new_cost) and new_cost <= cost:
+                gain = (cost - new_cost) / max(cost, 1e-300)
+                r, jc, jp, cost = new_r, new_jc, new_jp, new_cost
+                lam = max(lam / 3, 1e-9)
+                if gain < tol:
+                    break
+            else:
+                self._restore(saved)
+                lam *= 10
+                if lam > 1e8:
+                    break
+        self.iterations += it
+        return {"cost": cost, "iterations": it}
+
+    def remove_outliers(self, threshold) -> int:
+        """Drop observations beyond ``threshold`` (sigma units); returns how many were dropped."""
+        r = self.residuals()[0]
+        bad = self.keep & (np.linalg.norm(r, axis=1) > threshold)
+        self.keep &= ~bad
+        # A point left with fewer than two observations carries no information.
+        cnt = np.bincount(self.p[self.keep], minlength=len(self.points.dirs))
+        lone = self.keep & (cnt[self.p] < 2)
+        self.keep &= ~lone
+        return int(bad.sum() + lone.sum())

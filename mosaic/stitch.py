@@ -1,0 +1,211 @@
+"""Stitch frames into a panorama: register them (features, pairs, matches, bundle adjustment) and render.
+
+Inputs are image files, labels or folders (Mars frames with their labels/records, or plain photos).
+Writes OUT/solution.json (adjusted camera models in LOCAL_LEVEL, residuals, statistics),
+OUT/report.json (time, counts and peak memory per stage) and, once rendering is available,
+OUT/panorama.tif and OUT/preview.jpg. Intermediate artefacts live in OUT/work/; a stage whose
+inputs and options are unchanged is skipped, so an interrupted run resumes.
+
+Examples:
+
+    mosaic stitch frames/ -o out/pan
+    mosaic stitch photos/*.jpg -o out/boat --hfov 48
+    mosaic stitch frames/ -o out/pan --scheduler tcp://10.0.0.5:8786
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+from calib.errors import InputError
+
+from . import atomic
+from .config import FEATURES, StitchConfig
+from .stages import ORDER
+from .workspace import Workspace
+
+log = logging.getLogger("mosaic")
+
+
+def _tree_rss() -> int:
+    """Resident bytes of this process and its children (dask worker processes included)."""
+    try:
+        import psutil
+    except ImportError:
+        return 0
+    try:
+        p = psutil.Process()
+        total = p.memory_info().rss
+        for c in p.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += c.memory_info().rss
+        return total
+    except psutil.Error:
+        return 0
+
+
+class PeakMemory:
+    """Peak resident memory of the process tree while the block runs (sampled every 20 ms: native
+    allocations in OpenCV and in worker processes are invisible to tracemalloc)."""
+
+    def __init__(self, every=0.02):
+        self.every, self.peak = every, 0
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss())
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self.peak = _tree_rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _tree_rss())
+
+
+def _maxrss_bytes() -> int:
+    """Lifetime peak RSS of self and waited-for children (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, kids) * 1024)
+
+
+def _inputs(paths) -> list[str]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise InputError(p, "no such file or directory")
+        out.append(str(p.resolve()))
+    if not out:
+        raise InputError(None, "no inputs given")
+    return sorted(set(out))
+
+
+def _finished(ws: Workspace, stage: str):
+    return ws.read_json("stages", f"{stage}.json").get("finished") if ws.exists("stages", f"{stage}.json") else None
+
+
+def run_stages(ws: Workspace, config: StitchConfig, client) -> dict:
+    """Run every registration stage in order; returns the per-stage report."""
+    import importlib
+
+    stages = {}
+    for name in ORDER:
+        mod = importlib.import_module(f"mosaic.stages.{name}")
+        t0 = time.perf_counter()
+        before = _finished(ws, name)
+        with PeakMemory() as mem:
+            counts = mod.run(ws, config, client)
+        wall = time.perf_counter() - t0
+        stages[name] = {"wall_s": round(wall, 4), "peak_rss_mib": round(mem.peak / 2**20, 1),
+                        "skipped": before is not None and _finished(ws, name) == before, "counts": counts}
+        log.info("%s: %.2f s, peak %.0f MiB %s", name, wall, mem.peak / 2**20,
+                 "(skipped: unchanged)" if stages[name]["skipped"] else "")
+    return stages
+
+
+def stitch(inputs, out, config: StitchConfig | None = None, **options) -> dict:
+    """Register ``inputs`` into ``out``; returns {"solution", "report"[, "panorama"], "stats"}.
+
+    ``options`` are StitchConfig fields (e.g. ``hfov=48``, ``scheduler="tcp://..."``), applied
+    over ``config``.
+
+    >>> stitch(["frames/"], "out/pan", render=False)["stats"]["rms_px"]  # doctest: +SKIP
+    """
+    from .cluster import client as dask_client
+
+    config = (config or StitchConfig()).replace(**options) if options else (config or StitchConfig())
+    out = Path(out)
+    ws = Workspace(out / "work")
+    paths = _inputs(inputs)
+    if not ws.exists("inputs.json") or ws.read_json("inputs.json") != paths:
+        ws.write_json(paths, "inputs.json")
+    if not log.isEnabledFor(logging.DEBUG):
+        # The embedded scheduler and workers log every connection at INFO.
+        for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    with dask_client(config.scheduler, workers=config.workers) as client:
+        stages = run_stages(ws, config, client)
+        sol_path = atomic.write_bytes(out / "solution.json", ws.path("adjust", "solution.json").read_bytes())
+        result = {"solution": str(sol_path)}
+        solution = ws.read_json("adjust", "solution.json")
+        if config.render and any(f["used"] for f in solution["frames"]):
+            # --- rendering plugs in here (mosaic.render: solution.json -> panorama.tif, preview.jpg) ---
+            rendered = _render(out, sol_path, config, client)
+            if rendered is not None:
+                stages["render"] = rendered.pop("stage")
+                result.update(rendered)
+    report = {"total_s": round(time.perf_counter() - t0, 4), "stages": stages,
+              "peak_rss_mib": round(max([s["peak_rss_mib"] for s in stages.values()] +
+                                        [_maxrss_bytes() / 2**20]), 1),
+              "frames": solution["stats"]["frames"], "frames_used": solution["stats"]["frames_used"],
+              "scheduler": config.scheduler or "embedded"}
+    atomic.write_json(out / "report.json", report)
+    result.update(report=str(out / "report.json"), stats=solution["stats"])
+    return result
+
+
+def _render(out: Path, sol_path: Path, config: StitchConfig, client) -> dict | None:
+    """Render the panorama when mosaic.render provides ``render_panorama``; None until then."""
+    try:
+        from mosaic.render import render_panorama
+    except ImportError:
+        log.info("render: mosaic.render.render_panorama is not available; stopping after solution.json")
+        return None
+    t0 = time.perf_counter()
+    with PeakMemory() as mem:
+        produced = render_panorama(sol_path, out, client=client)
+    stage = {"wall_s": round(time.perf_counter() - t0, 4), "peak_rss_mib": round(mem.peak / 2**20, 1),
+             "skipped": False, "counts": produced if isinstance(produced, dict) else {}}
+    res = {"stage": stage}
+    if (out / "panorama.tif").exists():
+        res["panorama"] = str(out / "panorama.tif")
+    return res
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = StitchConfig()
+    p.add_argument("inputs", nargs="+", metavar="IN", help="frames, labels or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--config", metavar="TOML", help="options from a TOML file ([stitch] table); flags override it")
+    p.add_argument("--hfov", type=float, help="horizontal field of view (deg) of plain photos (default: EXIF or estimated)")
+    p.add_argument("--feature", choices=FEATURES, help=f"feature detector (default {d.feature})")
+    p.add_argument("--work-megapixels", type=float, help=f"working resolution for features (default {d.work_megapixels})")
+    p.add_argument("--max-keypoints", type=int, help=f"keypoints per frame (default {d.max_keypoints})")
+    p.add_argument("--margin-deg", type=float, help=f"pointing uncertainty for overlap and guided matching (default {d.margin_deg})")
+    p.add_argument("--prior-deg", type=float, help=f"sigma of the prior on reported pointing (default {d.prior_deg})")
+    p.add_argument("--seed", type=int, help="RANSAC seed (default 0)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use this dask scheduler (default: an embedded local cluster)")
+    p.add_argument("--workers", type=int, help="workers of the embedded cluster")
+    p.add_argument("--no-render", action="store_true", help="stop after solution.json")
+
+
+def run(args) -> int:
+    flags = {"hfov": args.hfov, "feature": args.feature, "work_megapixels": args.work_megapixels,
+             "max_keypoints": args.max_keypoints, "margin_deg": args.margin_deg, "prior_deg": args.prior_deg,
+             "seed": args.seed, "scheduler": args.scheduler, "workers": args.workers,
+             "render": False if args.no_render else None}
+    if args.config:
+        config = StitchConfig.from_toml(args.config, **flags)
+    else:
+        config = StitchConfig.from_mapping({k: v for k, v in flags.items() if v is not None})
+    result = stitch(args.inputs, args.out, config)
+    s = result["stats"]
+    log.info("stitch: %d of %d frames used, %s tie points, RMS %s px -> %s", s["frames_used"], s["frames"],
+             s["tie_points"], s["rms_px"], os.fspath(args.out))
+    return 0
