@@ -23,6 +23,7 @@ COMMANDS = {
     "synth": "mosaic.synth.cli",
     "eval": "mosaic.evaluate",
     "terrain": "mosaic.terrain.command",
+    "stitch": "mosaic.stitch",
 }
 
 log = logging.getLogger("mosaic")
