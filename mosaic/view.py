@@ -1,14 +1,16 @@
 """Show a stitched panorama in the browser: serve OUT on localhost and open its viewer.
 
 Serves the output folder of ``mosaic stitch`` over HTTP on 127.0.0.1 (nothing else can reach it)
-and opens ``index.html``, writing the page first from ``preview.jpg`` when it is missing.
-Ctrl-C stops the server. The page also works straight from disk (file://); the server is for
-browsers that restrict file:// pages and for sharing a link on this machine.
+and opens ``index.html``, writing the page first from ``preview.jpg`` when it is missing; with
+``--tiles`` also a tile pyramid of ``panorama.tif``, which the served page loads as you zoom in.
+Ctrl-C stops the server. The page also works straight from disk (file://) with the preview;
+the tiles need the server, as browsers refuse file:// images as WebGL textures.
 
 Example:
     mosaic view out                    # opens http://127.0.0.1:8765/index.html
     mosaic view out --port 0 --no-browser
     mosaic view out --az 120 --el -10 --fov 50
+    mosaic view out --tiles            # zoom to full resolution (tiles from panorama.tif)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
 import logging
 import threading
 import webbrowser
@@ -69,19 +72,49 @@ def view_url(base: str, az=None, el=None, fov=None) -> str:
     return base + "index.html" + ("#" + "&".join(parts) if parts else "")
 
 
-def prepare(out_dir) -> Path:
-    """Check ``out_dir`` and make sure it holds ``index.html``; return the folder."""
+def prepare(out_dir, tiles: bool = False) -> Path:
+    """Check ``out_dir`` and make sure it holds ``index.html``; return the folder.
+
+    ``tiles``: build (or reuse, when current) the tile pyramid from ``panorama.tif`` and rewrite
+    the page to use it. Otherwise an existing page is kept as it is, and a missing one is written
+    with the pyramid already there, if any.
+    """
+    from .viewer import write_viewer
+    from .viewer.tiles import MANIFEST, write_tiles
+
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(out, f"no such output folder (run `mosaic stitch -o {out}` first)")
-    if not (out / "index.html").is_file():
-        if not (out / "preview.jpg").is_file():
-            raise InputError(out, "holds neither index.html nor preview.jpg (not a `mosaic stitch` output)")
-        from .viewer import write_viewer
-
-        write_viewer(out)
-        log.info("view: wrote %s", out / "index.html")
+    if tiles:
+        manifest = write_tiles(out)
+        if manifest is None:
+            log.info("view: %s is no wider than the preview; no tiles needed", out / "panorama.tif")
+    elif (out / "index.html").is_file():
+        return out
+    else:
+        try:
+            manifest = json.loads((out / "tiles" / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = None
+    if not (out / "preview.jpg").is_file():
+        raise InputError(out, "holds neither index.html nor preview.jpg (not a `mosaic stitch` output)")
+    write_viewer(out, tiles=manifest, meta=_solution_meta(out))
+    log.info("view: wrote %s", out / "index.html")
     return out
+
+
+def _solution_meta(out: Path) -> dict:
+    """A few facts for the page's corner from ``solution.json``, if it is there and readable."""
+    try:
+        sol = json.loads((out / "solution.json").read_text())
+        frames = sol.get("frames", [])
+        meta = {"frames": f"{sum(1 for f in frames if f.get('used', True))} of {len(frames)}"}
+        rms = (sol.get("stats") or {}).get("rms_px")
+        if isinstance(rms, (int, float)):
+            meta["rms"] = f"{rms:.2f} px"
+        return meta
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def add_arguments(p):
@@ -89,6 +122,8 @@ def add_arguments(p):
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    p.add_argument("--tiles", action="store_true",
+                   help="build (or refresh) a tile pyramid from OUT/panorama.tif for full-resolution zoom")
     p.add_argument("--az", type=float, help="initial heading, degrees clockwise from north")
     p.add_argument("--el", type=float, help="initial elevation, degrees up")
     p.add_argument("--fov", type=float, help="initial horizontal field of view, degrees (10-120)")
@@ -97,7 +132,7 @@ def add_arguments(p):
 def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(None, f"--port {args.port}: not a port number (0-65535)")
-    out = prepare(args.out)
+    out = prepare(args.out, tiles=args.tiles)
     with serving(out, port=args.port) as base:
         url = view_url(base, args.az, args.el, args.fov)
         print(f"Serving {out} at {url}  (Ctrl-C stops)", flush=True)

@@ -9,6 +9,8 @@ Example::
 
     from mosaic.viewer import write_viewer
     write_viewer("out", title="Sol 1002 Navcam", meta={"frames": 35, "rms px": 0.41})
+    # with a tile pyramid for deep zoom when served by `mosaic view`:
+    write_viewer("out", tiles=write_tiles("out"))   # from mosaic.viewer.tiles
     # then open out/index.html#az=90&el=0&fov=60
 """
 
@@ -88,10 +90,14 @@ def render_page(config: dict, title: str) -> str:
     return _template().replace("{{TITLE}}", html.escape(title)).replace("{{CONFIG}}", blob)
 
 
-def write_viewer(out_dir, preview_name: str = "preview.jpg", title: str | None = None,
-                 meta: dict | None = None, max_width: int = MAX_EMBED_WIDTH) -> Path:
+def write_viewer(out_dir, preview_name: str = "preview.jpg", tiles: dict | None = None,
+                 title: str | None = None, meta: dict | None = None,
+                 max_width: int = MAX_EMBED_WIDTH) -> Path:
     """Write ``out_dir/index.html`` showing ``out_dir/preview_name``; return its path.
 
+    ``tiles``: the manifest from ``mosaic.viewer.tiles.write_tiles(out_dir)``; when the page is
+    served over HTTP it then loads full-resolution tiles as the view zooms in (from disk it keeps
+    to the preview, which browsers allow as a WebGL texture only when embedded).
     ``meta`` is shown as a small key/value list under the title (values are turned into text).
     The page is written atomically and needs nothing beside it: the image is embedded, so it
     still works when copied elsewhere alone.
@@ -109,6 +115,7 @@ def write_viewer(out_dir, preview_name: str = "preview.jpg", title: str | None =
         "preview_file": preview_name,
         "width": w,
         "height": h,
+        "tiles": None if tiles is None else {k: tiles[k] for k in ("url", "tile", "width", "height", "levels")},
     }
     path = write_text(out_dir / "index.html", render_page(config, config["title"]))
     path.chmod(0o644)   # a page to publish: the temporary file it was renamed from is owner-only
