@@ -161,8 +161,8 @@ def _decode(path) -> np.ndarray:
         # libpng decodes a file cut after the last IDAT chunk without complaint.
         raise InputError(path, "truncated PNG (no IEND chunk)")
     if suffix in (".jpg", ".jpeg") and b"\xff\xd9" not in bytes(data[-4096:]):
-        # libjpeg fills a cut file with grey and only warns; entropy-coded data never holds
-        # FF D9, so a complete file has its end-of-image marker at (or near) the end.
+        # OpenCV 4's libjpeg fills a cut file with grey and only warns (OpenCV 5 refuses it);
+        # entropy-coded data never holds FF D9, so a whole file has that end marker near its end.
         raise InputError(path, "truncated JPEG (no end-of-image marker)")
     if arr.ndim == 3:
         if arr.shape[2] == 3:
