@@ -23,7 +23,7 @@ from calib.rotation import azel_to_vector
 from mosaic.atomic import write_json
 
 
-def _blur_wrap(a, sigma):
+def blur_wrap(a, sigma):
     """Gaussian blur that wraps around in x (the 0/360 degree seam must not be a world edge)."""
     pad = min(a.shape[1], int(4 * sigma) + 2)
     p = np.concatenate([a[:, -pad:], a, a[:, :pad]], axis=1)
@@ -43,7 +43,7 @@ def world(height: int, seed: int = 0) -> np.ndarray:
     tex = np.zeros((height, w), np.float32)
     for sigma, amp in ((height / 40.0, 0.12), (height / 120.0, 0.08), (2.0, 0.05)):
         n = rng.standard_normal((height, w)).astype(np.float32)
-        n = _blur_wrap(n, sigma)
+        n = blur_wrap(n, sigma)
         tex += amp * n / max(float(n.std()), 1e-6)
     img += tex[..., None] * np.array([1.0, 0.9, 1.1], np.float32)
     # Distinctive pattern: dark grid lines and a checkerboard patch north of the horizon.
@@ -51,7 +51,7 @@ def world(height: int, seed: int = 0) -> np.ndarray:
     img[line] *= 0.55
     checker = ((np.floor(az / 3) + np.floor(el / 3)) % 2 == 0) & (az > 20) & (az < 50) & (el > -10) & (el < 10)
     img[checker] *= 1.35
-    img = _blur_wrap(img, 0.7)
+    img = blur_wrap(img, 0.7)
     return np.clip(img, 0.02, 0.98).astype(np.float32)
 
 

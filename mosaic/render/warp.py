@@ -107,11 +107,9 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
     iy, ix = np.nonzero(reach)
     ax = ix * step - half  # cells' first pixel, window-relative
     ay = iy * step - half
-    centre = _project(proj, model, x0 + ax + half - 0.5, y0 + ay + half - 0.5, range_m)
     corners = [cc[iy, ix] for cc in c]
-    with np.errstate(invalid="ignore"):
-        err = np.abs(centre - 0.25 * (corners[0] + corners[1] + corners[2] + corners[3])).max(axis=1)
-    bad_cell = ~allf[iy, ix] | ~(err <= tol)
+    sink = _Sink(proj, model, range_m, x0, y0, tol)
+    mids, bad_cell = sink.check(ax, ay, step, corners)
     # Rectangle of reaching cells -> window pixel slices.
     ka, kb = ix.min(), ix.max() + 1  # cells ka..kb-1 -> nodes ka..kb
     la, lb = iy.min(), iy.max() + 1
@@ -140,10 +138,10 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
         full = np.repeat(np.repeat(cells, step, axis=0), step, axis=1)[rs0 - r0:rs1 - r0, cs0 - c0:cs1 - c0]
         mapx[~full] = -_OFF
         mapy[~full] = -_OFF
-    sink = _Sink(proj, model, range_m, x0, y0, mapx, mapy, rs0, cs0, tol)
     if bad_cell.any():
         b = bad_cell
-        sink.refine(ax[b], ay[b], step, [cc[b] for cc in corners], centre[b])
+        sink.target(mapx, mapy, rs0, cs0)
+        sink.refine(ax[b], ay[b], step, [cc[b] for cc in corners], [m[b] for m in mids])
     with np.errstate(invalid="ignore"):
         valid = (mapx >= -0.5) & (mapx <= fw - 0.5) & (mapy >= -0.5) & (mapy <= fh - 0.5)
     if not valid.any():
@@ -152,20 +150,40 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
 
 
 class _Sink:
-    """Refines failing cells of a frame map in place: a cell whose centre disagrees with its
-    bilinear fit by more than ``tol`` (or that has a blind corner) is split into four, with exact
-    projections at the new nodes, recursively; cells of 2 x 2 pixels or less are computed
-    exactly pixel by pixel. Every decision depends on the cell alone (global grid), never on
-    the window, so overlapping windows produce identical maps."""
+    """Checks and refines cells of a frame map. A cell is checked at its centre and at its four
+    edge midpoints (a saddle-shaped map fits its centre and misses the edges); one whose fit is
+    off by more than ``tol`` there (or that has a blind corner) is split into four, whose corners
+    are the points just checked, recursively; cells of 2 x 2 pixels or less are computed exactly
+    pixel by pixel. Every decision depends on the cell alone (global grid), never on the window,
+    so overlapping windows produce identical maps."""
 
-    def __init__(self, proj, model, range_m, x0, y0, mapx, mapy, rs0, cs0, tol):
+    def __init__(self, proj, model, range_m, x0, y0, tol):
         self.proj, self.model, self.range_m = proj, model, range_m
-        self.x0, self.y0, self.mapx, self.mapy = x0, y0, mapx, mapy
-        self.rs0, self.cs0, self.tol = rs0, cs0, tol
+        self.x0, self.y0, self.tol = x0, y0, tol
         self.exact_px = 0
+
+    def target(self, mapx, mapy, rs0, cs0):
+        self.mapx, self.mapy, self.rs0, self.cs0 = mapx, mapy, rs0, cs0
 
     def _p(self, x, y):
         return _project(self.proj, self.model, self.x0 + x, self.y0 + y, self.range_m)
+
+    def check(self, ax, ay, s, corners):
+        """Exact values at the cells' (top, left, right, bottom, centre) and which cells fail."""
+        c00, c01, c10, c11 = corners
+        hs = s / 2.0
+        n = len(ax)
+        px = np.concatenate([ax + hs - 0.5, ax - 0.5, ax + s - 0.5, ax + hs - 0.5, ax + hs - 0.5])
+        py = np.concatenate([ay - 0.5, ay + hs - 0.5, ay + hs - 0.5, ay + s - 0.5, ay + hs - 0.5])
+        e = self._p(px, py)
+        top, left, right, bottom, centre = (e[k * n:(k + 1) * n] for k in range(5))
+        fit = [0.5 * (c00 + c01), 0.5 * (c00 + c10), 0.5 * (c01 + c11), 0.5 * (c10 + c11),
+               0.25 * (c00 + c01 + c10 + c11)]
+        with np.errstate(invalid="ignore"):
+            err = np.max([np.abs(a - b).max(axis=1) for a, b in zip((top, left, right, bottom, centre), fit)], axis=0)
+        # The checks sample the fit's error, they do not bound it: three quarters of the stated
+        # tolerance leaves room for the worst point lying between them (tested against exact maps).
+        return [top, left, right, bottom, centre], ~(err <= 0.75 * self.tol)  # NaN (blind) fails
 
     def _put(self, yy, xx, vals):
         yy = yy - self.rs0
@@ -176,8 +194,7 @@ class _Sink:
         self.mapx[yy[ok], xx[ok]] = v[..., 0][ok]
         self.mapy[yy[ok], xx[ok]] = v[..., 1][ok]
 
-    def refine(self, ax, ay, s, corners, centre):
-        c00, c01, c10, c11 = corners
+    def refine(self, ax, ay, s, corners, mids):
         if s <= 2:
             j = np.arange(s)
             yy = np.broadcast_to(ay[:, None, None] + j[None, :, None], (len(ax), s, s))
@@ -186,34 +203,27 @@ class _Sink:
             self._put(yy, xx, vals)
             self.exact_px += vals.shape[0] * s * s
             return
+        c00, c01, c10, c11 = corners
+        top, left, right, bottom, centre = mids
         hs = s // 2
-        top = self._p(ax + hs - 0.5, ay - 0.5)
-        left = self._p(ax - 0.5, ay + hs - 0.5)
-        right = self._p(ax + s - 0.5, ay + hs - 0.5)
-        bottom = self._p(ax + hs - 0.5, ay + s - 0.5)
         qx = np.concatenate([ax, ax + hs, ax, ax + hs])
         qy = np.concatenate([ay, ay, ay + hs, ay + hs])
-        q00 = np.concatenate([c00, top, left, centre])
-        q01 = np.concatenate([top, c01, centre, right])
-        q10 = np.concatenate([left, centre, c10, bottom])
-        q11 = np.concatenate([centre, right, bottom, c11])
-        qc = self._p(qx + hs / 2 - 0.5, qy + hs / 2 - 0.5)
-        with np.errstate(invalid="ignore"):
-            err = np.abs(qc - 0.25 * (q00 + q01 + q10 + q11)).max(axis=1)
-        good = err <= self.tol  # False for NaN
+        q = [np.concatenate([c00, top, left, centre]), np.concatenate([top, c01, centre, right]),
+             np.concatenate([left, centre, c10, bottom]), np.concatenate([centre, right, bottom, c11])]
+        qm, bad = self.check(qx, qy, hs, q)
+        good = ~bad
         if good.any():
             t = (np.arange(hs) + 0.5) / hs
             ty, tx = t[None, :, None, None], t[None, None, :, None]
             g = good
-            vals = ((1 - ty) * (1 - tx) * q00[g][:, None, None] + (1 - ty) * tx * q01[g][:, None, None]
-                    + ty * (1 - tx) * q10[g][:, None, None] + ty * tx * q11[g][:, None, None])
+            vals = ((1 - ty) * (1 - tx) * q[0][g][:, None, None] + (1 - ty) * tx * q[1][g][:, None, None]
+                    + ty * (1 - tx) * q[2][g][:, None, None] + ty * tx * q[3][g][:, None, None])
             j = np.arange(hs)
             yy = np.broadcast_to(qy[g][:, None, None] + j[None, :, None], vals.shape[:3])
             xx = np.broadcast_to(qx[g][:, None, None] + j[None, None, :], vals.shape[:3])
             self._put(yy, xx, vals)
-        b = ~good
-        if b.any():
-            self.refine(qx[b], qy[b], hs, [q00[b], q01[b], q10[b], q11[b]], qc[b])
+        if bad.any():
+            self.refine(qx[bad], qy[bad], hs, [a[bad] for a in q], [m[bad] for m in qm])
 
 
 def remap(image, fmap: FrameMap) -> np.ndarray:
