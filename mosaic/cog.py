@@ -24,6 +24,11 @@ scheduler), a retried task simply rewrites its part, and nothing depends on the 
 broke rioxarray's ``Lock("rio-write", client=...)`` with distributed 2026.8. Overlapping windows
 resolve deterministically: in-process writes apply in call order, then parts in (row, col) order.
 
+Compression: DEFLATE (every GDAL, QGIS and browser COG reader has it) at level 1 with a predictor.
+Measured on an 8192 x 4096 RGBA panorama (2 busy cores): conversion 8.7 s / 71 MB at level 1
+against 28 s / 66 MB at the default level 6, 6.5 s / 64 MB for ZSTD level 1 (``compress="zstd"``,
+for readers known to have it), 12 s / 103 MB without a predictor, 4.3 s / 179 MB uncompressed.
+
 Bytes are deterministic: GDAL's GeoTIFF writer stores no timestamp, the COG driver writes tiles
 and overviews in a fixed order whatever the number of compression threads, and we set no
 time-dependent tags; two runs over the same input give identical files (tested).
@@ -156,12 +161,14 @@ class CogWriter:
     ``alpha`` (last band is alpha); ``tile`` (COG block size); ``colorinterp`` (band names such
     as ``("red", "green", "blue", "alpha")``; defaults from count and alpha); ``tags`` (dataset
     metadata, str -> str); ``resampling`` (overviews, default ``average``); ``compress``
-    (``deflate``, ``zstd``, ``lzw``); ``threads`` (compression threads of the final conversion).
+    (``deflate``, ``zstd``, ``lzw``, ``none``) and ``level``; ``threads`` (compression threads of
+    the final conversion; the bytes do not depend on it).
     """
 
     def __init__(self, path, width: int, height: int, count: int, dtype, *, transform=None, crs=None,
                  nodata=None, alpha: bool = False, tile: int = 512, colorinterp=None, tags=None,
-                 resampling: str = "average", compress: str = "deflate", threads: int | str = "ALL_CPUS"):
+                 resampling: str = "average", compress: str = "deflate", level: int | None = 1,
+                 threads: int | str = "ALL_CPUS"):
         self.path = Path(path)
         self.width, self.height, self.count = int(width), int(height), int(count)
         self.dtype = np.dtype(dtype).name
@@ -176,7 +183,7 @@ class CogWriter:
         self.transform, self.crs, self.nodata, self.alpha, self.tile = transform, crs, nodata, alpha, int(tile)
         self.interp = _colorinterp(self.count, alpha, colorinterp)
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        self.resampling, self.compress, self.threads = resampling, compress, threads
+        self.resampling, self.compress, self.level, self.threads = resampling, compress, level, threads
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.cog-", dir=self.path.parent))
@@ -239,7 +246,9 @@ class CogWriter:
                     overview_resampling=self.resampling.upper(), num_threads=str(self.threads),
                     bigtiff="IF_SAFER")
         if self.compress.lower() in ("deflate", "zstd", "lzw"):
-            opts["predictor"] = "YES"
+            opts["predictor"] = "YES"  # horizontal differencing for integers, floating-point predictor for floats
+        if self.level is not None and self.compress.lower() in ("deflate", "zstd"):
+            opts["level"] = str(self.level)
         return opts
 
     def close(self) -> Path:

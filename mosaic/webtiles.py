@@ -122,7 +122,7 @@ def _read_source(source, transform, crs, nodata):
             transform, crs = ds.transform, ds.crs
             ci = [c.name for c in ds.colorinterp]
             if ci and ci[-1] == "alpha":
-                return data[:-1], data[-1].astype(np.uint8) if data.dtype == np.uint8 else _alpha8(data[-1]), transform, crs
+                return data[:-1], _alpha8(data[-1]), transform, crs
             nd = ds.nodata if nodata is None else nodata
             mask = ds.dataset_mask()
             return data, (mask if nd is not None or not mask.all() else None), transform, crs

@@ -48,7 +48,11 @@ def test_rgba_panorama_threads_valid_exact_and_deterministic(tmp_path):
     img = _rgba(h, w)
     kw = dict(transform=equirect_transform(w, h), alpha=True)
     a = _write_tiled(tmp_path / "a" / "panorama.tif", img, **kw)
-    b = _write_tiled(tmp_path / "b" / "panorama.tif", img, threads=1, **kw)
+    b = _write_tiled(tmp_path / "b" / "panorama.tif", img, threads=1, **kw)  # and one conversion thread:
+    c = tmp_path / "c.tif"
+    with CogWriter(c, w, h, 4, "uint8", tile=256, threads=1, **kw) as cw:
+        cw.write((0, 0), img)
+    assert _md5(c) == _md5(a)
     assert _md5(a) == _md5(b)
     ok, errors, warnings = validate(a)
     assert ok, errors
