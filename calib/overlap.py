@@ -102,9 +102,9 @@ def overlap_matrix(metas, radius: float = 50.0, margin_deg: float = 0.0, grid=GR
             & (pix[:, 1] >= -0.5 - pad)
             & (pix[:, 1] <= meta_b.height - 0.5 + pad)
         )
-        # The far side of a wide lens can project back into the image: keep points in front.
-        ahead = (allp - mb.C) @ mb.A > 0
-        ok = inside & ahead
+        # Points a model cannot see (behind it, outside a fisheye's cone) project to NaN,
+        # which fails every comparison above.
+        ok = inside
         start = 0
         for a in cands:
             k = len(pts[a])

@@ -158,3 +158,15 @@ def test_footprints_in_azel(realdata):
     az, el = fps[0][:, 0], fps[0][:, 1]
     # Frame 1 is centred at azimuth 90 deg, elevation -17.4 deg, 45 deg wide.
     assert 60 < az.min() < az.max() < 120 and -42 < el.min() < el.max() < 7
+
+
+def test_frames_back_to_back_never_overlap(realdata):
+    from calib.meta import LOCAL_LEVEL
+    from calib.rotation import axis_angle
+
+    m = discover([realdata / MER])[0]
+    ll = m.with_(model=m.model_local_level(), model_frame=LOCAL_LEVEL, attitude=None)
+    back = ll.with_(id="back", model=ll.model.moved(axis_angle([0, 0, 1], np.pi), np.zeros(3)))
+    # A margin this wide lets the pair past the cheap bound: the projection itself must say no.
+    f = overlap_matrix([ll, back], margin_deg=70.0)
+    assert f[0, 1] == 0 and f[1, 0] == 0
