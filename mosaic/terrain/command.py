@@ -12,6 +12,7 @@ Example:
 
     mosaic terrain frames/ -o site/ --gsd 0.02 --radius 15
     mosaic terrain NLF_*.png NRF_*.png -o site/ --site-origin 18.44463,77.45089,-2569.91
+    mosaic terrain scene/ -o site/ --solution pano/solution.json   # models adjusted by mosaic stitch
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--site-origin", metavar="LAT,LON,ELEV",
                    help="SITE frame origin: planetocentric latitude, east longitude (degrees), elevation (m); "
                         "default: from the labels, else the landing site 18.44463,77.45089,-2569.91")
+    p.add_argument("--solution", metavar="JSON",
+                   help="solution.json whose adjusted models replace the labels' (e.g. from mosaic stitch)")
     p.add_argument("--min-range", type=float, default=1.0, metavar="METRES", help="nearest range matched")
     p.add_argument("--max-range", type=float, default=60.0, metavar="METRES", help="farthest range kept")
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler to use (default: embedded)")
@@ -45,7 +48,7 @@ def run(args) -> int:
 
     report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                      scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
-                     web=not args.no_web, min_range=args.min_range, max_range=args.max_range)
+                     web=not args.no_web, solution=args.solution, min_range=args.min_range, max_range=args.max_range)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:

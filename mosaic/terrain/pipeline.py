@@ -161,11 +161,54 @@ def _write_products(out: Path, spec: gridmod.GridSpec, origin, tiles, settings, 
     report["coverage"] = cells / float(spec.width * spec.height)
 
 
+def apply_solution(frames, path):
+    """Frames with the models of a ``solution.json`` (e.g. from ``mosaic stitch``'s adjustment),
+    matched by id or image name; frames it does not place keep their label's model."""
+    from calib.meta import LOCAL_LEVEL
+
+    from mosaic import solution
+
+    sol = solution.read(path)
+    by_key = {}
+    for f in sol["frames"]:
+        if f.get("used", True) and f.get("model") is not None:
+            if f.get("frame", LOCAL_LEVEL) != LOCAL_LEVEL:
+                raise InputError(path, f"model of {f['id']} in {f.get('frame')!r}, expected LOCAL_LEVEL", field="frame")
+            by_key[f["id"]] = f["model"]
+            if f.get("image"):
+                by_key[Path(f["image"]).name] = f["model"]
+    out, n = [], 0
+    for m in frames:
+        model = by_key.get(m.id) or (by_key.get(Path(m.image).name) if m.image else None)
+        if model is not None:
+            m = m.with_(model=model, model_frame=LOCAL_LEVEL)
+            n += 1
+        out.append(m)
+    if n == 0:
+        raise InputError(path, "no frame of the inputs is in this solution", field="frames")
+    return out, n
+
+
+def _write_solution(out: Path, pairs, pair_stats) -> None:
+    from mosaic import solution
+
+    stats_by_id = {p["id"]: p for p in pair_stats}
+    frames = []
+    for p in pairs:
+        st = stats_by_id.get(p.id, {})
+        for f in (p.left, p.right):
+            rec = {"id": f.id, "image": Path(f.image).name if f.image else None, "width": f.width, "height": f.height}
+            frames.append(solution.frame_entry(rec, f.model_local_level(), True, stereo_pair=p.id,
+                                               points=st.get("points")))
+    solution.write(out / "solution.json", frames, {"pairs": len(pairs), "source": "terrain (models used)"})
+
+
 def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=None, scheduler=None,
-            workspace=None, keep_points: bool = False, web: bool = True, **options) -> dict:
+            workspace=None, keep_points: bool = False, web: bool = True, solution=None, **options) -> dict:
     """Build ``dem.tif``, ``ortho.tif``, tiles, ``item.json`` and ``index.html`` under ``out``.
 
     ``inputs``: frame files or folders. ``site_origin``: "LAT,LON,ELEV" or a SiteOrigin.
+    ``solution``: a solution.json whose (adjusted) models replace the labels' ones.
     ``options``: other ``TerrainSettings`` fields. Returns the run report (also ``report.json``).
     """
     from calib.labels import discover
@@ -190,6 +233,9 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
 
     t = time.perf_counter()
     frames = discover([str(p) for p in inputs])
+    if solution is not None:
+        frames, n = apply_solution(frames, solution)
+        report["solution"] = {"path": str(solution), "frames": n}
     pairs = find_pairs(frames, max_dt=settings.max_dt)
     if not pairs:
         raise InputError(str(inputs[0]) if inputs else None,
@@ -239,6 +285,7 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
 
         _write_products(out, spec, origin, results(), settings, report)
         report["stages"]["grid"] = {"seconds": time.perf_counter() - t, "tiles": len(tile_list)}
+    _write_solution(out, pairs, pair_stats)
 
     if web:
         t = time.perf_counter()
@@ -248,7 +295,7 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
         shutil.rmtree(points_root, ignore_errors=True)
         ws.invalidate("terrain-points")
     report["seconds"] = time.perf_counter() - t_start
-    report["outputs"] = {k: str(out / k) for k in ("dem.tif", "ortho.tif", "item.json", "index.html")
+    report["outputs"] = {k: str(out / k) for k in ("dem.tif", "ortho.tif", "item.json", "index.html", "solution.json")
                          if (out / k).exists()}
     atomic.write_json(out / "report.json", _jsonable(report))
     return report

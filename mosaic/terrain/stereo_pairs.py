@@ -2,8 +2,9 @@
 
 Two frames pair when they come from the two eyes of one camera (``NAVCAM_LEFT``/``NAVCAM_RIGHT``,
 ``MCZ_LEFT``/``MCZ_RIGHT``, ...), at the same site and drive, and were taken together: spacecraft
-clocks within ``max_dt`` seconds where both are known, else the same sequence id (from the file
-name) and mast pose within ``max_pose_deg``. Cameras of a pair shoot simultaneously, so several
+clocks within ``max_dt`` seconds, or the same mast pose (within ``max_pose_deg``) within
+``pose_dt`` seconds (eyes commanded one after the other, as in our synthetic scenes), or, with
+neither clocks nor pose, the same sequence id from the file name. Cameras of a pair shoot simultaneously, so several
 candidates share one moment only when the product is split into tiles; among those the right
 frame is the one whose boresight is closest to the left's (a greedy one-to-one assignment, best
 first), and no pair is made whose boresights differ by more than ``max_boresight_deg``.
@@ -55,15 +56,23 @@ def sequence_id(frame) -> str | None:
     return m.group(0) if m else None
 
 
-def _taken_together(a, b, max_dt, max_pose_deg) -> bool:
-    if a.sclk is not None and b.sclk is not None:
-        return abs(a.sclk - b.sclk) <= max_dt
-    if sequence_id(a) is None or sequence_id(a) != sequence_id(b):
-        return False
+def _same_pose(a, b, max_pose_deg) -> bool | None:
     if None in (a.mast_az, a.mast_el, b.mast_az, b.mast_el):
-        return True
+        return None
     daz = (a.mast_az - b.mast_az + 180.0) % 360.0 - 180.0
     return abs(daz) <= max_pose_deg and abs(a.mast_el - b.mast_el) <= max_pose_deg
+
+
+def _taken_together(a, b, max_dt, max_pose_deg, pose_dt) -> bool:
+    """Same moment (clocks within ``max_dt``), or the same mast pose within ``pose_dt`` seconds
+    (eyes commanded one after the other), or the same sequence when neither is known."""
+    clocks = a.sclk is not None and b.sclk is not None
+    if clocks and abs(a.sclk - b.sclk) <= max_dt:
+        return True
+    pose = _same_pose(a, b, max_pose_deg)
+    if pose is not None:
+        return pose and (not clocks or abs(a.sclk - b.sclk) <= pose_dt)
+    return not clocks and sequence_id(a) is not None and sequence_id(a) == sequence_id(b)
 
 
 def _boresight(frame) -> np.ndarray:
@@ -71,7 +80,7 @@ def _boresight(frame) -> np.ndarray:
 
 
 def find_pairs(frames, max_dt: float = 1.0, max_pose_deg: float = 1.0,
-               max_boresight_deg: float = 30.0) -> list[StereoPair]:
+               max_boresight_deg: float = 30.0, pose_dt: float = 300.0) -> list[StereoPair]:
     """Stereo pairs among ``frames`` (FrameMeta with camera models), in a stable order."""
     groups: dict[tuple, dict[str, list]] = {}
     for f in frames:
@@ -92,21 +101,24 @@ def find_pairs(frames, max_dt: float = 1.0, max_pose_deg: float = 1.0,
         candidates = []
         for li, left in enumerate(lefts):
             if left.sclk is not None and np.isfinite(clocks).any():
-                lo = np.searchsorted(clocks, left.sclk - max_dt, side="left")
-                hi = np.searchsorted(clocks, left.sclk + max_dt, side="right")
+                window = max(max_dt, pose_dt)
+                lo = np.searchsorted(clocks, left.sclk - window, side="left")
+                hi = np.searchsorted(clocks, left.sclk + window, side="right")
                 near = list(range(lo, hi)) + [i for i in range(len(rights)) if not np.isfinite(clocks[i])]
             else:
                 near = range(len(rights))
             bl = _boresight(left)
             for ri in near:
                 right = rights[ri]
-                if not _taken_together(left, right, max_dt, max_pose_deg):
+                if not _taken_together(left, right, max_dt, max_pose_deg, pose_dt):
                     continue
                 c = float(bl @ _boresight(right))
                 if c >= cos_max:
-                    candidates.append((-c, left.id, right.id, li, ri))
+                    # Simultaneous frames first, then the best-aligned boresights.
+                    dt = abs(left.sclk - right.sclk) if left.sclk is not None and right.sclk is not None else 0.0
+                    candidates.append((dt > max_dt, -c, left.id, right.id, li, ri))
         used_l, used_r = set(), set()
-        for _, _, _, li, ri in sorted(candidates):
+        for *_, li, ri in sorted(candidates):
             if li in used_l or ri in used_r:
                 continue
             used_l.add(li)
