@@ -191,3 +191,44 @@ def test_sink_writes_from_other_processes(tmp_path):
     with rasterio.open(target) as ds:
         np.testing.assert_array_equal(ds.read(), img)
     assert _md5(target) == _md5(ref)
+
+
+def test_unwritten_windows_read_as_nodata_or_transparent(tmp_path):
+    t = geo.grid_transform(geo.DEFAULT_SITE_ORIGIN, 0.0, 0.0, 1.0)
+    with CogWriter(tmp_path / "dem.tif", 1024, 600, 1, "float32", transform=t, crs=geo.site_crs_wkt(),
+                   nodata=-32768.0, tile=256) as w:
+        w.write((0, 0), np.full((100, 100), 5.0, np.float32))
+    with CogWriter(tmp_path / "pan.tif", 600, 300, 2, "uint8", alpha=True, tile=256) as w:
+        w.write((10, 10), np.full((2, 20, 20), 255, np.uint8))
+    with rasterio.open(tmp_path / "dem.tif") as ds:
+        dem = ds.read(1)
+    assert np.all(dem[:100, :100] == 5.0) and np.all(dem[100:] == -32768.0) and np.all(dem[:, 100:] == -32768.0)
+    with rasterio.open(tmp_path / "pan.tif") as ds:
+        alpha = ds.read(2)
+    assert alpha.sum() == 255 * 400
+    assert validate(tmp_path / "dem.tif")[0] and validate(tmp_path / "pan.tif")[0]
+
+
+def test_validate_rejects_a_plain_geotiff(tmp_path):
+    p = tmp_path / "plain.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=2048, height=2048, count=1, dtype="uint8") as ds:
+        ds.write(np.zeros((1, 2048, 2048), np.uint8))
+    ok, errors, _ = validate(p)
+    assert not ok and errors
+
+
+@pytest.mark.slow
+def test_sink_from_dask_process_workers(tmp_path):
+    from mosaic.cluster import client
+
+    h, w, tile = 256, 256, 128
+    img = _rgba(h, w, seed=9)
+    target = tmp_path / "dask.tif"
+    with client(workers=2, threads_per_worker=1, processes=True) as c:
+        with CogWriter(target, w, h, 4, "uint8", alpha=True, tile=128) as cw:
+            sink = cw.sink()
+            futures = [c.submit(_write_part, (sink, r, col, img[:, r:r + tile, col:col + tile]), pure=False)
+                       for r in range(0, h, tile) for col in range(0, w, tile)]
+            c.gather(futures)
+    with rasterio.open(target) as ds:
+        np.testing.assert_array_equal(ds.read(), img)
