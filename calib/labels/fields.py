@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import re
 
-from ..errors import LabelError
+from ..errors import LabelError, ModelError
+from ..models import model_from_components
 
 UNKNOWN = frozenset({"", "UNK", "UNKNOWN", "N/A", "NA", "NULL", "NONE", "NAN_UNK"})
 
@@ -131,9 +132,6 @@ def camera_model(model_type, components, path, field):
     Components are already numbers (vectors as 3-tuples, T and P as scalars). A and O are
     re-normalised by the model classes.
     """
-    from ..errors import ModelError
-    from ..models import model_from_components
-
     try:
         return model_from_components(model_type, components, source=path)
     except ModelError as e:

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..errors import LabelError
 from ..meta import ROVER_NAV_FRAME, FrameMeta
 from . import fields
+from .raster import image_header
 
 #: snake_case name -> (public feed name, the sub-object that holds it in the public feed)
 _KEYS = {
@@ -135,8 +136,6 @@ def read_json_frame(path, image=None) -> FrameMeta:
 
     width = height = bands = depth = None
     if image is not None:
-        from .raster import image_header
-
         width, height, bands, depth = image_header(image)
         if dims is not None and (int(dims[0]), int(dims[1])) != (width, height):
             raise LabelError(path, f"says {int(dims[0])}x{int(dims[1])}, the image {image} is {width}x{height}", field=dim_field)

@@ -28,10 +28,12 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import LabelError
 from ..meta import LOCAL_LEVEL, ROVER_NAV_FRAME, SITE, FrameMeta
 from . import fields
-from .raster import RawLayout
+from .raster import RawLayout, image_header
 
 #: Mars 2020 RSM joint angles of the mast's home (pointing straight ahead, level), radians.
 RSM_HOME = (3.161115, 1.588138)
@@ -161,8 +163,6 @@ def read_pds4_frame(path, image=None) -> FrameMeta:
     if image is not None and os.path.normcase(os.path.abspath(image)) == os.path.normcase(os.path.abspath(layout.file)):
         extra["raw_layout"] = layout
     elif image is not None:
-        from .raster import image_header
-
         w, h, _, _ = image_header(image)
         if (w, h) != (layout.samples, layout.lines):
             raise LabelError(path, f"label says {layout.samples}x{layout.lines}, the image {image} is {w}x{h}", field="Array_Image")
@@ -205,15 +205,9 @@ def read_pds4_frame(path, image=None) -> FrameMeta:
         source=path,
         image=None if image is None else os.fspath(image),
         bands=layout.bands,
-        bit_depth=8 * _itemsize(layout.dtype),
+        bit_depth=8 * np.dtype(layout.dtype).itemsize,
         extra=extra,
     )
-
-
-def _itemsize(dtype):
-    import numpy as np
-
-    return np.dtype(dtype).itemsize
 
 
 def _xyz(el, path, field):

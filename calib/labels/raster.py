@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..meta import FrameMeta
 
 #: Extensions read through OpenCV/Pillow (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -121,13 +122,11 @@ def read_image(meta) -> np.ndarray:
     ``meta`` is a FrameMeta (its ``image`` and, for raw products, ``extra["raw_layout"]``) or a
     path. The array's size must match the frame's width and height.
     """
-    from ..meta import FrameMeta
-
     if isinstance(meta, FrameMeta):
         path, width, height = meta.image, meta.width, meta.height
         layout = meta.extra.get("raw_layout")
     else:
-        from . import read_frame
+        from .discover import read_frame  # discover imports this module: resolve on use
 
         return read_image(read_frame(meta))
     if path is None:
