@@ -319,6 +319,9 @@ def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hills
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
     bands, alpha, transform, crs = _read_source(source, transform, crs, nodata)
+    if crs is None or transform is None:
+        raise ValueError(f"{source if isinstance(source, (str, os.PathLike)) else 'array'}: tiles need a "
+                         "georeferenced map (transform and CRS); a panorama has none")
     if bands.shape[0] not in (1, 3):
         raise ValueError(f"tiles need 1 or 3 colour bands (+ alpha), got {bands.shape[0]}")
     bands8 = _to8(bands, alpha)

@@ -17,6 +17,7 @@ from mosaic.cog import write_cog
 
 MAGENTA = (255, 0, 255)
 SITE = geo.DEFAULT_SITE_ORIGIN
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def _site_ortho(gsd=0.1, n=600, void_cols=100):
@@ -192,5 +193,8 @@ def test_bad_sources_are_refused(tmp_path):
     img, t = _site_ortho(gsd=0.2, n=50)
     with pytest.raises(ValueError, match="transform and crs"):
         webtiles.write_tiles(img, out_dir=tmp_path)
+    pan = write_cog(tmp_path / "pan.tif", np.zeros((2, 32, 64), np.uint8), alpha=True)
+    with pytest.raises(ValueError, match="georeferenced"):
+        webtiles.write_tiles(pan, out_dir=tmp_path / "x")
     with pytest.raises(ValueError, match="colour bands"):
         webtiles.write_tiles(np.zeros((5, 10, 10), np.uint8), t, geo.site_crs(), tmp_path)
