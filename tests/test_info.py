@@ -170,3 +170,18 @@ def test_frames_back_to_back_never_overlap(realdata):
     # A margin this wide lets the pair past the cheap bound: the projection itself must say no.
     f = overlap_matrix([ll, back], margin_deg=70.0)
     assert f[0, 1] == 0 and f[1, 0] == 0
+
+
+def test_plain_photos_have_null_geometry(tmp_path, capsys):
+    import cv2
+
+    for name in ("b", "a"):
+        cv2.imwrite(str(tmp_path / f"{name}.jpg"), np.full((30, 40, 3), 100, np.uint8))
+    doc = _info_json(capsys, tmp_path)
+    assert [f["id"] for f in doc["frames"]] == ["a", "b"] and doc["overlaps"] == []
+    for f in doc["frames"]:
+        assert set(f) == FRAME_KEYS and f["instrument"] == "PHOTO" and (f["width"], f["height"]) == (40, 30)
+        assert f["model"] is None and f["model_frame"] is None and f["fov_deg"] is None and f["boresight_deg"] is None
+    assert main(["info", str(tmp_path / "a.jpg")]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row == ["a", "PHOTO", "40x30", "-", "-", "-", "-"]

@@ -215,3 +215,20 @@ def test_bare_vicar_mutations(mer_bytes, tmp_path_factory, data):
         except InputError:
             return
         assert px.shape[:2] == (meta.height, meta.width)
+
+
+ODL_TEXT = st.text(alphabet=st.sampled_from(list("ABC_=()\"'{},<>/*# \n-.0123456789eE")), max_size=200)
+
+
+@FUZZ
+@given(text=ODL_TEXT)
+def test_odl_parser_only_raises_label_errors(text):
+    from calib.errors import LabelError
+    from calib.labels.odl import parse_label
+
+    try:
+        out = parse_label(text, "x.lbl")
+    except LabelError as e:
+        assert str(e).startswith("x.lbl") and "\n" not in str(e)
+    else:
+        assert isinstance(out, dict)
