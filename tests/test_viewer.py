@@ -29,6 +29,7 @@ from PIL import Image
 from calib.errors import InputError
 from mosaic import view
 from mosaic.viewer import embed_image, render_page, write_viewer
+from mosaic.viewer.tiles import plan_levels, tile_window, write_tiles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,10 +154,18 @@ def chromium(tmp_path, url, *, screenshot=None, extra=()):
     return r.stdout
 
 
-def _skip_without_webgl(tmp_path, out):
-    dom = chromium(tmp_path, (out / "index.html").as_uri() + "#az=0")
-    if 'class="nogl"' in dom:
+@pytest.fixture(scope="module")
+def readout_dom(tmp_path_factory):
+    """The DOM of a viewer opened once with an out-of-range hash; skips when there is no WebGL."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH")
+    d = tmp_path_factory.mktemp("readout")
+    Image.fromarray(sector_panorama(256)).save(d / "preview.jpg")
+    write_viewer(d)
+    dom = chromium(d, (d / "index.html").as_uri() + "#az=-50&el=95&fov=500")
+    if re.search(r'<body class="nogl"', dom):
         pytest.skip("headless chromium has no WebGL here (SwiftShader missing)")
+    return dom
 
 
 def screen_column(az, heading, fov):
@@ -194,8 +203,7 @@ def edges(labels):
 
 
 @needs_chromium
-def test_browser_heading_projection(tmp_path, out):
-    _skip_without_webgl(tmp_path, out)
+def test_browser_heading_projection(tmp_path, out, readout_dom):
     url = (out / "index.html").as_uri()
     fov = 60.0
     shot_se = chromium(tmp_path, url + f"#az=112.5&el=0&fov={fov:g}", screenshot=tmp_path / "se.png")
@@ -242,12 +250,9 @@ def test_browser_heading_projection(tmp_path, out):
         assert (got[region] == want[region]).mean() > 0.99
 
 
-@needs_chromium
-def test_browser_readout_and_hash_normalised(tmp_path, out):
-    _skip_without_webgl(tmp_path, out)
-    dom = chromium(tmp_path, (out / "index.html").as_uri() + "#az=-50&el=95&fov=500")
-    assert re.search(r'id="az">310\.0° NW<', dom), dom[-3000:]
-    assert 'id="el">+90.0°<' in dom and 'id="fov">120°<' in dom
+def test_browser_readout_and_hash_normalised(readout_dom):
+    assert re.search(r'id="az">310\.0° NW<', readout_dom), readout_dom[-3000:]
+    assert 'id="el">+90.0°<' in readout_dom and 'id="fov">120°<' in readout_dom
 
 
 @needs_chromium
@@ -256,6 +261,124 @@ def test_browser_without_webgl_shows_flat_image(tmp_path, out):
     assert re.search(r'<body class="nogl"', dom)
     assert re.search(r'<img id="flat"[^>]* src="data:image/jpeg;base64,', dom)
     assert "WebGL is unavailable" in dom
+
+
+# ---- tile pyramid ------------------------------------------------------------------------------
+
+def striped_panorama(width):
+    """The sector panorama with 2-px black stripes across sector 2 (90°-135°): detail that only
+    full resolution shows (any 4× reduction averages it to a flat half-bright band)."""
+    img = sector_panorama(width).copy()
+    x = np.arange(width)
+    az = 360.0 * (x + 0.5) / width
+    img[:, (az >= 90) & (az < 135) & ((x // 2) % 2 == 1)] = 0
+    return img
+
+
+def make_cog(path, rgb, alpha=None, dtype=np.uint8):
+    from mosaic.cog import equirect_transform, write_cog
+
+    h, w = rgb.shape[:2]
+    alpha = np.full((h, w), np.iinfo(dtype).max, dtype) if alpha is None else alpha.astype(dtype)
+    arr = np.concatenate([np.moveaxis(rgb.astype(dtype), -1, 0), alpha[None]])
+    return write_cog(path, arr, transform=equirect_transform(w, h), alpha=True)
+
+
+def read_jpeg(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(float)
+
+
+def test_plan_levels_cover_the_panorama():
+    assert plan_levels(4096, 2048, 512, 4096) == []
+    lv = plan_levels(40000, 20000, 512, 4096)
+    assert [(v["scale"], v["cols"], v["rows"]) for v in lv] == [(1, 79, 40), (2, 40, 20), (4, 20, 10), (8, 10, 5)]
+    for v in lv:
+        area = 0
+        for r in range(v["rows"]):
+            for c in range(v["cols"]):
+                (x0, y0, x1, y1), (w, h) = tile_window(v, r, c, 40000, 20000, 512)
+                assert 0 < x1 - x0 <= 512 * v["scale"] and w <= 512 and h <= 512
+                area += (x1 - x0) * (y1 - y0)
+        assert area == 40000 * 20000 and (x1, y1) == (40000, 20000)
+
+
+def test_write_tiles_content_and_reuse(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = sector_panorama(1024).astype(float)
+    rgb = np.clip(rgb * 0.8 + rng.normal(0, 1, rgb.shape) + 20, 0, 255)     # smooth: JPEG-friendly
+    alpha = np.full(rgb.shape[:2], 255)
+    alpha[:128, :256] = 0                      # two whole level-0 tiles uncovered
+    make_cog(tmp_path / "panorama.tif", rgb, alpha)
+    m = write_tiles(tmp_path, tile=128, preview_width=256)
+    assert m["url"] == "tiles/{z}/{y}/{x}.jpg" and (m["width"], m["height"]) == (1024, 512)
+    assert [(v["z"], v["cols"], v["rows"]) for v in m["levels"]] == [(0, 8, 4), (1, 4, 2)]
+    assert m["levels"][0]["present"] == "00111111" + "1" * 24       # uncovered tiles are not written
+    assert m["levels"][1]["present"] == "1" * 8
+    assert not (tmp_path / "tiles/0/0/0.jpg").exists() and (tmp_path / "tiles/0/0/2.jpg").exists()
+    # Level 0 is the panorama itself, level 1 its 2×2 means; uncovered pixels black.
+    t = read_jpeg(tmp_path / "tiles/0/2/3.jpg")
+    assert t.shape == (128, 128, 3) and np.abs(t - rgb[256:384, 384:512]).mean() < 3
+    t = read_jpeg(tmp_path / "tiles/1/0/0.jpg")
+    half = rgb[:256, :256].reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
+    assert np.abs(t[64:, :] - half[64:, :]).mean() < 3 and t[:60, :].max() < 20
+    # Current pyramid: kept as it is; new panorama: rebuilt.
+    stamp = (tmp_path / "tiles/tiles.json").stat().st_mtime_ns
+    assert write_tiles(tmp_path, tile=128, preview_width=256) == m
+    assert (tmp_path / "tiles/tiles.json").stat().st_mtime_ns == stamp
+    make_cog(tmp_path / "panorama.tif", rgb)
+    assert write_tiles(tmp_path, tile=128, preview_width=256)["levels"][0]["present"] == "1" * 32
+    # No wider than the preview: no pyramid, and the old one goes.
+    assert write_tiles(tmp_path, tile=128, preview_width=1024) is None
+    assert not (tmp_path / "tiles").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["panorama.tif"]    # no temporary left behind
+
+
+def test_write_tiles_16bit_matches_preview(tmp_path):
+    from mosaic.render.panorama import write_preview
+
+    ramp = np.linspace(500, 3000, 1024)[None, :, None] * np.ones((512, 1, 3))
+    make_cog(tmp_path / "panorama.tif", ramp, dtype=np.uint16)
+    write_preview(tmp_path / "panorama.tif", tmp_path / "preview.jpg", 256)
+    m = write_tiles(tmp_path, tile=128, preview_width=256)
+    assert m["stretch_top"] == pytest.approx(3000, rel=0.01)
+    prev = read_jpeg(tmp_path / "preview.jpg")
+    t = read_jpeg(tmp_path / "tiles/1/1/2.jpg")            # panorama columns 512..767
+    assert np.abs(t.mean(axis=(0, 2)).reshape(64, 2).mean(1) - prev[:, 128:192].mean(axis=(0, 2))).max() < 3
+
+
+def test_write_tiles_bad_input(tmp_path):
+    with pytest.raises(InputError, match="panorama.tif: no such panorama"):
+        write_tiles(tmp_path)
+    (tmp_path / "panorama.tif").write_bytes(b"II*\x00junk")
+    with pytest.raises(InputError, match="panorama.tif: not a readable raster"):
+        write_tiles(tmp_path)
+
+
+@needs_chromium
+def test_browser_tiles_over_http(tmp_path, readout_dom):
+    """Served, the page zooms into full-resolution tiles, exactly placed; from disk it keeps to
+    the preview (browsers refuse file:// images as WebGL textures)."""
+    from mosaic.render.panorama import write_preview
+
+    W = 2048
+    make_cog(tmp_path / "panorama.tif", striped_panorama(W))
+    write_preview(tmp_path / "panorama.tif", tmp_path / "preview.jpg", 512)
+    write_viewer(tmp_path, tiles=write_tiles(tmp_path, tile=256, preview_width=512))
+    heading, fov, y = 112.5, 10.0, SIZE[1] // 2 - 40
+    view_hash = f"#az={heading}&el=0&fov={fov:g}"
+    with view.serving(tmp_path) as base:
+        served = chromium(tmp_path, base + "index.html" + view_hash, screenshot=tmp_path / "http.png")
+    local = chromium(tmp_path, (tmp_path / "index.html").as_uri() + view_hash, screenshot=tmp_path / "file.png")
+    lum_file = local[y, 200:600].mean(axis=1)
+    assert lum_file.std() < 8              # the preview has no stripes left, just the half-bright band
+    # Every screen pixel that looks at the middle of a 2-px stripe shows its colour.
+    az, _ = pixel_azel(heading, 0, fov)
+    u = az[y] / 360 * W                    # panorama column coordinate, pixel x spans [x, x + 1)
+    mid = np.abs(u % 2 - 1) < 0.3
+    dark = (u // 2) % 2 == 1
+    lum = served[y].mean(axis=1)
+    assert mid.sum() > 50
+    assert lum[mid & dark].max() < 60 and lum[mid & ~dark].min() > 140
 
 
 # ---- mosaic view -------------------------------------------------------------------------------
