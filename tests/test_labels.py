@@ -573,3 +573,34 @@ def test_malformed_bare_vicar(realdata, tmp_path, old, new, match):
     path.write_bytes(raw[:9000])
     with pytest.raises(LabelError, match=rf"^{path}: LBLSIZE: truncated label"):
         read_frame(path)
+
+
+def test_pds4_label_with_its_raw_image(realdata, tmp_path):
+    # The label names NLF_..._095J01.IMG: 46656 header bytes, then 3 x 976 x 1296 bytes, band first.
+    shutil.copy(realdata / PDS4, tmp_path / "label.xml")
+    rng = np.random.default_rng(3)
+    bands = rng.integers(0, 255, (3, 976, 1296), dtype=np.uint8)
+    img = tmp_path / "NLF_0629_0722782785_631ECM_N0301344NCAM00427_06_095J01.IMG"
+    img.write_bytes(b"\0" * 46656 + bands.tobytes())
+    metas = discover([tmp_path])
+    assert len(metas) == 1
+    m = metas[0]
+    assert m.image == str(img) and m.source == str(tmp_path / "label.xml")
+    assert m.extra["raw_layout"].offset == 46656
+    px = read_image(m)
+    assert px.shape == (976, 1296, 3) and np.array_equal(px, bands.transpose(1, 2, 0))
+    assert read_frame(img).source == m.source  # the image resolves to the label naming it
+    img.write_bytes(b"\0" * 46656 + bands.tobytes()[:-1])
+    with pytest.raises(InputError, match="truncated"):
+        read_image(read_frame(img))
+
+
+def test_pds4_label_with_a_browse_png(realdata, tmp_path):
+    shutil.copy(realdata / PDS4, tmp_path / "tile.xml")
+    cv2.imwrite(str(tmp_path / "tile.png"), np.zeros((976, 1296, 3), np.uint8))
+    m = read_frame(tmp_path / "tile.png")
+    assert m.source.endswith("tile.xml") and m.image.endswith("tile.png") and m.model.type == "CAHVORE"
+    assert read_image(m).shape == (976, 1296, 3)
+    cv2.imwrite(str(tmp_path / "tile.png"), np.zeros((968, 1288, 3), np.uint8))
+    with pytest.raises(LabelError, match="label says 1296x976, the image .* is 1288x968"):
+        read_frame(tmp_path / "tile.xml")

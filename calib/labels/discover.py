@@ -86,19 +86,19 @@ class _Pairing:
             named = sorted(n for n, label in self.pds4_claims().items() if label == p and n in files)
             image = files[named[0]] if named else None
             return p, image or _same_stem(self.dir, p.stem, IMAGE_SUFFIXES), "pds4"
-        if s in IMAGE_SUFFIXES or s in RAW_SUFFIXES:
-            for side in (p.stem + ".json", p.stem + "-metadata.json"):
-                cand = _same_stem(self.dir, side[: -len(".json")], (".json",))
+        if s in RAW_SUFFIXES:
+            # A raw product carries its own label, unless a PDS4 label names it as its data file.
+            claim = self.pds4_claims().get(p.name.lower())
+            return (claim, p, "pds4") if claim is not None else (p, p, "pds3")
+        if s in IMAGE_SUFFIXES:
+            for stem in (p.stem, p.stem + "-metadata"):
+                cand = _same_stem(self.dir, stem, (".json",))
                 if cand is not None:
                     return cand, p, "json"
             claim = self.pds4_claims().get(p.name.lower())
-            if claim is not None:
-                return claim, p, "pds4"
-            xml = _same_stem(self.dir, p.stem, (".xml",))
-            if xml is not None and s not in RAW_SUFFIXES:
+            xml = claim or _same_stem(self.dir, p.stem, (".xml",))
+            if xml is not None:
                 return xml, p, "pds4"
-            if s in RAW_SUFFIXES:
-                return p, p, "pds3"
             return None, p, "photo"
         raise InputError(p, f"unsupported file type {p.suffix or '(none)'!r}")
 
