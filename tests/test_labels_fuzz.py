@@ -232,3 +232,32 @@ def test_odl_parser_only_raises_label_errors(text):
         assert str(e).startswith("x.lbl") and "\n" not in str(e)
     else:
         assert isinstance(out, dict)
+
+
+@FUZZ
+@given(data=st.data())
+def test_pds4_with_raw_image_mutations(realdata, tmp_path_factory, data):
+    """A small raw image beside the label, described by a mutated File_Area: reading its pixels
+    raises InputError or gives the size the label states."""
+    text = (realdata / PDS4).read_text()
+    area = text.index("<File_Area_Observational>")
+    small = text[area:].replace("<elements>976</elements>", "<elements>16</elements>")
+    small = small.replace("<elements>1296</elements>", "<elements>24</elements>")
+    small = small.replace('<offset unit="byte">46656</offset>', '<offset unit="byte">100</offset>')
+    spans = [m.span(1) for m in _PDS4_VALUE.finditer(small)]
+    for a, b in sorted(data.draw(st.lists(st.sampled_from(spans), max_size=3, unique=True), label="values"), reverse=True):
+        small = small[:a] + str(data.draw(JUNK, label="value")).replace("<", "").replace("&", "") + small[b:]
+    base = tmp_path_factory.getbasetemp() / "fuzz-pds4-raw"
+    base.mkdir(exist_ok=True)
+    (base / "label.xml").write_text(text[:area] + small)
+    size = data.draw(st.integers(0, 100 + 3 * 16 * 24 + 8), label="image bytes")
+    for old in base.glob("*.IMG"):
+        old.unlink()
+    (base / "NLF_0629_0722782785_631ECM_N0301344NCAM00427_06_095J01.IMG").write_bytes(b"\7" * size)
+    meta = _check(base / "label.xml")
+    if meta is not None and meta.image is not None:
+        try:
+            px = read_image(meta)
+        except InputError:
+            return
+        assert px.shape[:2] == (meta.height, meta.width)

@@ -343,6 +343,8 @@ def _layout(root, path):
         return None
     f = _local(arr.tag)
     offset = fields.integer(_text(arr, "offset"), path, f"{f}.offset")
+    if offset < 0:
+        raise LabelError(path, f"negative offset {offset}", field=f"{f}.offset")
     ea = _child(arr, "Element_Array")
     dt = _text(ea, "data_type") if ea is not None else None
     if dt not in DATA_TYPES:

@@ -59,6 +59,8 @@ def read_raw(layout: RawLayout) -> np.ndarray:
         size = os.path.getsize(path)
     except OSError as e:
         raise InputError(path, f"cannot read pixels: {e.strerror or e}") from None
+    if layout.offset < 0 or min(layout.lines, layout.samples, layout.bands) < 1 or min(layout.prefix, layout.suffix) < 0:
+        raise InputError(path, f"impossible pixel layout {layout}")
     need = layout.offset + layout.nbytes
     if size < need:
         raise InputError(path, f"truncated: {size} bytes, the label needs {need}")

@@ -266,6 +266,8 @@ def pixel_layout(label: dict, path) -> RawLayout:
         raise LabelError(path, f"unsupported band storage {image.get('BAND_STORAGE_TYPE')!r}", field="IMAGE.BAND_STORAGE_TYPE")
     prefix = fields.integer(image.get("LINE_PREFIX_BYTES", 0), path, "IMAGE.LINE_PREFIX_BYTES")
     suffix = fields.integer(image.get("LINE_SUFFIX_BYTES", 0), path, "IMAGE.LINE_SUFFIX_BYTES")
+    if prefix < 0 or suffix < 0:
+        raise LabelError(path, f"negative line prefix/suffix ({prefix}, {suffix})", field="IMAGE.LINE_PREFIX_BYTES")
     return RawLayout(file, offset, dtype, lines, samples, bands, storage, prefix, suffix)
 
 
@@ -384,6 +386,8 @@ def read_vicar_label(path):
     nl, ns, nb = need("NL"), need("NS"), need("NB") if "NB" in system else 1
     recsize, nlb = need("RECSIZE"), fields.integer(system.get("NLB", 0), path, "NLB")
     nbb = fields.integer(system.get("NBB", 0), path, "NBB")
+    if nlb < 0 or nbb < 0:
+        raise LabelError(path, f"negative binary header/prefix ({nlb}, {nbb})", field="NLB")
     fmt = fields.text(system.get("FORMAT"), path, "FORMAT", optional=False).upper()
     if fmt not in VICAR_FORMATS:
         raise LabelError(path, f"unsupported pixel format {fmt!r}", field="FORMAT")
