@@ -121,7 +121,7 @@ def stereo_run(tmp_path_factory, scene):
     write_pair(frames, scene, 0.0, -30.0, index=0)
     write_pair(frames, scene, 60.0, -30.0, index=1)
     out = root / "out"
-    report = terrain([frames], out, gsd=0.04, radius=8.0, web=False, keep_points=False)
+    report = terrain([frames], out, gsd=0.04, radius=8.0, keep_points=False)
     return out, report
 
 
@@ -176,17 +176,75 @@ def test_ortho_registers_with_albedo(stereo_run, scene):
     assert math.hypot(dx, dy) < 1.0
 
 
+def _gdalinfo(path):
+    return json.loads(subprocess.run(["gdalinfo", "-json", str(path)], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def test_georeferencing(stereo_run):
+    from mosaic.geo import local_level_to_map
+
     out, report = stereo_run
-    (dem,), t, nodata, crs = _read(out / "dem.tif")
-    assert nodata == -32768.0
-    info = subprocess.run(["gdalinfo", str(out / "dem.tif")], capture_output=True, text=True, check=True).stdout
-    assert "Mars" in info and "Equidistant" in info
-    assert "3396190" in info
-    # The grid is centred on the rover: its centre is the rover's map position to within a cell.
-    e, n = t @ (dem.shape[1] / 2, dem.shape[0] / 2)
-    x, y = map_to_local_level(e, n, DEFAULT_SITE_ORIGIN)
-    assert abs(x - ROVER_XYZ[0]) <= t.a and abs(y - ROVER_XYZ[1]) <= t.a
+    info = _gdalinfo(out / "dem.tif")
+    wkt = info["coordinateSystem"]["wkt"]
+    assert "Mars (2015) - Sphere" in wkt and "Equidistant Cylindrical" in wkt and "3396190" in wkt
+    assert "18.4663" in wkt
+    band = info["bands"][0]
+    assert band["type"] == "Float32" and band["noDataValue"] == -32768.0
+    assert info["metadata"][""]["UNITS"] == "metre"
+    # Corners: the square of radius 8 m around the rover, relative to the site origin, to a cell.
+    gsd = info["geoTransform"][1]
+    ul_e, ul_n = local_level_to_map(ROVER_XYZ[0] + 8.0, ROVER_XYZ[1] - 8.0, DEFAULT_SITE_ORIGIN)
+    lr_e, lr_n = local_level_to_map(ROVER_XYZ[0] - 8.0, ROVER_XYZ[1] + 8.0, DEFAULT_SITE_ORIGIN)
+    corners = info["cornerCoordinates"]
+    assert abs(corners["upperLeft"][0] - ul_e) <= gsd and abs(corners["upperLeft"][1] - ul_n) <= gsd
+    assert abs(corners["lowerRight"][0] - lr_e) <= 2 * gsd and abs(corners["lowerRight"][1] - lr_n) <= 2 * gsd
+    # Heights are above the Mars sphere: the site origin's elevation plus the terrain's.
+    (dem,), _, nodata, _ = _read(out / "dem.tif")
+    assert np.median(dem[dem != nodata]) == pytest.approx(DEFAULT_SITE_ORIGIN.elev - ROVER_XYZ[2], abs=0.5)
+
+
+def test_site_origin_option_moves_the_map(stereo_run, tmp_path):
+    """--site-origin moves the grid to the new origin's map position and lifts the heights."""
+    from mosaic.cli import main
+    from mosaic.geo import SiteOrigin, origin_map
+
+    out, _ = stereo_run
+    frames = out.parent / "frames"
+    other = SiteOrigin(18.4, 77.4, -2500.0)
+    rc = main(["-q", "terrain", str(frames), "-o", str(tmp_path), "--gsd", "0.08", "--radius", "4",
+               "--no-web", "--site-origin", f"{other.lat},{other.lon},{other.elev}"])
+    assert rc == 0
+    (dem,), t, nodata, _ = _read(tmp_path / "dem.tif")
+    e0, n0 = origin_map(other)
+    cx, cy = t @ (dem.shape[1] / 2, dem.shape[0] / 2)
+    assert abs(cx - e0 - ROVER_XYZ[1] * 0.99987) < 0.1 and abs(cy - n0 - ROVER_XYZ[0]) < 0.1
+    assert np.median(dem[dem != nodata]) == pytest.approx(other.elev - ROVER_XYZ[2], abs=0.5)
+
+
+def test_web_outputs(stereo_run):
+    out, report = stereo_run
+    zooms = report["web"]["zooms"]
+    assert zooms and (out / "tiles" / str(zooms[-1])).is_dir()
+    assert list((out / "tiles").glob("*/*/*.png")) and list((out / "hillshade").glob("*/*/*.png"))
+    item = json.loads((out / "item.json").read_text())
+    assert item["properties"]["ssys:targets"] == ["Mars"]
+    assert "Mars" in item["properties"]["proj:wkt2"]
+    assert item["properties"]["proj:shape"] == [report["grid"]["height"], report["grid"]["width"]]
+    assert {"dem", "ortho", "tiles", "map"} <= set(item["assets"])
+    assert "leaflet" in (out / "index.html").read_text().lower()
+    sol = json.loads((out / "solution.json").read_text())
+    assert len(sol["frames"]) == 4 and all(f["frame"] == "LOCAL_LEVEL" for f in sol["frames"])
+
+
+def test_cli_without_pairs_is_an_input_error(tmp_path, capsys):
+    from mosaic.cli import main
+
+    (tmp_path / "empty").mkdir()
+    rc = main(["terrain", str(tmp_path / "empty"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "no stereo pairs" in err[0]
 
 
 def test_cogs_validate(stereo_run):
