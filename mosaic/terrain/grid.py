@@ -75,24 +75,34 @@ def grid_spec(origin, centre_north: float, centre_east: float, radius: float, gs
 
 def bucket(spec: GridSpec, col, row) -> dict[tuple[int, int], np.ndarray]:
     """Indices of the points each tile (with its halo) holds: {tile_index: indices}."""
-    out: dict[tuple[int, int], list] = {}
-    inside = (col >= -spec.halo) & (row >= -spec.halo) & (col < spec.width + spec.halo) & (row < spec.height + spec.halo)
+    h, size = spec.halo, spec.tile
+    inside = (col >= -h) & (row >= -h) & (col < spec.width + h) & (row < spec.height + h)
     idx = np.nonzero(inside)[0]
     c, r = col[idx], row[idx]
-    # A point lies in its own tile and in the neighbours whose halo reaches it.
-    for dr in (-spec.halo, 0, spec.halo):
-        for dc in (-spec.halo, 0, spec.halo):
-            tr = np.floor((r + dr) / spec.tile).astype(np.int64)
-            tc = np.floor((c + dc) / spec.tile).astype(np.int64)
-            key = tr * 1_000_003 + tc
-            order = np.argsort(key, kind="stable")
-            ks, starts = np.unique(key[order], return_index=True)
-            bounds = list(starts[1:]) + [len(order)]
-            for k, s0, s1 in zip(ks, starts, bounds):
-                t = (int(k // 1_000_003), int(k % 1_000_003))
-                if 0 <= t[0] * spec.tile < spec.height and 0 <= t[1] * spec.tile < spec.width:
-                    out.setdefault(t, []).append(idx[order[s0:s1]])
-    return {t: np.unique(np.concatenate(v)) for t, v in out.items()}
+    # With halo < tile a point lies in its own tile row and, within the halo of an edge, in the
+    # one before or after; likewise for columns: at most 3 x 3 distinct tiles, no duplicates.
+    r0 = np.floor(r / size).astype(np.int64)
+    c0 = np.floor(c / size).astype(np.int64)
+    row_opts = [(r0, None), (r0 - 1, np.floor((r - h) / size) < r0), (r0 + 1, np.floor((r + h) / size) > r0)]
+    col_opts = [(c0, None), (c0 - 1, np.floor((c - h) / size) < c0), (c0 + 1, np.floor((c + h) / size) > c0)]
+    nr, nc = math.ceil(spec.height / size), math.ceil(spec.width / size)
+    keys, members = [], []
+    for tr, mr in row_opts:
+        for tc, mc in col_opts:
+            m = (tr >= 0) & (tr < nr) & (tc >= 0) & (tc < nc)
+            if mr is not None:
+                m &= mr
+            if mc is not None:
+                m &= mc
+            keys.append(tr[m] * nc + tc[m])
+            members.append(idx[m])
+    keys = np.concatenate(keys)
+    members = np.concatenate(members)
+    order = np.argsort(keys, kind="stable")
+    keys, members = keys[order], members[order]
+    uniq, starts = np.unique(keys, return_index=True)
+    ends = np.append(starts[1:], len(keys))
+    return {(int(k // nc), int(k % nc)): np.sort(members[a:b]) for k, a, b in zip(uniq, starts, ends)}
 
 
 def tile_dir(root, tile_index) -> Path:
