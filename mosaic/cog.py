@@ -262,7 +262,6 @@ class CogWriter:
             self._ds.close()
             with atomic_path(self.path) as tmp, _quiet_ungeoreferenced():
                 rasterio.shutil.copy(self.intermediate, tmp, **self._options())
-                os.chmod(tmp, 0o644)  # not the temporary file's private 0600
         finally:
             self._cleanup()
         return self.path

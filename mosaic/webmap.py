@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -74,5 +73,4 @@ def write_map(out_dir, center_lonlat, zooms, layers, title: str = "Jezero mosaic
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(WEB / "leaflet", dest, dirs_exist_ok=True)
     index = write_text(out_dir / "index.html", page)
-    os.chmod(index, 0o644)  # a temporary file's private mode would hide it from a web server
     return index
