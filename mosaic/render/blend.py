@@ -44,8 +44,8 @@ def _up(a, shape):
 
 
 def _ratio(num, den):
-    inv = np.divide(np.float32(1.0), den, out=np.zeros_like(den), where=den > _EPS)
-    return num * inv[..., None]
+    # Where den is ~0 so is num (num <= max value * den): clamping den gives ~0 there, cheaply.
+    return num / np.maximum(den, _EPS)[..., None]
 
 
 def level_shape(shape, k):
@@ -61,11 +61,12 @@ class MultiBand:
         self.den = [np.zeros(level_shape(shape, k), np.float32) for k in range(levels + 1)]
 
     def region(self, rows: slice, cols: slice):
-        """The window rows/cols to process a frame whose data lie in ``rows`` x ``cols``: padded by
-        the halo (so the region's own borders never reach the data) and aligned to the coarsest
-        grid."""
+        """The window rows/cols to process a frame that owns (has seam weight in) ``rows`` x
+        ``cols``: padded by the halo plus one coarse pixel, so that every level is exact wherever
+        the frame's weight pyramid is non-zero whatever the data beyond the region, and aligned
+        to the coarsest grid."""
         a = 1 << self.levels
-        pad = halo(self.levels)
+        pad = halo(self.levels) + a
         r0 = max(0, (rows.start - pad) // a * a)
         c0 = max(0, (cols.start - pad) // a * a)
         r1 = min(self.shape[0], rows.stop + pad)
@@ -84,7 +85,8 @@ class MultiBand:
             gw.append(_down(gw[-1]))
         f_next = None
         for k in range(levels, -1, -1):
-            f = _ratio(gi[k], gc[k])
+            # Level 0 needs no division: the cover is 0/1 and the image already masked by it.
+            f = gi[0] if k == 0 else _ratio(gi[k], gc[k])
             lap = f if f_next is None else f - _up(f_next, f.shape[:2])
             r0, c0 = rows.start >> k, cols.start >> k
             h, w = f.shape[:2]
@@ -97,6 +99,7 @@ class MultiBand:
         """The blended window (h, w, bands) float32 (0 where no frame has weight)."""
         out = None
         for k in range(self.levels, -1, -1):
-            b = _ratio(self.num[k], self.den[k])
+            # Level 0 weights are the 0/1 seam masks, one owner per pixel: den is 0 or 1.
+            b = self.num[0] if k == 0 else _ratio(self.num[k], self.den[k])
             out = b if out is None else b + _up(out, b.shape[:2])
         return out

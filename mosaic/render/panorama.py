@@ -255,6 +255,16 @@ def _place(fm, img, bands, rr, cc):
     return out, cover
 
 
+def _crop(fm, rr, cc):
+    """The part of a frame map inside the window region rr x cc (None if empty)."""
+    r0, r1 = max(fm.rows.start, rr.start), min(fm.rows.stop, rr.stop)
+    c0, c1 = max(fm.cols.start, cc.start), min(fm.cols.stop, cc.stop)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    a = (slice(r0 - fm.rows.start, r1 - fm.rows.start), slice(c0 - fm.cols.start, c1 - fm.cols.start))
+    return warp.FrameMap(slice(r0, r1), slice(c0, c1), fm.mapx[a], fm.mapy[a], fm.valid[a], fm.step, 0)
+
+
 def render_tile(job: TileJob):
     """Pixels of one tile: ((row0, col0), array (bands + 1, h, w) with alpha last) and stats, or
     (None, stats) when no frame covers the tile."""
@@ -272,8 +282,8 @@ def render_tile(job: TileJob):
         return None, stats
     present = [i for i in range(len(fmaps)) if fmaps[i] is not None and (label[fmaps[i].rows, fmaps[i].cols] == i).any()]
 
-    def warped(i):
-        f, fm = job.frames[i], fmaps[i]
+    def warped(i, fm):
+        f = job.frames[i]
         img = warp.remap(warp.CACHE.get(f.path), fm)
         k = np.float32(f.gain * f.scale)
         return img if k == 1 else img * k
@@ -282,13 +292,18 @@ def render_tile(job: TileJob):
         i = present[0]
         fm = fmaps[i]
         rr, cc = slice(0, h), slice(0, w)
-        out, _ = _place(fm, warped(i), job.bands, rr, cc)
+        out, _ = _place(fm, warped(i, fm), job.bands, rr, cc)
     else:
         mb = blend.MultiBand((h, w), job.bands, job.levels)
         for i in present:
+            # A frame matters only where its seam weight reaches: around the pixels it owns.
             fm = fmaps[i]
-            rr, cc = mb.region(fm.rows, fm.cols)
-            img, cover = _place(fm, warped(i), job.bands, rr, cc)
+            own = label[fm.rows, fm.cols] == i
+            rows, cols = np.nonzero(own.any(axis=1))[0], np.nonzero(own.any(axis=0))[0]
+            rr, cc = mb.region(slice(fm.rows.start + rows[0], fm.rows.start + rows[-1] + 1),
+                               slice(fm.cols.start + cols[0], fm.cols.start + cols[-1] + 1))
+            fm = _crop(fm, rr, cc)
+            img, cover = _place(fm, warped(i, fm), job.bands, rr, cc)
             weight = (label[rr, cc] == i).astype(np.float32)
             mb.add(rr, cc, img, cover, weight)
         out = mb.result()
