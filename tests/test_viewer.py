@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import colorsys
+import html
 import io
 import os
 import re
@@ -138,14 +139,14 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PAT
 SIZE = (640, 480)
 
 
-def chromium(tmp_path, url, *, screenshot=None, extra=()):
+def chromium(tmp_path, url, *, screenshot=None, extra=(), budget_ms=3000):
     """Run headless Chromium on ``url``; return the PNG as an array, or the DOM text."""
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
             "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}",
             f"--window-size={SIZE[0]},{SIZE[1]}", "--force-device-scale-factor=1",
-            "--virtual-time-budget=3000", *extra]
+            f"--virtual-time-budget={budget_ms}", *extra]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     r = subprocess.run([*args, url], capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -253,6 +254,70 @@ def test_browser_heading_projection(tmp_path, out, readout_dom):
 def test_browser_readout_and_hash_normalised(readout_dom):
     assert re.search(r'id="az">310\.0° NW<', readout_dom), readout_dom[-3000:]
     assert 'id="el">+90.0°<' in readout_dom and 'id="fov">120°<' in readout_dom
+
+
+# Same-origin (served) harness: drives the viewer in an iframe with synthetic input events and
+# writes the readout and URL hash after each step into its own DOM for --dump-dom.
+HARNESS = """<!DOCTYPE html><html><body>
+<iframe id="f" src="index.html#az=100&el=0&fov=60" style="width:640px;height:480px;border:0"></iframe>
+<pre id="log"></pre>
+<script>
+var f = document.getElementById("f");
+f.onload = function () {
+  var w = f.contentWindow, d = f.contentDocument, c = d.getElementById("view"), out = [];
+  function rec(name) {
+    out.push([name, d.getElementById("az").textContent, d.getElementById("el").textContent,
+              d.getElementById("fov").textContent, w.location.hash].join(" | "));
+  }
+  function ptr(type, id, x, y) {
+    c.dispatchEvent(new w.PointerEvent(type, {pointerId: id, clientX: x, clientY: y, bubbles: true}));
+  }
+  var steps = [
+    ["start", function () {}],
+    ["drag", function () { ptr("pointerdown", 1, 300, 200); ptr("pointermove", 1, 400, 250); ptr("pointerup", 1, 400, 250); }],
+    ["wheel", function () { c.dispatchEvent(new w.WheelEvent("wheel", {deltaY: 100, deltaMode: 0, cancelable: true})); }],
+    ["right", function () { w.dispatchEvent(new w.KeyboardEvent("keydown", {key: "ArrowRight"})); }],
+    ["down", function () { w.dispatchEvent(new w.KeyboardEvent("keydown", {key: "ArrowDown"})); }],
+    ["pinch", function () { ptr("pointerdown", 1, 200, 240); ptr("pointerdown", 2, 440, 240);
+                            ptr("pointermove", 2, 560, 240); ptr("pointerup", 2, 560, 240); ptr("pointerup", 1, 200, 240); }],
+    ["hash", function () { w.location.hash = "#az=350&el=-20&fov=30"; }]
+  ];
+  // After each input, wait past the viewer's 150 ms hash throttle, then record.
+  var i = 0;
+  (function next() {
+    if (i === steps.length) { document.getElementById("log").textContent = out.join("\\n"); return; }
+    var step = steps[i++];
+    step[1]();
+    setTimeout(function () { rec(step[0]); next(); }, 300);
+  })();
+};
+</script></body></html>
+"""
+
+
+def test_browser_interaction_updates_view_and_hash(tmp_path, out, readout_dom):
+    (out / "harness.html").write_text(HARNESS)
+    with view.serving(out) as base:
+        dom = chromium(tmp_path, base + "harness.html", budget_ms=6000)
+    log = html.unescape(re.search(r'<pre id="log">(.*?)</pre>', dom, re.S).group(1)).strip().splitlines()
+    got, shown = {}, {}
+    for line in log:
+        name, az, el, fov, h = (x.strip() for x in line.split("|"))
+        shown[name] = (az, el, fov)
+        q = dict(kv.split("=") for kv in h.lstrip("#").split("&"))
+        got[name] = (float(q["az"]), float(q["el"]), float(q["fov"]))
+    assert got["start"] == (100.0, 0.0, 60.0) and shown["start"] == ("100.0° E", "+0.0°", "60°")
+    # Drag 100 px right and 50 px down at 60° over 640 px: the scene follows the pointer, and the
+    # hash (one decimal) and the readout follow the view.
+    assert got["drag"] == pytest.approx((100 - 100 * 60 / 640, 50 * 60 / 640, 60), abs=0.051)
+    assert shown["drag"] == ("90.6° E", "+4.7°", "60°")
+    fov = 60 * np.exp(100 * 0.0015)                                      # wheel down zooms out
+    assert got["wheel"][2] == pytest.approx(fov, abs=0.051)
+    assert got["right"][0] == pytest.approx(got["wheel"][0] + fov / 12, abs=0.11)
+    assert got["down"][1] == pytest.approx(got["right"][1] - fov / 12, abs=0.11)
+    assert got["pinch"][2] == pytest.approx(fov * 240 / 360, abs=0.11)  # fingers apart: zoom in
+    assert got["hash"] == (350.0, -20.0, 30.0)                           # a new hash moves the view
+    assert shown["hash"] == ("350.0° N", "-20.0°", "30°")
 
 
 @needs_chromium
