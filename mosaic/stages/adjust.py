@@ -95,10 +95,29 @@ def _largest_group(n, edges):
     return label == best
 
 
+def focals_from_homography(h):
+    """(f0, f1) or None each: the focal lengths of the two views that a homography between
+    centred pixel coordinates implies for a rotating camera (Szeliski and Shum 1997; the formulas
+    of OpenCV's ``detail::focalsFromHomography``)."""
+    h = np.asarray(h, float).ravel()
+
+    def pick(d1, d2, v1, v2):
+        v1, v2 = max(v1, v2), min(v1, v2)
+        if v1 > 0 and v2 > 0:
+            return float(np.sqrt(v1 if abs(d1) > abs(d2) else v2))
+        return float(np.sqrt(v1)) if v1 > 0 else None
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d1, d2 = h[6] * h[7], (h[7] - h[6]) * (h[7] + h[6])
+        f1 = pick(d1, d2, -(h[0] * h[1] + h[3] * h[4]) / d1,
+                  (h[0] ** 2 + h[3] ** 2 - h[1] ** 2 - h[4] ** 2) / d2)
+        d1, d2 = h[0] * h[3] + h[1] * h[4], h[0] ** 2 + h[1] ** 2 - h[3] ** 2 - h[4] ** 2
+        f0 = pick(d1, d2, -h[2] * h[5] / d1, (h[5] ** 2 - h[2] ** 2) / d2)
+    return (f0 if f0 and np.isfinite(f0) else None), (f1 if f1 and np.isfinite(f1) else None)
+
+
 def _photo_focals(recs, homographies, idx):
     """Initial focal length per photo: hfov when known, else the median homography estimate."""
-    import cv2
-
     est = []
     for a, b, h in homographies:
         if not (idx[a] and idx[b]):
@@ -106,8 +125,8 @@ def _photo_focals(recs, homographies, idx):
         ta = np.array([[1, 0, (recs[a]["width"] - 1) / 2], [0, 1, (recs[a]["height"] - 1) / 2], [0, 0, 1.0]])
         tb = np.array([[1, 0, (recs[b]["width"] - 1) / 2], [0, 1, (recs[b]["height"] - 1) / 2], [0, 0, 1.0]])
         hc = np.linalg.inv(tb) @ h @ ta
-        f0, f1, ok0, ok1 = cv2.detail.focalsFromHomography(hc / hc[2, 2])
-        if ok0 and ok1:
+        f0, f1 = focals_from_homography(hc / hc[2, 2])
+        if f0 and f1:
             est.append(np.sqrt(f0 * f1))
     fallback = float(np.median(est)) if est else None
     out = []

@@ -38,34 +38,92 @@ def pair_rng(seed: int, a: str, b: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(a.encode()), zlib.crc32(b.encode())])
 
 
-def _distances(da: np.ndarray, db: np.ndarray) -> np.ndarray:
+def _pair_distances(da, db, ia, ib) -> np.ndarray:
+    """Descriptor distances of the candidate pairs (ia[k], ib[k])."""
     if da.dtype == np.uint8:
-        bits = np.unpackbits(da[:, None, :] ^ db[None, :, :], axis=2)
-        return bits.sum(axis=2).astype(np.float32)
-    a = da.astype(np.float32)
-    b = db.astype(np.float32)
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return np.sqrt(np.maximum(d2, 0.0))
+        return np.unpackbits(da[ia] ^ db[ib], axis=1).sum(axis=1).astype(np.float32)
+    diff = da[ia] - db[ib]
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
-def ratio_match(da, db, ratio: float, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (ia, ib) of mutual best matches passing the ratio test, among ``allowed`` candidates."""
+def _best_two(rows, dist, n):
+    """Per row index: best candidate position, best and second-best distance (inf if none)."""
+    order = np.lexsort((dist, rows))
+    r, d = rows[order], dist[order]
+    first = np.ones(len(r), bool)
+    first[1:] = r[1:] != r[:-1]
+    best_pos = np.full(n, -1)
+    best_d = np.full(n, np.inf)
+    second_d = np.full(n, np.inf)
+    best_pos[r[first]] = order[first]
+    best_d[r[first]] = d[first]
+    nxt = np.flatnonzero(first) + 1
+    nxt = nxt[nxt < len(r)]
+    nxt = nxt[r[nxt] == r[nxt - 1]]
+    second_d[r[nxt]] = d[nxt]
+    return best_pos, best_d, second_d
+
+
+def ratio_match(da, db, ratio: float, cand_a=None, cand_b=None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ia, ib) of mutual best matches passing the ratio test.
+
+    Candidates are all pairs, or only (cand_a[k], cand_b[k]) for guided matching; the ratio test
+    then compares a keypoint's best and second-best partner among its own candidates.
+    """
+    import cv2
+
     if len(da) < 2 or len(db) < 2:
         return np.zeros(0, int), np.zeros(0, int)
-    d = _distances(da, db)
-    if allowed is not None:
-        d = np.where(allowed, d, np.inf)
-    two = np.argpartition(d, 1, axis=1)[:, :2]
-    rows = np.arange(len(d))
-    d0, d1 = d[rows, two[:, 0]], d[rows, two[:, 1]]
-    best = np.where(d0 <= d1, two[:, 0], two[:, 1])
-    first, second = np.minimum(d0, d1), np.maximum(d0, d1)
-    ok = np.isfinite(first) & (first < ratio * second)
-    # Mutual: a's best in b must have a as its best in a (ties broken by the lower index).
-    back = np.argmin(d, axis=0)
-    ok &= back[best] == rows
-    ia = rows[ok]
-    return ia, best[ok]
+    if cand_a is None:
+        norm = cv2.NORM_HAMMING if da.dtype == np.uint8 else cv2.NORM_L2
+        bf = cv2.BFMatcher(norm)
+        knn = bf.knnMatch(da, db, k=2)
+        back = bf.match(db, da)
+        back_best = np.full(len(db), -1)
+        back_best[[m.queryIdx for m in back]] = [m.trainIdx for m in back]
+        ia, ib = [], []
+        for ms in knn:
+            if len(ms) == 2 and ms[0].distance < ratio * ms[1].distance and back_best[ms[0].trainIdx] == ms[0].queryIdx:
+                ia.append(ms[0].queryIdx)
+                ib.append(ms[0].trainIdx)
+        return np.array(ia, int), np.array(ib, int)
+    if len(cand_a) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    dist = _pair_distances(da, db, cand_a, cand_b)
+    pos_a, best_a, second_a = _best_two(cand_a, dist, len(da))
+    pos_b, _, _ = _best_two(cand_b, dist, len(db))
+    ia = np.flatnonzero((pos_a >= 0) & (best_a < ratio * second_a))
+    k = pos_a[ia]
+    ib = cand_b[k]
+    # Mutual: a's best in b must have a as its best among b's candidates.
+    ok = pos_b[ib] == k
+    return ia[ok], ib[ok]
+
+
+def _segment_candidates(p0, p1, pts, width):
+    """Pairs (i, j), sorted, with pts[j] within ``width`` of the segment p0[i]-p1[i].
+
+    Each segment is covered by discs of radius ``1.5 width`` spaced ``width`` apart; one
+    sparse KD-tree join finds their neighbours (no Python loop over keypoints), and the exact
+    distance to the segment filters them.
+    """
+    from scipy.spatial import cKDTree
+
+    length = np.linalg.norm(p1 - p0, axis=1)
+    nseg = np.maximum(1, np.ceil(length / width).astype(int))
+    owner = np.repeat(np.arange(len(p0)), nseg + 1)
+    frac = np.concatenate([np.arange(n + 1) / n for n in nseg]) if len(p0) else np.zeros(0)
+    samples = p0[owner] + frac[:, None] * (p1 - p0)[owner]
+    hits = cKDTree(samples).sparse_distance_matrix(cKDTree(pts), 1.5 * width, output_type="ndarray")
+    ci, cj = owner[hits["i"]], hits["j"]
+    seg = p1[ci] - p0[ci]
+    L2 = np.maximum(np.einsum("ij,ij->i", seg, seg), 1e-12)
+    t = np.clip(np.einsum("ij,ij->i", pts[cj] - p0[ci], seg) / L2, 0, 1)
+    d = np.linalg.norm(pts[cj] - (p0[ci] + t[:, None] * seg), axis=1)
+    keep = d <= width
+    # Neighbouring discs overlap: each pair once, in (i, j) order.
+    key = np.unique(ci[keep].astype(np.int64) * len(pts) + cj[keep])
+    return key // len(pts), key % len(pts)
 
 
 def _kabsch(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -156,8 +214,14 @@ def match_pair(rec_a: dict, rec_b: dict, path_a: str, path_b: str, out_path: str
         sel_b = np.flatnonzero(np.isfinite(pb).all(1) & (pb[:, 0] > -pad_a) & (pb[:, 0] < wa + pad_a)
                                & (pb[:, 1] > -pad_a) & (pb[:, 1] < ha + pad_a))
         if len(sel_a) >= 2 and len(sel_b) >= 2:
-            near = np.linalg.norm(pa[sel_a][:, None, :] - xb[sel_b][None, :, :], axis=2) < radius
-            ia, ib = ratio_match(fa["descriptors"][sel_a], fb["descriptors"][sel_b], options["ratio"], near)
+            # Where a's keypoint can appear in b: the segment from its far-field image to its
+            # image at min_depth_m (the epipolar parallax), widened by the pointing uncertainty.
+            near_pix = mb.project(oa[sel_a] + options["min_depth_m"] * da[sel_a])
+            far_pix = pa[sel_a]
+            near_pix = np.where(np.isfinite(near_pix), near_pix, far_pix)
+            ca, cb = _segment_candidates(far_pix, near_pix, xb[sel_b], margin / mb.angular_pixel()
+                                         + options["ransac_px"] / scale)
+            ia, ib = ratio_match(fa["descriptors"][sel_a], fb["descriptors"][sel_b], options["ratio"], ca, cb)
             ia, ib = sel_a[ia], sel_b[ib]
         else:
             ia = ib = np.zeros(0, int)
