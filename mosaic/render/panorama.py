@@ -39,6 +39,7 @@ log = logging.getLogger("mosaic")
 #: Refuse outputs above this many pixels unless told otherwise (4 gigapixels: ~32 GB of RGBA16).
 MAX_PIXELS = 4_000_000_000
 LEVELS = 4
+GDAL_CACHE_MB = 256
 _CONE_MARGIN = np.radians(0.25)
 
 
@@ -386,6 +387,8 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     that distance from the rover origin. ``gains``: solve per-frame gains (or pass an array).
     ``client``: a dask client; None starts the embedded default. Returns paths and stats.
     """
+    import rasterio
+
     from mosaic.cog import CogWriter, equirect_transform
 
     t0 = time.monotonic()
@@ -426,7 +429,10 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
         path = out_dir / "panorama.tif"
         tstats = {"tiles": len(windows), "tiles_with_frames": len(jobs), "tiles_written": 0, "covered_px": 0,
                   "exact_px": 0}
-        with CogWriter(path, proj.width, proj.height, bands + 1, dtype, transform=transform, alpha=True) as cw:
+        # GDAL's block cache defaults to 5% of RAM; the writer streams, so a small one keeps
+        # memory flat whatever the panorama's size.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
+                CogWriter(path, proj.width, proj.height, bands + 1, dtype, transform=transform, alpha=True) as cw:
             for result, st in _run_jobs(client, jobs):
                 tstats["exact_px"] += st["exact_px"]
                 if result is None:

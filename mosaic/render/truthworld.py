@@ -70,15 +70,32 @@ def pointing_model(az, el, width, height, focal, center=(0.6, 0.2, -1.9), distor
     return CAHVORE(np.asarray(center, float), a, h, v, O=a, R=r, E=(0.0, 0.0, 0.0), T=1, P=0.0)
 
 
+def _frame_dirs(model, width, height, step=8):
+    """Unit directions (height, width, 3) of every frame pixel: exact back-projections every
+    ``step`` pixels, interpolated (directions, not angles, so nothing jumps at 0/360 degrees).
+    For a world sampled at a fraction of the frame's resolution the interpolation error is
+    far below a world pixel (and a CAHV frame's rays are exactly linear in the pixel anyway)."""
+    nx, ny = -(-width // step) + 2, -(-height // step) + 2
+    # Node k at pixel (k - 0.5) step - 0.5, as cv2.resize by ``step`` assumes (see render.warp).
+    gx, gy = np.meshgrid((np.arange(nx) - 0.5) * step - 0.5, (np.arange(ny) - 0.5) * step - 0.5)
+    _, d = model.backproject(np.stack([gx.ravel(), gy.ravel()], axis=1))
+    if not np.isfinite(d).all():
+        gy2, gx2 = np.mgrid[0:height, 0:width]
+        _, d = model.backproject(np.stack([gx2.ravel(), gy2.ravel()], axis=1).astype(float))
+        return d.reshape(height, width, 3)
+    up = cv2.resize(d.reshape(ny, nx, 3).astype(np.float32), (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)
+    out = up[step:step + height, step:step + width]  # pixel i is resized index i + step
+    return out / np.linalg.norm(out, axis=2, keepdims=True)
+
+
 def sample_frame(world_img: np.ndarray, model, width: int, height: int) -> np.ndarray:
     """The frame (height, width, bands) float32 that ``model`` sees of the world (far field)."""
     wh, ww = world_img.shape[:2]
-    gy, gx = np.mgrid[0:height, 0:width]
-    _, d = model.backproject(np.stack([gx.ravel(), gy.ravel()], axis=1).astype(float))
-    az = np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 360.0
-    el = np.degrees(np.arcsin(np.clip(-d[:, 2], -1, 1)))
-    mx = (az / 360.0 * ww - 0.5).reshape(height, width).astype(np.float32)
-    my = ((90.0 - el) / 180.0 * wh - 0.5).reshape(height, width).astype(np.float32)
+    d = _frame_dirs(model, width, height)
+    az = np.degrees(np.arctan2(d[..., 1], d[..., 0])) % 360.0
+    el = np.degrees(np.arcsin(np.clip(-d[..., 2], -1, 1)))
+    mx = (az / 360.0 * ww - 0.5).astype(np.float32)
+    my = ((90.0 - el) / 180.0 * wh - 0.5).astype(np.float32)
     # Columns wrap at 0/360 degrees: pad the world by a few columns on either side.
     pad = 4
     padded = np.concatenate([world_img[:, -pad:], world_img, world_img[:, :pad]], axis=1)
