@@ -56,6 +56,7 @@ class TerrainSettings:
     fill: int = 16                 # largest gap filled (cells)
     block: int = 5
     max_dt: float = 1.0            # s, clock difference of a pair
+    refine_pair: bool = True       # correct the right eye's rotation from sparse matches
 
 
 def _gray01(image, bit_depth) -> np.ndarray:
@@ -84,11 +85,20 @@ def process_pair(pair: StereoPair, points_root: str, spec: dict, origin, setting
     left, right = pair.left, pair.right
     ml, mr = left.model_local_level(), right.model_local_level()
     lsize, rsize = (left.width, left.height), (right.width, right.height)
+    gl = _gray01(read_image(left), left.bit_depth)
+    gr = _gray01(read_image(right), right.bit_depth)
     rp = rectify_pair(ml, mr, lsize, rsize, max_pixels=s.max_pixels)
+    relative = None
+    if s.refine_pair:
+        relative = _refine_right(ml, mr, gl, gr, rp)
+        if relative is not None and relative.rms_after_px < relative.rms_before_px:
+            mr = mr.moved(relative.rotation)
+            rp = rectify_pair(ml, mr, lsize, rsize, max_pixels=s.max_pixels)
     lx, ly, err_l = remap_maps(ml, rp.left, rp.width, rp.height, lsize)
     rx, ry, err_r = remap_maps(mr, rp.right, rp.width, rp.height, rsize)
-    il, vl = rectify_image(_gray01(read_image(left), left.bit_depth), lx, ly, *lsize)
-    ir, vr = rectify_image(_gray01(read_image(right), right.bit_depth), rx, ry, *rsize)
+    il, vl = rectify_image(gl, lx, ly, *lsize)
+    ir, vr = rectify_image(gr, rx, ry, *rsize)
+    del gl, gr
     del lx, ly, rx, ry
     max_disp = min(s.max_disparity, rp.focal * rp.baseline / s.min_range)
     disp = disparity(il, ir, vl, vr, max_disp, MatchSettings(block=s.block))
@@ -109,8 +119,21 @@ def process_pair(pair: StereoPair, points_root: str, spec: dict, origin, setting
         "remap_error_px": max(err_l, err_r), "matched": matched,
         "match_fraction": matched / float(vl.sum() or 1), "points": len(pts),
         "median_range_m": float(np.median(pts.range)) if len(pts) else None,
+        "relative_orientation": None if relative is None else relative.to_dict(),
+        "right_model": mr.to_dict(),
         "tiles": counts, "seconds": time.perf_counter() - t0,
     }
+
+
+def _refine_right(ml, mr, gl, gr, rp):
+    """The right eye's rotation from SIFT matches (``relative``), or None without enough of them."""
+    from .disparity import to_uint8
+    from .relative import fit_right_rotation, sift_matches
+
+    hc, _, hs, _ = rp.left.intrinsics()
+    hp = (rp.left.H - hc * rp.left.A) / hs
+    pl, pr = sift_matches(to_uint8(gl, np.ones(gl.shape, bool)), to_uint8(gr, np.ones(gr.shape, bool)))
+    return fit_right_rotation(ml, mr, pl, pr, hp, rp.left.A)
 
 
 def grid_one_tile(points_root: str, spec: dict, tile_index, fill: int):
@@ -196,10 +219,16 @@ def _write_solution(out: Path, pairs, pair_stats) -> None:
     frames = []
     for p in pairs:
         st = stats_by_id.get(p.id, {})
+        from calib.models import model_from_dict
+
         for f in (p.left, p.right):
             rec = {"id": f.id, "image": Path(f.image).name if f.image else None, "width": f.width, "height": f.height}
-            frames.append(solution.frame_entry(rec, f.model_local_level(), True, stereo_pair=p.id,
-                                               points=st.get("points")))
+            model = f.model_local_level()
+            if f is p.right and st.get("right_model"):
+                model = model_from_dict(st["right_model"])
+            frames.append(solution.frame_entry(rec, model, True, stereo_pair=p.id, points=st.get("points"),
+                                               relative_orientation=st.get("relative_orientation")
+                                               if f is p.right else None))
     solution.write(out / "solution.json", frames, {"pairs": len(pairs), "source": "terrain (models used)"})
 
 
