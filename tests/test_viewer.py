@@ -462,6 +462,18 @@ def test_serving_over_http(out):
         urllib.request.urlopen(base + "index.html", timeout=5)
 
 
+def test_serving_port_in_use_is_input_error(out):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
+            with view.serving(out, port=port):
+                pass
+
+
 def test_view_url():
     assert view.view_url("http://h:1/") == "http://h:1/index.html"
     assert view.view_url("http://h:1/", az=90, el=-5.5, fov=None) == "http://h:1/index.html#az=90&el=-5.5"
