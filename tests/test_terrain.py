@@ -261,3 +261,18 @@ def test_cogs_validate(stereo_run):
     for name in ("dem.tif", "ortho.tif"):
         res = subprocess.run([rio, "cogeo", "validate", str(out / name)], capture_output=True, text=True)
         assert res.returncode == 0 and "is a valid cloud optimized GeoTIFF" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_process_cluster_gives_the_same_bytes(stereo_run, tmp_path):
+    """Pair and tile tasks pickled to worker processes (as on a real cluster) give identical COGs."""
+    from distributed import LocalCluster
+
+    from mosaic.terrain.pipeline import terrain
+
+    out, _ = stereo_run
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        terrain([out.parent / "frames"], tmp_path, gsd=0.04, radius=8.0, web=False,
+                scheduler=cluster.scheduler_address)
+    for name in ("dem.tif", "ortho.tif"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
