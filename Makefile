@@ -25,6 +25,12 @@ demo: install
 	$(BIN)/mosaic info sample_tiles $(wildcard ../shared/realdata)
 	@echo "demo: frames listed above (the stitcher's products will appear under $(OUT)/)"
 
+# Regenerate the committed synthetic scenes (docs/synthetic-scenes.md): same arguments, same bytes.
+sample: install
+	rm -rf sample_tiles/navcam_360 sample_tiles/navcam_stereo
+	$(BIN)/mosaic synth sample_tiles/navcam_360 --scene navcam-360 --seed 1 --scale 4
+	$(BIN)/mosaic synth sample_tiles/navcam_stereo --scene navcam-stereo --seed 1 --scale 8
+
 test: install-test
 	$(BIN)/python -m pytest -q
 

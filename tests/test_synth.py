@@ -221,3 +221,31 @@ def test_terrain_sky_and_occlusion():
     ts = np.linspace(1, hits[2] * 0.999, 20000)
     q = o[2] + ts[:, None] * d[2]
     assert (-q[:, 2] > t.height(q[:, 0], q[:, 1])).all()
+
+
+def test_mastcamz_pan_reads_back_with_its_zoom(tmp_path):
+    synthesise(tmp_path / "m", "mastcamz-pan", seed=2, scale=16, zoom_mm=63, jobs=2)
+    metas = discover(tmp_path / "m")
+    assert len(metas) == len(scenes.scene_shots("mastcamz-pan", zoom_mm=63))
+    for m in metas:
+        assert m.instrument == "MCZ_LEFT" and m.model.type == "CAHVOR" and (m.width, m.height) == (100, 75)
+        h, v = m.model.fov(m.width, m.height)
+        assert h == pytest.approx(np.degrees(2 * np.arctan(800 * 0.0074 / 63)), abs=0.2)
+    pred = overlap_matrix(metas)
+    truth = {f["id"]: f for f in json.loads((tmp_path / "m" / "truth" / "solution.json").read_text())["frames"]}
+    meas = overlap_matrix([m.with_(model=model_from_dict(truth[m.id]["model"]), model_frame=LOCAL_LEVEL) for m in metas])
+    # Narrow frames: two frames each off by up to 1 degree move a shared edge by up to 2 degrees,
+    # 25 % of the 8.1-degree frame height.
+    assert np.abs(pred - meas).max() < 0.3
+    assert ((np.maximum(pred, pred.T) > 0.1).sum(1) >= 2).all()
+
+
+def test_stereo_partners_share_the_mast_error_and_clock():
+    plans = plan_frames("navcam-stereo", seed=1, scale=8)
+    assert len(plans) == 10
+    for left, right in zip(plans[0::2], plans[1::2]):
+        assert (left.shot.instrument, right.shot.instrument) == ("NAVCAM_LEFT", "NAVCAM_RIGHT")
+        assert np.array_equal(left.error_rot, right.error_rot) and left.sclk == right.sclk
+        assert left.imageid[3:] == right.imageid[3:]
+    assert len({p.sclk for p in plans}) == 5
+    assert len({tuple(p.error_rotvec) for p in plans}) == 5

@@ -48,6 +48,7 @@ class FramePlan:
     subframe: tuple
     tile: int
     downsample: int
+    pointing: int
     error_rot: np.ndarray
     error_rotvec: np.ndarray
     exposure: float
@@ -71,20 +72,22 @@ def plan_frames(scene, seed, scale, zoom_mm=None, tiles=False):
     shots = scenes.scene_shots(scene, zoom_mm)
     plans = []
     k = 0
+    pointings: dict[tuple, int] = {}
     for j, shot in enumerate(shots):
         inst = instrument(shot.instrument)
         if tiles and shot.instrument.startswith("NAVCAM"):
             subs = scenes.navcam_tiles(inst.width, inst.height, scale)
         else:
             subs = [(1, 1, inst.width, inst.height)]
-        # One pointing error per commanded pointing (shared by its tiles, as on the rover).
-        rng = np.random.default_rng([seed, 1, j])
-        rot, rotvec = scenes.pointing_error(rng)
-        exposure = float(rng.uniform(0.85, 1.15))
+        # The error is the mast's: one per commanded pointing, shared by the tiles and by both
+        # cameras of a stereo pair (rigid on the same head), which also share the clock.
+        pointing = pointings.setdefault((shot.sequence, shot.mast_az, shot.mast_el), len(pointings))
+        rot, rotvec = scenes.pointing_error(np.random.default_rng([seed, 1, pointing]))
+        exposure = float(np.random.default_rng([seed, 4, j]).uniform(0.85, 1.15))
         for t, sub in enumerate(subs):
-            sclk = SCLK0 + 37.25 * j + 0.125 * t + (seed % 1000) * 1000.0
-            ident = _imageid(shot, sclk, t + 1 if len(subs) > 1 else 0, scale, j % 100)
-            plans.append(FramePlan(k, shot, ident, sub, t, scale, rot, rotvec, exposure, sclk))
+            sclk = SCLK0 + 37.25 * pointing + 0.125 * t + (seed % 1000) * 1000.0
+            ident = _imageid(shot, sclk, t + 1 if len(subs) > 1 else 0, scale, pointing % 100)
+            plans.append(FramePlan(k, shot, ident, sub, t, scale, pointing, rot, rotvec, exposure, sclk))
             k += 1
     return plans
 
@@ -231,6 +234,7 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
             "zoom_mm": p.shot.zoom_mm, "tier": p.shot.tier, "subframe": list(p.subframe),
             "pointing_error_rotvec_rnav": [float(v) for v in p.error_rotvec],
             "pointing_error_deg": float(np.degrees(np.linalg.norm(p.error_rotvec))),
+            "pointing": p.pointing,
             "exposure": p.exposure,
         })
 
