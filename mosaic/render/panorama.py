@@ -83,6 +83,15 @@ def load_solution(solution):
     return data, path.parent
 
 
+def _resolve(base: Path, img: Path) -> Path:
+    """A relative image path: against the solution's folder (contract), else the folder above it,
+    where a scene's ``truth/solution.json`` (mosaic synth) finds its frames."""
+    p = base / img
+    if not p.exists() and (base.parent / img).exists():
+        return base.parent / img
+    return p
+
+
 def frames_of(solution) -> list[FrameInfo]:
     data, base = load_solution(solution)
     src = solution if not isinstance(solution, dict) else None
@@ -100,7 +109,7 @@ def frames_of(solution) -> list[FrameInfo]:
         if frame != "LOCAL_LEVEL":
             raise InputError(src, f"frame {fid}: model in {frame}, expected LOCAL_LEVEL", field="frame")
         model = model_from_dict(f.get("model"), source=src)
-        path = img if img.is_absolute() else base / img
+        path = img if img.is_absolute() else _resolve(base, img)
         b, r = _cone(model, w, h)
         out.append(FrameInfo(len(out), fid, str(path), w, h, model, b, r))
     if not out:
