@@ -48,6 +48,17 @@ def working_scale(width: int, height: int, megapixels: float) -> float:
     return min(1.0, float(np.sqrt(megapixels * 1e6 / (width * height))))
 
 
+def keypoint_centres(pt: np.ndarray, kind: str) -> np.ndarray:
+    """Keypoint coordinates in the pixel-centre convention of the image they were found in.
+
+    OpenCV's SIFT finds keypoints on a 2x linear upsampling and halves their coordinates without
+    the half-pixel term, so they sit +0.25 px off in x and y (measured on rendered blobs: +0.251,
+    +0.243). Uncorrected, that is a pitch bias common to every frame of a pan, which no gauge
+    removes.
+    """
+    return pt - 0.25 if kind == "sift" else pt
+
+
 def _detector(kind: str, n: int):
     import cv2
 
@@ -95,12 +106,7 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
         pt = np.array([k.pt for k in kps], float)
         resp = np.array([k.response for k in kps], np.float32)
         size_ = np.array([k.size for k in kps], np.float32)
-        if options["feature"] == "sift":
-            # OpenCV's SIFT finds keypoints on a 2x linear upsampling and halves their
-            # coordinates without the half-pixel term: they sit +0.25 px off in x and y
-            # (measured on rendered blobs: +0.251, +0.243). Uncorrected, that is a pitch bias
-            # common to every frame of a pan, which no gauge removes.
-            pt = pt - 0.25
+        pt = keypoint_centres(pt, options["feature"])
         order = np.lexsort((pt[:, 0], pt[:, 1], -resp))[: options["max_keypoints"]]
         pt, resp, size_, desc = pt[order], resp[order], size_[order], desc[order]
         # Working-resolution pixel centres -> delivered-frame pixel centres.

@@ -153,15 +153,47 @@ def rotation_residuals(rot, da, db, baseline, max_parallax, tol):
     return (across < tol) & (along > -tol) & (along < max_parallax + tol)
 
 
+def _epipolar_rotations(da, db, baseline, idx_sets):
+    """Small rotations R (M,3,3) with d_b on the epipolar plane of (baseline, R d_a), from the
+    matches ``idx_sets`` (M,K): linear in the rotation vector w, since for R = I + [w]x the
+    condition n . (R d_a) = 0, n = baseline x d_b, reads (d_a x n) . w = -n . d_a. Two
+    Gauss-Newton passes relinearise about the first solution."""
+    rot = np.broadcast_to(np.eye(3), (len(idx_sets), 3, 3)).copy()
+    a0, b0 = da[idx_sets], db[idx_sets]
+    nrm = np.cross(baseline[None, None, :], b0)
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=2, keepdims=True), 1e-15)
+    for _ in range(2):
+        a = np.einsum("mij,mkj->mki", rot, a0)
+        jac = np.cross(a, nrm)
+        res = -np.einsum("mki,mki->mk", nrm, a)
+        jtj = np.einsum("mki,mkj->mij", jac, jac) + 1e-12 * np.eye(3)
+        w = np.linalg.solve(jtj, np.einsum("mki,mk->mi", jac, res)[:, :, None])[:, :, 0]
+        theta = np.linalg.norm(w, axis=1)
+        k = np.zeros((len(w), 3, 3))
+        k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+        k = k - k.transpose(0, 2, 1)
+        th = np.maximum(theta, 1e-12)[:, None, None]
+        step = np.eye(3) + np.sin(th) / th * k + (1 - np.cos(th)) / th**2 * (k @ k)
+        rot = step @ rot
+    return rot
+
+
 def verify_rotation(da, db, baseline, max_parallax, tol, max_angle, iterations, rng):
-    """RANSAC on a rotation between two ray bundles; returns (inlier mask, R)."""
+    """RANSAC on a rotation between two ray bundles; returns (inlier mask, R).
+
+    Without a baseline the rotation comes from 2 matches (Kabsch). With one, a point's image
+    may slide along its epipolar line with depth, so a hypothesis comes from 3 matches through
+    the epipolar constraint alone (which depth does not touch), and the refit uses every inlier.
+    """
     n = len(da)
     if n < 3:
         return np.zeros(n, bool), np.eye(3)
-    idx = np.stack([rng.choice(n, 2, replace=False) for _ in range(iterations)])
-    rots = _kabsch(da[idx], db[idx])
+    parallax = max_parallax > 0 and np.linalg.norm(baseline) > 1e-9
+    k = 3 if parallax else 2
+    idx = np.stack([rng.choice(n, k, replace=False) for _ in range(iterations)])
+    rots = _epipolar_rotations(da, db, baseline, idx) if parallax else _kabsch(da[idx], db[idx])
     angle = np.arccos(np.clip((np.trace(rots, axis1=1, axis2=2) - 1) / 2, -1, 1))
-    rots = rots[angle <= max_angle]
+    rots = rots[np.isfinite(angle) & (angle <= max_angle)]
     if len(rots) == 0:
         return np.zeros(n, bool), np.eye(3)
     inl = rotation_residuals(rots, da, db, baseline, max_parallax, tol)
@@ -170,7 +202,8 @@ def verify_rotation(da, db, baseline, max_parallax, tol, max_angle, iterations, 
     for _ in range(2):
         if mask.sum() < 3:
             break
-        rot = _kabsch(da[mask][None], db[mask][None])[0]
+        sel = np.flatnonzero(mask)[None]
+        rot = (_epipolar_rotations(da, db, baseline, sel) if parallax else _kabsch(da[sel], db[sel]))[0]
         mask = rotation_residuals(rot, da, db, baseline, max_parallax, tol)
     return mask, rot
 
