@@ -245,6 +245,9 @@ def test_cli_without_pairs_is_an_input_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and "no stereo pairs" in err[0]
+    rc = main(["terrain", str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--site-origin", "18.4,77.4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "LAT,LON,ELEV" in err[0]
 
 
 def test_cogs_validate(stereo_run):

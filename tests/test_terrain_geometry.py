@@ -254,3 +254,20 @@ def test_relative_orientation_recovers_the_observable_rotation(realdata):
 def _frame_of(model):
     h, v = _axes(model)
     return np.column_stack([h, v, model.A])
+
+
+def test_unrectifiable_pair_is_skipped_not_fatal(tmp_path):
+    """Eyes swapped in the labels (right camera left of the left one): the pair is reported as
+    skipped, the run goes on."""
+    from calib.instruments import instrument
+    from mosaic.geo import DEFAULT_SITE_ORIGIN
+    from mosaic.terrain.pipeline import TerrainSettings, process_pair
+    from mosaic.terrain.stereo_pairs import StereoPair
+
+    left_model = instrument("NAVCAM_RIGHT").model(0.0, -30.0, downsample=16)
+    right_model = instrument("NAVCAM_LEFT").model(0.0, -30.0, downsample=16)
+    pair = StereoPair(_frame("NLF_x", "NAVCAM_LEFT", 1.0, 0.0, left_model),
+                      _frame("NRF_x", "NAVCAM_RIGHT", 1.0, 0.0, right_model))
+    spec = gridmod.grid_spec(DEFAULT_SITE_ORIGIN, 0.0, 0.0, 5.0, 0.05)
+    stats = process_pair(pair, str(tmp_path), spec.to_dict(), DEFAULT_SITE_ORIGIN, TerrainSettings())
+    assert stats["points"] == 0 and "not to the right" in stats["skipped"]

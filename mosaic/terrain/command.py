@@ -36,6 +36,8 @@ def add_arguments(p) -> None:
                    help="solution.json whose adjusted models replace the labels' (e.g. from mosaic stitch)")
     p.add_argument("--min-range", type=float, default=1.0, metavar="METRES", help="nearest range matched")
     p.add_argument("--max-range", type=float, default=60.0, metavar="METRES", help="farthest range kept")
+    p.add_argument("--no-pair-refinement", action="store_true",
+                   help="use the models' relative orientation of each pair as given (no SIFT fit)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler to use (default: embedded)")
     p.add_argument("--workspace", metavar="DIR", help="intermediate files (default OUT/work)")
     p.add_argument("--keep-points", action="store_true", help="keep the per-pair point files")
@@ -48,7 +50,8 @@ def run(args) -> int:
 
     report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                      scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
-                     web=not args.no_web, solution=args.solution, min_range=args.min_range, max_range=args.max_range)
+                     web=not args.no_web, solution=args.solution, min_range=args.min_range, max_range=args.max_range,
+                     refine_pair=not args.no_pair_refinement)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:

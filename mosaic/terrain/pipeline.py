@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.errors import InputError
+from calib.errors import InputError, ModelError
 
 from . import grid as gridmod
 from .disparity import MatchSettings, disparity
@@ -85,9 +85,15 @@ def process_pair(pair: StereoPair, points_root: str, spec: dict, origin, setting
     left, right = pair.left, pair.right
     ml, mr = left.model_local_level(), right.model_local_level()
     lsize, rsize = (left.width, left.height), (right.width, right.height)
+    try:
+        rp = rectify_pair(ml, mr, lsize, rsize, max_pixels=s.max_pixels)
+    except ModelError as e:
+        # One pair whose geometry cannot be rectified (no overlap, eyes swapped) must not sink
+        # a whole pan: it is reported and left out.
+        return {"id": pair.id, "left": left.id, "right": right.id, "skipped": e.problem, "points": 0,
+                "matched": 0, "match_fraction": 0.0, "tiles": {}, "seconds": time.perf_counter() - t0}
     gl = _gray01(read_image(left), left.bit_depth)
     gr = _gray01(read_image(right), right.bit_depth)
-    rp = rectify_pair(ml, mr, lsize, rsize, max_pixels=s.max_pixels)
     relative = None
     if s.refine_pair:
         relative = _refine_right(ml, mr, gl, gr, rp)
@@ -137,7 +143,8 @@ def _refine_right(ml, mr, gl, gr, rp):
 
 
 def grid_one_tile(points_root: str, spec: dict, tile_index, fill: int):
-    """One output tile: (tile_index, height, value, sigma) arrays, or None when it is empty."""
+    """One output tile: (tile_index, (height, value, sigma) arrays), or (tile_index, None) when no
+    point falls in it."""
     g = gridmod.GridSpec.from_dict(spec)
     pts = gridmod.load_points(points_root, tile_index)
     if pts.shape[1] == 0:
@@ -260,6 +267,10 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
     ws = Workspace(workspace or out / "work")
     report: dict = {"settings": asdict(settings), "stages": {}}
 
+    if isinstance(site_origin, str):  # bad text fails before any work
+        from mosaic.geo import parse_site_origin
+
+        site_origin = parse_site_origin(site_origin, source="--site-origin")
     t = time.perf_counter()
     frames = discover([str(p) for p in inputs])
     if solution is not None:
@@ -295,7 +306,11 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
             pair_stats = progress.track_futures("stereo", futures)
             ws.mark_done("terrain-points", key, {"pairs": pair_stats})
         report["stages"]["points"] = {"seconds": time.perf_counter() - t,
-                                      "points": int(sum(p["points"] for p in pair_stats))}
+                                      "points": int(sum(p["points"] for p in pair_stats)),
+                                      "skipped": [p["id"] for p in pair_stats if p.get("skipped")]}
+        for p in pair_stats:
+            if p.get("skipped"):
+                log.warning("terrain: pair %s skipped: %s", p["id"], p["skipped"])
         report["pairs"] = pair_stats
 
         t = time.perf_counter()
