@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--radius", type=float, default=15.0)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--scene-dir", default=None, help="reuse/keep the synthetic scene here")
+    ap.add_argument("--out", default=None, help="keep the terrain output here (and score it with mosaic eval)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_terrain_") as tmp:
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
                 print(m.stderr, file=sys.stderr)
                 return 1
             print(f"synth navcam-stereo scale {args.scale}: {m.wall_s:.1f} s")
-        out = Path(tmp) / "out"
+        out = Path(args.out) if args.out else Path(tmp) / "out"
         cmd = [sys.executable, "-m", "mosaic", "-q", "terrain", str(scene), "-o", str(out), "--gsd", str(args.gsd),
                "--radius", str(args.radius), "--solution", str(scene / "truth" / "solution.json")]
         wall, peak, last = measure.repeat(lambda: measure.run(cmd), args.repeat)
@@ -56,6 +57,13 @@ def main(argv=None) -> int:
         per_pair = sorted(p["seconds"] for p in report["pairs"])
         print(f"  one pair (in a task): median {per_pair[len(per_pair) // 2]:.2f} s, "
               f"rectified {report['pairs'][0]['rectified'][0]}x{report['pairs'][0]['rectified'][1]}")
+        if args.out:
+            from mosaic.evaluate import evaluate
+
+            dem = evaluate(out, scene)["dem"]
+            print("  DEM median |dz| by distance: " + ", ".join(
+                f"{b['from_m']:g}-{b['to_m'] if b['to_m'] is not None else 'inf'} m {100 * b['median_abs_m']:.2f} cm"
+                for b in dem["bins"]))
     return 0
 
 

@@ -10,8 +10,9 @@ Merging: a cell's height and brightness are the inverse-variance weighted means 
 weight 1 / sigma^2 with sigma the sample's expected range error (r^2 sigma_d / (f b)), so one
 near, well-triangulated sample outweighs many far ones and pairs of different cameras combine
 consistently. Cells left empty between samples (far terrain is sampled ever more sparsely along
-the line of sight) are filled when they lie in a gap at most ``fill`` cells wide (a closing of the
-sampled cells), from the nearest samples; nothing is extrapolated past the data's outer edge.
+the line of sight) are filled when they lie in a gap at most ``fill`` cells wide (closings of the
+sampled cells along rows, columns and diagonals), from the nearest samples; nothing is
+extrapolated past the data's outer edge.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class GridSpec:
     height: int
     tile: int = 1024
     halo: int = 16
+
+    def __post_init__(self):
+        if not 0 <= self.halo < self.tile:
+            raise ValueError(f"halo ({self.halo}) must be smaller than the tile ({self.tile})")
 
     def tiles(self) -> list[tuple[int, int]]:
         """Tile indices (tile_row, tile_col) in row-major order."""
