@@ -334,6 +334,56 @@ def render_tile(job: TileJob):
     return (cy, cx, arr), stats
 
 
+def _done_path(folder, job: TileJob) -> Path:
+    return Path(folder) / f"tile_r{job.core[1]:09d}_c{job.core[0]:09d}.json"
+
+
+def render_tile_part(job: TileJob, sink):
+    """Render one tile into ``sink`` (a :class:`mosaic.cog.PartSink`: one part file per tile) and
+    then record its stats beside it; both writes are atomic and the record comes last, so its
+    presence means the tile is finished (a resumed run skips it) and a task killed half-way leaves
+    nothing that looks finished. Returns (None, stats): the pixels stay on disk."""
+    from mosaic.atomic import write_json
+
+    result, stats = render_tile(job)
+    if result is not None:
+        row0, col0, arr = result
+        sink.write((row0, col0), arr)
+    stats["written"] = result is not None
+    write_json(_done_path(sink.folder, job), stats)
+    return None, stats
+
+
+def _resumable(client, jobs, parts_dir, width, height, count, dtype, tstats):
+    """Like ``_run_jobs`` but through part files in ``parts_dir``: tiles already recorded there
+    are not rendered again; yields every tile's (result, stats) in job order, read from disk."""
+    from mosaic.cog import PartSink
+
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    sink = PartSink(str(parts_dir), width, height, count, dtype)
+    todo = [j for j in jobs if not _done_path(parts_dir, j).exists()]
+    tstats["tiles_resumed"] = len(jobs) - len(todo)
+    tstats["tiles_rendered"] = len(todo)
+    if tstats["tiles_resumed"]:
+        log.info("render: %d of %d tiles already rendered (resuming)", tstats["tiles_resumed"], len(jobs))
+    for _ in _run_jobs(client, todo, fn=render_tile_part, extra=(sink,)):
+        pass
+    import rasterio
+
+    for j in jobs:
+        st = json.loads(_done_path(parts_dir, j).read_text())
+        if not st.pop("written"):
+            yield None, st
+            continue
+        cx, cy = j.core[0], j.core[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(parts_dir / f"part_r{cy:09d}_c{cx:09d}.tif") as ds:
+                arr = ds.read()
+        yield (cy, cx, arr), st
+
+
 # -- planning and the driver -----------------------------------------------------------------------
 
 def _align(levels, step):
@@ -385,7 +435,7 @@ def plan(solution, *, projection="equirect", resolution=None, tile=512, elevatio
 
 def render_panorama(solution, out_dir, *, projection="equirect", resolution=None, tile=512, client=None,
                     elevation_range=None, range_m=None, levels=LEVELS, gains=True, max_pixels=MAX_PIXELS,
-                    step=16, tol=0.1, preview_width=4096, **proj_kw) -> dict:
+                    step=16, tol=0.1, preview_width=4096, parts_dir=None, **proj_kw) -> dict:
     """Render ``solution`` (path to solution.json, or its dict with paths relative to the working
     directory) into ``out_dir/panorama.tif`` (COG) and ``out_dir/preview.jpg``.
 
@@ -394,7 +444,9 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     (``extent`` metres, ``ground_z``). ``resolution``: degrees per pixel (metres for vertical),
     default the finest input pixel. ``range_m``: render far-field directions (None) or points at
     that distance from the rover origin. ``gains``: solve per-frame gains (or pass an array).
-    ``client``: a dask client; None starts the embedded default. Returns paths and stats.
+    ``client``: a dask client; None starts the embedded default. ``parts_dir``: a folder that
+    keeps each finished tile (tasks write it there; the caller keys the folder by its inputs), so
+    a run killed mid-render and started again renders only the missing tiles. Returns paths and stats.
     """
     import rasterio
 
@@ -442,7 +494,9 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
         # memory flat whatever the panorama's size.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
                 CogWriter(path, proj.width, proj.height, bands + 1, dtype, transform=transform, alpha=True) as cw:
-            for result, st in _run_jobs(client, jobs):
+            results = (_run_jobs(client, jobs) if parts_dir is None else
+                       _resumable(client, jobs, parts_dir, proj.width, proj.height, bands + 1, dtype, tstats))
+            for result, st in results:
                 tstats["exact_px"] += st["exact_px"]
                 if result is None:
                     continue
@@ -473,8 +527,8 @@ def _affine(gt):
     return Affine.from_gdal(*gt)
 
 
-def _run_jobs(client, jobs):
-    """Yield (result, stats) as tiles finish, keeping a bounded number in flight (memory stays
+def _run_jobs(client, jobs, fn=render_tile, extra=()):
+    """Yield ``fn(job, *extra)`` as tiles finish, keeping a bounded number in flight (memory stays
     O(in-flight tiles), not O(panorama))."""
     from distributed import as_completed
 
@@ -485,7 +539,7 @@ def _run_jobs(client, jobs):
     nthreads = sum(client.nthreads().values()) or 1
     limit = 2 * nthreads + 2
     it = iter(jobs)
-    first = [client.submit(render_tile, j, pure=False) for _, j in zip(range(limit), it)]
+    first = [client.submit(fn, j, *extra, pure=False) for _, j in zip(range(limit), it)]
     ac = as_completed(first)
     with stage("render", len(jobs)) as bar:
         for fut in ac:
@@ -493,7 +547,7 @@ def _run_jobs(client, jobs):
             fut.release()
             nxt = next(it, None)
             if nxt is not None:
-                ac.add(client.submit(render_tile, nxt, pure=False))
+                ac.add(client.submit(fn, nxt, *extra, pure=False))
             bar.advance()
             yield res
 
