@@ -210,6 +210,18 @@ class Points:
         self.rho = None if s[1] is None else s[1].copy()
 
 
+def _group_sum(values, index, n, order=None):
+    """Sum of ``values`` rows per ``index`` value (0..n-1); ``order`` sorts index (if it is not)."""
+    if order is not None:
+        values, index = values[order], index[order]
+    out = np.zeros((n,) + values.shape[1:])
+    if len(index) == 0:
+        return out
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    out[index[starts]] = np.add.reduceat(values, starts, axis=0)
+    return out
+
+
 def robust_weights(s, kind, scale):
     """IRLS weights and robust costs of residual norms s."""
     if kind == "cauchy":
@@ -234,6 +246,7 @@ class Bundle:
         self.loss, self.loss_scale = loss, loss_scale
         self.k = cams[0].k if cams else 3
         self.iterations = 0
+        self._point_order = np.argsort(self.p, kind="stable")
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -260,7 +273,7 @@ class Bundle:
                 jr = jpt @ skew(lever)
                 s = self.sigma[lo:hi, None, None]
                 jc[lo:hi] = cam.param_jacobian(pix, jr, P) / s
-                jp[lo:hi] = np.einsum("nij,njk->nik", jpt, dP) / s
+                jp[lo:hi] = (jpt @ dP) / s
             else:
                 pix = model.project(P)
             r[lo:hi] = (pix - self.xy[lo:hi]) / self.sigma[lo:hi, None]
@@ -296,14 +309,11 @@ class Bundle:
         sw = np.sqrt(w)[:, None, None]
         rw, jcw, jpw = r * sw[:, :, 0], jc * sw, jp * sw
         f, p = self.f, self.p
-        U = np.zeros((nc, k, k))
-        np.add.at(U, f, np.einsum("nij,nik->njk", jcw, jcw))
-        gc = np.zeros((nc, k))
-        np.add.at(gc, f, np.einsum("nij,ni->nj", jcw, rw))
-        V = np.zeros((npnt, b, b))
-        np.add.at(V, p, np.einsum("nij,nik->njk", jpw, jpw))
-        gp = np.zeros((npnt, b))
-        np.add.at(gp, p, np.einsum("nij,ni->nj", jpw, rw))
+        jcwt, jpwt = jcw.transpose(0, 2, 1), jpw.transpose(0, 2, 1)
+        U = _group_sum(jcwt @ jcw, f, nc)
+        gc = _group_sum((jcwt @ rw[:, :, None])[:, :, 0], f, nc)
+        V = _group_sum(jpwt @ jpw, p, npnt, self._point_order)
+        gp = _group_sum((jpwt @ rw[:, :, None])[:, :, 0], p, npnt, self._point_order)
         for i, cam in enumerate(self.cams):
             pr, pj = cam.prior()
             U[i] += pj.T @ pj
@@ -312,7 +322,7 @@ class Bundle:
         if pr is not None:
             V[:, 2, 2] += pr[1] ** 2
             gp[:, 2] += pr[1] * pr[0]
-        Wb = np.einsum("nij,nik->njk", jcw, jpw)  # (N, k, b), one block per observation
+        Wb = jcwt @ jpw  # (N, k, b), one block per observation
         # Marquardt damping, plus a floor so that unobserved parameters stay finite.
         di = np.arange(k)
         U[:, di, di] = U[:, di, di] * (1 + lam) + 1e-12
