@@ -5,7 +5,7 @@ horizon) through the nominal Navcam / Mastcam-Z models posed by the mast, with t
 0.5-1 degree off the reported one, exposure differences, vignetting, noise and 8-bit companding.
 The same arguments give the same bytes.
 
-Scenes: navcam-360, navcam-stereo, mastcamz-pan.
+Scenes: navcam-360, navcam-stereo, mastcamz-pan, mastcamz-360.
 
 Example:
 

@@ -11,6 +11,9 @@ front, elevation up), as operations command it. Choices (docs/synthetic-scenes.m
   ground from ~0.6 m to the horizon all around the rover. Default downsample 4.
 - ``mastcamz-pan``: a 3-tier Mastcam-Z left pan over 100 degrees of azimuth towards the scarp,
   20 % overlap at the chosen zoom (default 34 mm: 19.6 x 14.7 degrees). Default downsample 1.
+- ``mastcamz-360``: the same 3-tier, 20 %-overlap Mastcam-Z pan all the way round, tiers ending
+  2 degrees above the horizon (ground in every frame): 69 frames at 34 mm, 126 at 63 mm. Made
+  for registration benchmarks that need 100+ frames (a Navcam 360 has 10). Default downsample 4.
 
 Rover attitude: heading uniform in [0, 360), pitch and roll within +-2 degrees (seeded).
 """
@@ -62,12 +65,7 @@ def navcam_stereo(zoom_mm=None):
 
 def mastcamz_pan(zoom_mm=None):
     zoom = 34.0 if zoom_mm is None else float(zoom_mm)
-    inst = instrument("MCZ_LEFT")
-    lo, hi = inst.zoom_range_mm
-    if not lo <= zoom <= hi:
-        raise InputError(None, f"Mastcam-Z zoom {zoom} mm outside {lo}-{hi} mm", field="--zoom")
-    hfov = math.degrees(2 * math.atan(inst.width * MCZ_PIXEL_MM / 2 / zoom))
-    vfov = math.degrees(2 * math.atan(inst.height * MCZ_PIXEL_MM / 2 / zoom))
+    hfov, vfov = _mcz_fov(zoom)
     daz, del_ = 0.8 * hfov, 0.8 * vfov
     ncol = int(math.ceil(100.0 / daz)) + 1
     shots = []
@@ -78,11 +76,30 @@ def mastcamz_pan(zoom_mm=None):
     return shots
 
 
+def mastcamz_360(zoom_mm=None):
+    zoom = 34.0 if zoom_mm is None else float(zoom_mm)
+    hfov, vfov = _mcz_fov(zoom)
+    ncol = int(math.ceil(360.0 / (0.8 * hfov)))
+    daz, del_ = 360.0 / ncol, 0.8 * vfov
+    return [Shot("MCZ_LEFT", _wrap(daz * k), float(2.0 - 0.5 * vfov - tier * del_), zoom, 301, tier)
+            for tier in range(3) for k in range(ncol)]
+
+
+def _mcz_fov(zoom):
+    inst = instrument("MCZ_LEFT")
+    lo, hi = inst.zoom_range_mm
+    if not lo <= zoom <= hi:
+        raise InputError(None, f"Mastcam-Z zoom {zoom} mm outside {lo}-{hi} mm", field="--zoom")
+    return (math.degrees(2 * math.atan(inst.width * MCZ_PIXEL_MM / 2 / zoom)),
+            math.degrees(2 * math.atan(inst.height * MCZ_PIXEL_MM / 2 / zoom)))
+
+
 #: name -> (shots(zoom_mm), default downsample, one-line description)
 SCENES = {
     "navcam-360": (navcam_360, 4, "full 360-degree Navcam pan, two tiers of 5 frames"),
     "navcam-stereo": (navcam_stereo, 4, "5 Navcam left/right pairs around the rover at -40 degrees"),
     "mastcamz-pan": (mastcamz_pan, 1, "3-tier Mastcam-Z pan over 100 degrees at a chosen zoom"),
+    "mastcamz-360": (mastcamz_360, 4, "3-tier Mastcam-Z pan all round (69 frames at 34 mm, 126 at 63 mm)"),
 }
 
 
