@@ -150,6 +150,7 @@ def stitch(inputs, out, config: StitchConfig | None = None, **options) -> dict:
             if rendered is not None:
                 stages["render"] = rendered.pop("stage")
                 result.update(rendered)
+                result["products"] = __import__("mosaic.products").products.write_products(out, ws)  # index.html, quality.png, panorama.pto
     report = {"total_s": round(time.perf_counter() - t0, 4), "stages": stages,
               "peak_rss_mib": round(max([s["peak_rss_mib"] for s in stages.values()] +
                                         [_maxrss_bytes() / 2**20]), 1),
