@@ -44,6 +44,28 @@ def atomic_path(path, suffix: str | None = None):
         raise
 
 
+def output_dir(path) -> Path:
+    """Create the output folder ``path`` (and its parents), or raise InputError naming it: a run
+    must learn that it cannot write its results before it spends time computing them."""
+    from calib.errors import InputError
+
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(path, f"cannot create the output folder: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(path, f"output folder is not writable ({probe})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise InputError(path, f"cannot write into the output folder ({e.strerror or e})") from None
+    return path
+
+
 def write_bytes(path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -44,6 +44,8 @@ def client(scheduler: str | None = None, workers: int | None = None, threads_per
         dashboard_address=None, silence_logs=logging.ERROR,
     )
     c = Client(cluster)
+    log.info("dask: embedded cluster, %d %s x %d thread(s)%s", n, "processes" if processes else "worker(s)", tpw,
+             f" (dashboard {c.dashboard_link})" if cluster.scheduler.http_server and c.dashboard_link else "")
     try:
         yield c
     finally:

@@ -46,6 +46,8 @@ class StitchConfig:
     # run
     scheduler: str | None = None        #: dask scheduler address; None: an embedded local cluster
     workers: int | None = None
+    threads_per_worker: int | None = None  #: threads of each embedded worker
+    memory_limit: str | None = None     #: per embedded worker, e.g. "4GB" (dask's syntax); None: auto
     render: bool = True                 #: render panorama.tif after solution.json (when mosaic.render exists)
 
     def __post_init__(self):

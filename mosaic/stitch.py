@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import resource
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -118,11 +119,13 @@ def run_stages(ws: Workspace, config: StitchConfig, client) -> dict:
     return stages
 
 
-def stitch(inputs, out, config: StitchConfig | None = None, **options) -> dict:
+def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, force: bool = False,
+           **options) -> dict:
     """Register ``inputs`` into ``out``; returns {"solution", "report"[, "panorama"], "stats"}.
 
     ``options`` are StitchConfig fields (e.g. ``hfov=48``, ``scheduler="tcp://..."``), applied
-    over ``config``.
+    over ``config``. ``client``: an existing dask client to run on (``mosaic batch`` shares one);
+    None starts one from the config. ``force``: drop the workspace and recompute everything.
 
     >>> stitch(["frames/"], "out/pan", render=False)["stats"]["rms_px"]  # doctest: +SKIP
     """
@@ -130,8 +133,11 @@ def stitch(inputs, out, config: StitchConfig | None = None, **options) -> dict:
 
     config = (config or StitchConfig()).replace(**options) if options else (config or StitchConfig())
     out = Path(out)
-    ws = Workspace(out / "work")
     paths = _inputs(inputs)
+    atomic.output_dir(out)
+    if force:
+        shutil.rmtree(out / "work", ignore_errors=True)
+    ws = Workspace(out / "work")
     if not ws.exists("inputs.json") or ws.read_json("inputs.json") != paths:
         ws.write_json(paths, "inputs.json")
     if not log.isEnabledFor(logging.DEBUG):
@@ -139,18 +145,23 @@ def stitch(inputs, out, config: StitchConfig | None = None, **options) -> dict:
         for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
             logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    with dask_client(config.scheduler, workers=config.workers) as client:
+    cluster = (contextlib.nullcontext(client) if client is not None else
+               dask_client(config.scheduler, workers=config.workers, threads_per_worker=config.threads_per_worker,
+                           memory_limit=config.memory_limit))
+    with cluster as client:
         stages = run_stages(ws, config, client)
-        sol_path = atomic.write_bytes(out / "solution.json", ws.path("adjust", "solution.json").read_bytes())
-        result = {"solution": str(sol_path)}
+        result = {}
         solution = ws.read_json("adjust", "solution.json")
         if config.render and any(f["used"] for f in solution["frames"]):
             # --- rendering plugs in here (mosaic.render: solution.json -> panorama.tif, preview.jpg) ---
-            rendered = _render(out, sol_path, config, client)
+            rendered = _render(out, ws, config, client)
             if rendered is not None:
                 stages["render"] = rendered.pop("stage")
                 result.update(rendered)
                 result["products"] = __import__("mosaic.products").products.write_products(out, ws)  # index.html, quality.png, panorama.pto
+        # Written after the panorama: a run that fails while rendering leaves OUT as it was.
+        sol_path = atomic.write_bytes(out / "solution.json", ws.path("adjust", "solution.json").read_bytes())
+        result["solution"] = str(sol_path)
     report = {"total_s": round(time.perf_counter() - t0, 4), "stages": stages,
               "peak_rss_mib": round(max([s["peak_rss_mib"] for s in stages.values()] +
                                         [_maxrss_bytes() / 2**20]), 1),
@@ -161,18 +172,42 @@ def stitch(inputs, out, config: StitchConfig | None = None, **options) -> dict:
     return result
 
 
-def _render(out: Path, sol_path: Path, config: StitchConfig, client) -> dict | None:
-    """Render the panorama when mosaic.render provides ``render_panorama``; None until then."""
+def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | None:
+    """Render the panorama when mosaic.render provides ``render_panorama``; None until then.
+
+    Finished tiles are kept in ``work/render/KEY/`` until the panorama is written, so a killed
+    run renders only the missing tiles when started again; a finished render with the same key
+    (solution, input files, renderer code) and its outputs present is skipped.
+    """
     try:
         from mosaic.render import render_panorama
     except ImportError:
         log.info("render: mosaic.render.render_panorama is not available; stopping after solution.json")
         return None
+    import hashlib
+
+    from .stages import code_key
+    from .workspace import digest, file_digest
+
+    sol_path = ws.path("adjust", "solution.json")
+    solution = ws.read_json("adjust", "solution.json")
+    key = digest("render", hashlib.sha256(sol_path.read_bytes()).hexdigest(), code_key("mosaic.render.panorama"),
+                 file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
+    if ws.stage_done("render", key) and (out / "panorama.tif").exists() and (out / "preview.jpg").exists():
+        stage = {"wall_s": round(time.perf_counter() - t0, 4), "peak_rss_mib": 0.0, "skipped": True,
+                 "counts": ws.stage_report("render")}
+        log.info("render: skipped (unchanged)")
+        return {"stage": stage, "panorama": str(out / "panorama.tif")}
+    ws.invalidate("render")
     with PeakMemory() as mem:
-        produced = render_panorama(sol_path, out, client=client)
+        produced = render_panorama(sol_path, out, client=client, parts_dir=ws.root / "render" / key)
+    counts = produced if isinstance(produced, dict) else {}
+    ws.mark_done("render", key, counts)
+    # The tiles live on in panorama.tif; other keys' folders are stale.
+    shutil.rmtree(ws.root / "render", ignore_errors=True)
     stage = {"wall_s": round(time.perf_counter() - t0, 4), "peak_rss_mib": round(mem.peak / 2**20, 1),
-             "skipped": False, "counts": produced if isinstance(produced, dict) else {}}
+             "skipped": False, "counts": counts}
     res = {"stage": stage}
     if (out / "panorama.tif").exists():
         res["panorama"] = str(out / "panorama.tif")
@@ -193,6 +228,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="RANSAC seed (default 0)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="use this dask scheduler (default: an embedded local cluster)")
     p.add_argument("--workers", type=int, help="workers of the embedded cluster")
+    p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
+    p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
+    p.add_argument("--force", action="store_true", help="recompute every stage (drop OUT/work)")
     p.add_argument("--no-render", action="store_true", help="stop after solution.json")
 
 
@@ -200,12 +238,13 @@ def run(args) -> int:
     flags = {"hfov": args.hfov, "feature": args.feature, "work_megapixels": args.work_megapixels,
              "max_keypoints": args.max_keypoints, "margin_deg": args.margin_deg, "prior_deg": args.prior_deg,
              "seed": args.seed, "scheduler": args.scheduler, "workers": args.workers,
+             "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit,
              "render": False if args.no_render else None}
     if args.config:
         config = StitchConfig.from_toml(args.config, **flags)
     else:
         config = StitchConfig.from_mapping({k: v for k, v in flags.items() if v is not None})
-    result = stitch(args.inputs, args.out, config)
+    result = stitch(args.inputs, args.out, config, force=args.force)
     s = result["stats"]
     log.info("stitch: %d of %d frames used, %s tie points, RMS %s px -> %s", s["frames_used"], s["frames"],
              s["tie_points"], s["rms_px"], os.fspath(args.out))
