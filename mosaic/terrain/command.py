@@ -39,6 +39,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-pair-refinement", action="store_true",
                    help="use the models' relative orientation of each pair as given (no SIFT fit)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler to use (default: embedded)")
+    p.add_argument("--workers", type=int, help="workers of the embedded cluster")
+    p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
+    p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
+    p.add_argument("--force", action="store_true", help="recompute everything (drop the workspace)")
     p.add_argument("--workspace", metavar="DIR", help="intermediate files (default OUT/work)")
     p.add_argument("--keep-points", action="store_true", help="keep the per-pair point files")
     p.add_argument("--no-web", action="store_true", help="skip tiles, item.json and index.html")
@@ -51,7 +55,8 @@ def run(args) -> int:
     report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                      scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
                      web=not args.no_web, solution=args.solution, min_range=args.min_range, max_range=args.max_range,
-                     refine_pair=not args.no_pair_refinement)
+                     refine_pair=not args.no_pair_refinement, workers=args.workers,
+                     threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit, force=args.force)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:

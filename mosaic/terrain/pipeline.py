@@ -240,11 +240,15 @@ def _write_solution(out: Path, pairs, pair_stats) -> None:
 
 
 def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=None, scheduler=None,
-            workspace=None, keep_points: bool = False, web: bool = True, solution=None, **options) -> dict:
+            workspace=None, keep_points: bool = False, web: bool = True, solution=None, *, client=None,
+            workers=None, threads_per_worker=None, memory_limit=None, force: bool = False, **options) -> dict:
     """Build ``dem.tif``, ``ortho.tif``, tiles, ``item.json`` and ``index.html`` under ``out``.
 
     ``inputs``: frame files or folders. ``site_origin``: "LAT,LON,ELEV" or a SiteOrigin.
     ``solution``: a solution.json whose (adjusted) models replace the labels' ones.
+    ``client``: an existing dask client (``mosaic batch`` shares one); else one is started from
+    ``scheduler`` or an embedded cluster of ``workers`` x ``threads_per_worker`` (``memory_limit``
+    each). ``force``: drop the workspace and recompute everything.
     ``options``: other ``TerrainSettings`` fields. Returns the run report (also ``report.json``).
     """
     from calib.labels import discover
@@ -263,7 +267,9 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
         raise InputError(None, f"a {2 * settings.radius:g} m square at {settings.gsd:g} m is over 4e9 cells; "
                          "raise --gsd or lower --radius", field="grid")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    atomic.output_dir(out)
+    if force:
+        shutil.rmtree(workspace or out / "work", ignore_errors=True)
     ws = Workspace(workspace or out / "work")
     report: dict = {"settings": asdict(settings), "stages": {}}
 
@@ -294,7 +300,12 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
                  [p.to_dict() for p in pairs],
                  file_digest([f.image for p in pairs for f in (p.left, p.right) if f.image]))
     points_root = ws.path("points", key, ".keep").parent
-    with cluster.client(scheduler) as client:
+    import contextlib
+
+    dask_client = (contextlib.nullcontext(client) if client is not None else
+                   cluster.client(scheduler, workers=workers, threads_per_worker=threads_per_worker,
+                                  memory_limit=memory_limit))
+    with dask_client as client:
         t = time.perf_counter()
         if ws.stage_done("terrain-points", key):
             pair_stats = ws.stage_report("terrain-points")["pairs"]
