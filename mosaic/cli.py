@@ -24,6 +24,7 @@ COMMANDS = {
     "eval": "mosaic.evaluate",
     "terrain": "mosaic.terrain.command",
     "stitch": "mosaic.stitch",
+    "batch": "mosaic.batch",
 }
 
 log = logging.getLogger("mosaic")
