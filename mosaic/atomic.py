@@ -66,6 +66,25 @@ def output_dir(path) -> Path:
     return path
 
 
+def remove_stale(folder, names) -> int:
+    """Remove what a killed run left beside the outputs ``names`` in ``folder``: the hidden
+    ``.{stem}.*`` temporary files and folders that ``atomic_path`` and ``mosaic.cog.CogWriter``
+    create (an exception removes them, SIGKILL cannot). Call it before a run writes there, never
+    while another run writes into the same folder. Returns how many were removed."""
+    import shutil
+
+    n = 0
+    folder = Path(folder)
+    for name in names:
+        for p in folder.glob(f".{Path(name).stem}.*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def write_bytes(path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -135,6 +135,8 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
     out = Path(out)
     paths = _inputs(inputs)
     atomic.output_dir(out)
+    atomic.remove_stale(out, ("panorama.tif", "preview.jpg", "solution.json", "report.json", "index.html",
+                              "quality.png", "panorama.pto"))
     if force:
         shutil.rmtree(out / "work", ignore_errors=True)
     ws = Workspace(out / "work")

@@ -268,6 +268,7 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
                          "raise --gsd or lower --radius", field="grid")
     out = Path(out)
     atomic.output_dir(out)
+    atomic.remove_stale(out, ("dem.tif", "ortho.tif", "solution.json", "report.json", "item.json", "index.html"))
     if force:
         shutil.rmtree(workspace or out / "work", ignore_errors=True)
     ws = Workspace(workspace or out / "work")
