@@ -1,0 +1,167 @@
+"""``--dry-run``: what ``mosaic stitch`` / ``mosaic terrain`` would do, without doing it.
+
+Reads the inputs' labels (cheap: headers and records, no pixels), predicts the frame pairs from
+the camera models, sizes the output with the renderer's or the gridder's own planner, and
+estimates wall time and peak memory from per-item constants measured on this project's
+benchmarks. Nothing is written, no cluster is started.
+
+The constants are rough by nature (they were measured on 2 shared CPU cores; time scales down
+with cores, roughly, for the parallel stages): they tell a 2-minute job from a 2-hour one and
+a laptop job from a cluster one, not the exact second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+# -- measured constants (see docs/user-guide.md "Dry runs") ---------------------------------------
+#: stitch: features per frame, per working megapixel (SIFT at <= work_megapixels), seconds.
+STITCH_S_PER_FRAME_MP = 1.9
+#: stitch: guided matching and verification per predicted pair, seconds.
+STITCH_S_PER_PAIR = 0.38
+#: stitch: bundle adjustment, per frame (tie points grow with frames), seconds.
+STITCH_S_PER_FRAME_ADJUST = 1.2
+#: stitch: rendering (warp, seams, multi-band blend, COG), per output megapixel, seconds.
+STITCH_S_PER_OUTPUT_MP = 3.2
+#: stitch: fixed memory of the process and its embedded cluster, bytes.
+BASE_BYTES = 150 * 2**20
+#: stitch: per-worker decoded-frame cache of the renderer (mosaic.render.warp.ImageCache), bytes.
+RENDER_CACHE_BYTES = 384 * 2**20
+#: terrain: one stereo pair (rectify, SGBM twice, triangulate), per megapixel of the left frame, s.
+TERRAIN_S_PER_PAIR_MP = 12.7
+#: terrain: gridding, tiles and hillshade per output cell, seconds.
+TERRAIN_S_PER_CELL = 5.3e-6
+#: terrain: a pair task's memory per megapixel of the left frame, bytes.
+TERRAIN_BYTES_PER_PAIR_MP = 900 * 2**20
+
+
+def _threads(workers, threads_per_worker=None) -> int:
+    """Threads of the embedded cluster (mosaic.cluster.client's defaults)."""
+    return max(1, (workers or 1) * (threads_per_worker or os.cpu_count() or 1))
+
+
+def stitch_plan(inputs, config) -> dict:
+    """The plan of ``mosaic stitch inputs`` with ``config`` (a StitchConfig)."""
+    from calib.errors import InputError
+    from calib.labels import discover
+
+    from .render.panorama import plan as render_plan
+    from .stages.features import working_scale
+    from .stages.ingest import frame_record
+    from .stages.pairs import pairs_from_models
+    from .stitch import _inputs
+
+    paths = _inputs(inputs)
+    metas = sorted(discover(paths), key=lambda m: (m.id, str(m.image)))
+    if not metas:
+        raise InputError(paths[0], "no frames found in the inputs")
+    records = [frame_record(m, config.hfov) for m in metas]
+    posed = [r for r in records if r["model"] is not None]
+    photos = [r for r in records if r["model"] is None]
+    pairs = pairs_from_models(posed, config.margin_deg, config.min_overlap) if len(posed) > 1 else []
+    # Plain photos are paired after feature detection (similarity ranking): at most this many.
+    photo_pairs = min(len(photos) * config.neighbours, len(photos) * (len(photos) - 1) // 2)
+    work_mp = sum(r["width"] * r["height"] * min(1.0, working_scale(r["width"], r["height"], config.work_megapixels)) ** 2
+                  for r in records) / 1e6
+    out = None
+    if posed and config.render:
+        sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
+                           "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
+        out = render_plan(sol)
+    threads = _threads(config.workers, getattr(config, "threads_per_worker", None)) if not config.scheduler else None
+    par = threads or 1
+    seconds = {"features": work_mp * STITCH_S_PER_FRAME_MP / par,
+               "matches": (len(pairs) + photo_pairs) * STITCH_S_PER_PAIR / par,
+               "adjust": len(records) * STITCH_S_PER_FRAME_ADJUST}
+    biggest = max(r["width"] * r["height"] for r in records)
+    memory = BASE_BYTES + par * biggest * 12   # a decoded frame, its grey copy and the detector's pyramid
+    if out is not None:
+        seconds["render"] = out["width"] * out["height"] / 1e6 * STITCH_S_PER_OUTPUT_MP / par
+        memory = max(memory, BASE_BYTES + RENDER_CACHE_BYTES + par * out["tile_bytes_estimate"])
+    return {
+        "command": "stitch", "inputs": paths, "frames": len(records), "with_model": len(posed),
+        "plain_photos": len(photos), "predicted_pairs": len(pairs),
+        "photo_pairs_at_most": photo_pairs if len(photos) > 1 else 0,
+        "output": out, "threads": threads, "scheduler": config.scheduler or "embedded",
+        "estimate_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "estimate_total_seconds": round(sum(seconds.values()), 1),
+        "estimate_peak_bytes": int(memory),
+    }
+
+
+def terrain_plan(inputs, gsd=0.02, radius=20.0, site_origin=None, solution=None, workers=None,
+                 threads_per_worker=None, scheduler=None, max_dt=None) -> dict:
+    """The plan of ``mosaic terrain inputs``: stereo pairs, the DEM grid, time and memory."""
+    from calib.errors import InputError
+    from calib.labels import discover
+
+    from .terrain import grid as gridmod
+    from .terrain import pipeline
+    from .terrain.stereo_pairs import find_pairs
+
+    if not (gsd > 0 and radius > 0):
+        raise InputError(None, f"gsd ({gsd}) and radius ({radius}) must be positive", field="grid")
+    frames = discover([str(p) for p in inputs])
+    if not frames:
+        raise InputError(" ".join(map(str, inputs)), "no frames found in the inputs")
+    if solution is not None:
+        frames, _ = pipeline.apply_solution(frames, solution)
+    pairs = find_pairs(frames) if max_dt is None else find_pairs(frames, max_dt=max_dt)
+    if not pairs:
+        raise InputError(str(inputs[0]), f"no stereo pairs among {len(frames)} frames "
+                                         "(need left/right frames taken together)")
+    if isinstance(site_origin, str):
+        from .geo import parse_site_origin
+
+        site_origin = parse_site_origin(site_origin, source="--site-origin")
+    origin = pipeline._site_origin(frames, site_origin)
+    n = math.ceil(2 * radius / gsd)
+    cells = n * n
+    pair_mp = [p.left.width * p.left.height / 1e6 for p in pairs]
+    threads = _threads(workers, threads_per_worker) if not scheduler else None
+    par = threads or 1
+    seconds = {"stereo": sum(pair_mp) * TERRAIN_S_PER_PAIR_MP / par, "grid": cells * TERRAIN_S_PER_CELL}
+    memory = BASE_BYTES + min(par, len(pairs)) * max(pair_mp) * TERRAIN_BYTES_PER_PAIR_MP + cells * 4 * 3
+    return {
+        "command": "terrain", "frames": len(frames), "pairs": len(pairs),
+        "grid": {"width": n, "height": n, "gsd": gsd, "radius": radius, "cells": cells},
+        "site_origin": list(origin), "threads": threads, "scheduler": scheduler or "embedded",
+        "estimate_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "estimate_total_seconds": round(sum(seconds.values()), 1),
+        "estimate_peak_bytes": int(memory),
+    }
+
+
+def _mib(b) -> str:
+    return f"{b / 2**20:,.0f} MiB" if b < 2**30 else f"{b / 2**30:,.1f} GiB"
+
+
+def _duration(s) -> str:
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def format_plan(p: dict) -> str:
+    """The plan as a few lines of text."""
+    lines = []
+    if p["command"] == "stitch":
+        lines.append(f"frames: {p['frames']} ({p['with_model']} with camera models, {p['plain_photos']} plain photos)")
+        lines.append(f"pairs: {p['predicted_pairs']} predicted from the models"
+                     + (f", up to {p['photo_pairs_at_most']} among the photos" if p["photo_pairs_at_most"] else ""))
+        o = p["output"]
+        if o:
+            lines.append(f"output: panorama.tif {o['width']} x {o['height']} {o['projection']}, "
+                         f"{o['bands']} bands {o['dtype']}, {o['tiles']} tiles, ~{_mib(o['bytes_estimate'])} uncompressed")
+        else:
+            lines.append("output: solution.json (panorama size is known once the photos' focal lengths are solved)")
+    else:
+        g = p["grid"]
+        lines.append(f"frames: {p['frames']}, stereo pairs: {p['pairs']}")
+        lines.append(f"output: dem.tif and ortho.tif {g['width']} x {g['height']} at {g['gsd']:g} m "
+                     f"({2 * g['radius']:g} m square)")
+    par = f"{p['threads']} thread(s)" if p["threads"] else f"cluster {p['scheduler']}"
+    per = ", ".join(f"{k} {_duration(v)}" for k, v in p["estimate_seconds"].items())
+    lines.append(f"estimate: ~{_duration(p['estimate_total_seconds'])} on {par} ({per}), "
+                 f"peak memory ~{_mib(p['estimate_peak_bytes'])}")
+    lines.append("dry run: nothing computed or written")
+    return "\n".join(lines)
