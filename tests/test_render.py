@@ -285,3 +285,28 @@ def test_missing_frame_fails_cleanly(frameset, client, tmp_path):
     with pytest.raises(InputError, match="nope.png"):
         render_panorama(bad, tmp_path / "out", resolution=0.5, client=client)
     assert not (tmp_path / "out" / "panorama.tif").exists()
+
+
+def test_multiband_single_frame_and_seam_transition():
+    """One frame collapses back to itself; two flat frames meet with a smooth ramp whose width
+    grows with the levels, and a hard seam mask alone would be a step."""
+    from mosaic.render.blend import MultiBand
+
+    rng = np.random.default_rng(0)
+    img = rng.random((96, 160, 3)).astype(np.float32) * 200
+    cover = np.zeros((96, 160), np.float32)
+    cover[10:90, 5:150] = 1
+    mb = MultiBand((96, 160), 3, 4)
+    mb.add(slice(0, 96), slice(0, 160), img, cover, cover)
+    out = mb.result()
+    assert np.abs(out[cover > 0] - img[cover > 0]).max() < 1e-3
+    mb = MultiBand((64, 256), 1, 4)
+    left = np.zeros((64, 256), np.float32)
+    left[:, :128] = 1
+    ones = np.ones((64, 256), np.float32)
+    mb.add(slice(0, 64), slice(0, 256), np.full((64, 256, 1), 100, np.float32), ones, left)
+    mb.add(slice(0, 64), slice(0, 256), np.full((64, 256, 1), 120, np.float32), ones, 1 - left)
+    row = mb.result()[32, :, 0]
+    assert row[0] == pytest.approx(100, abs=0.01) and row[-1] == pytest.approx(120, abs=0.01)
+    assert np.abs(np.diff(row)).max() < 2.0  # a 20 DN step spread over > 10 px
+    assert np.all(np.diff(row) >= -1e-3)  # monotone: no ringing
