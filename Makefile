@@ -22,8 +22,16 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/mosaic info sample_tiles $(wildcard ../shared/realdata)
-	@echo "demo: frames listed above (the stitcher's products will appear under $(OUT)/)"
+	$(BIN)/mosaic info sample_tiles/navcam_360
+	$(BIN)/mosaic stitch sample_tiles/navcam_360 -o $(OUT)/navcam_360
+	$(BIN)/mosaic terrain sample_tiles/navcam_stereo -o $(OUT)/navcam_stereo
+	@echo ""
+	@echo "demo: results"
+	@echo "  panorama:      $(OUT)/navcam_360/panorama.tif (preview.jpg; open index.html in a browser, or: $(BIN)/mosaic view $(OUT)/navcam_360)"
+	@echo "  quality:       $(OUT)/navcam_360/quality.png (which frame fills each pixel, seams, residual per frame)"
+	@echo "  Hugin project: $(OUT)/navcam_360/panorama.pto"
+	@echo "  terrain map:   $(OUT)/navcam_stereo/dem.tif and ortho.tif (open $(OUT)/navcam_stereo/index.html in a browser)"
+	@echo "  next steps:    docs/getting-started.md"
 
 # Regenerate the committed synthetic scenes (docs/synthetic-scenes.md): same arguments, same bytes.
 sample: install
