@@ -42,6 +42,29 @@ def _pivot_local_level(meta, model_ll) -> list:
     return [float(v) for v in model_ll.C]
 
 
+def common_pivot(centres) -> np.ndarray:
+    """One pivot for cameras re-pointed by the same mast when its geometry is not known: the
+    centre of the horizontal circle through their centres (the azimuth axis), at their mean
+    height; their mean when they do not spread (or spread along a line).
+
+    A pivot common to a pan makes a rotation of the whole pan about it an exact gauge freedom,
+    which the pointing priors then fix: groups of frames that share no tie point keep their
+    reported relative pointing. With a pivot per frame, near-field parallax would make the
+    absolute pointing of each group weakly (and wrongly) observable.
+    """
+    c = np.asarray(centres, float)
+    mean = c.mean(axis=0)
+    if len(c) < 3 or np.ptp(c[:, :2], axis=0).max() < 1e-3:
+        return mean
+    a = np.column_stack([c[:, 0], c[:, 1], np.ones(len(c))])
+    rhs = -(c[:, 0] ** 2 + c[:, 1] ** 2)
+    sol, _, rank, sv = np.linalg.lstsq(a, rhs, rcond=None)
+    if rank < 3 or sv[-1] < 1e-6 * sv[0]:
+        return mean
+    centre = np.array([-sol[0] / 2, -sol[1] / 2, mean[2]])
+    return centre if np.linalg.norm(centre - mean) < 1.0 else mean
+
+
 def exif_hfov(path) -> float | None:
     """Horizontal field of view (degrees) from EXIF FocalLength and FocalPlaneXResolution, or the
     35 mm-equivalent focal length; None when the file does not say."""
@@ -81,8 +104,13 @@ def frame_record(meta, hfov: float | None) -> dict:
         "bit_depth": meta.bit_depth,
         "model": None if model_ll is None else model_ll.to_dict(),
         "pivot": _pivot_local_level(meta, model_ll),
+        "mast_pivot": False,
+        "site": meta.site,
+        "drive": meta.drive,
         "hfov": None,
     }
+    if model_ll is not None:
+        rec["mast_pivot"] = bool(np.linalg.norm(np.asarray(rec["pivot"]) - model_ll.C) > 1e-9)
     if model_ll is None:
         rec["hfov"] = hfov if hfov is not None else exif_hfov(meta.image)
     return rec
@@ -108,6 +136,14 @@ def run(ws, config, client=None) -> dict:
         for m in metas:
             records.append(frame_record(m, config.hfov))
             bar.advance()
+    groups = {}
+    for r in records:
+        if r["model"] is not None and not r["mast_pivot"]:
+            groups.setdefault((r["instrument"], r["site"], r["drive"]), []).append(r)
+    for members in groups.values():
+        pivot = common_pivot([r["model"]["C"] for r in members])
+        for r in members:
+            r["pivot"] = [float(v) for v in pivot]
     ws.write_json({"frames": records}, "ingest", "frames.json")
     report = {"frames": len(records), "with_model": sum(r["model"] is not None for r in records),
               "plain_photos": sum(r["model"] is None for r in records)}
