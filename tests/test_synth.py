@@ -249,3 +249,29 @@ def test_stereo_partners_share_the_mast_error_and_clock():
         assert left.imageid[3:] == right.imageid[3:]
     assert len({p.sclk for p in plans}) == 5
     assert len({tuple(p.error_rotvec) for p in plans}) == 5
+
+
+def test_tiles_render_the_full_frame_pixels(tmp_path, monkeypatch):
+    terrain = jezero_floor(1)
+    rover = terrain.rover_position()
+    inst = instrument("NAVCAM_LEFT")
+    full = inst.model(100.0, -30.0, downsample=16).transformed(np.eye(3), rover)
+    tile = inst.model(100.0, -30.0, downsample=16, subframe=(2561, 1921, 2560, 1920)).transformed(np.eye(3), rover)
+    rad_full, _ = render.radiance(terrain, full, 320, 240)
+    rad_tile, _ = render.radiance(terrain, tile, 160, 120)
+    assert np.allclose(rad_tile, rad_full[120:, 160:], atol=1e-6)
+    # End to end with small tiles (2 x 2 per frame at scale 16): records carry their subframes.
+    orig = scenes.navcam_tiles
+
+    def small(w, h, s):
+        return orig(w, h, s, tile_w=168, tile_h=128, step_w=160, step_h=120)
+
+    monkeypatch.setattr(scenes, "navcam_tiles", small)
+    synthesise(tmp_path / "t", "navcam-stereo", seed=1, scale=16, tiles=True, jobs=2)
+    metas = discover(tmp_path / "t")
+    assert len(metas) == 40
+    assert {m.subframe for m in metas} == set(small(5120, 3840, 16))
+    for m in metas:
+        x0, y0, w, h = m.subframe
+        assert (m.width, m.height) == (w // 16, h // 16) == (168, 128)
+        assert np.asarray(Image.open(m.image)).shape == (128, 168)
