@@ -162,7 +162,9 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
                 result.update(rendered)
                 result["products"] = __import__("mosaic.products").products.write_products(out, ws)  # index.html, quality.png, panorama.pto
         # Written after the panorama: a run that fails while rendering leaves OUT as it was.
-        sol_path = atomic.write_bytes(out / "solution.json", ws.path("adjust", "solution.json").read_bytes())
+        sol_path, data = out / "solution.json", ws.path("adjust", "solution.json").read_bytes()
+        if not sol_path.exists() or sol_path.read_bytes() != data:  # an unchanged output keeps its mtime
+            atomic.write_bytes(sol_path, data)
         result["solution"] = str(sol_path)
     report = {"total_s": round(time.perf_counter() - t0, 4), "stages": stages,
               "peak_rss_mib": round(max([s["peak_rss_mib"] for s in stages.values()] +
