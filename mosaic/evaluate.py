@@ -91,8 +91,10 @@ def mean_rotation(rots) -> np.ndarray:
 def pointing_errors(solution: dict, truth: dict) -> dict:
     """Per-frame and summary pointing errors of ``solution`` against ``truth`` (id -> frame)."""
     rows, rots, missing = [], [], []
+    # A solution may name frames by their file rather than the record's imageid.
+    by_image = {Path(str(f.get("image", ""))).name: f for f in solution.values() if f.get("image")}
     for fid, tf in truth.items():
-        sf = solution.get(fid)
+        sf = solution.get(fid) or by_image.get(Path(str(tf.get("image", ""))).name)
         if sf is None or "_model" not in sf:
             missing.append(fid)
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,8 @@ def test_truth_against_itself_is_zero(scene, tmp_path, capsys):
 
 
 def test_reported_models_show_the_injected_error(scene, tmp_path):
-    frames = [{"id": m.id, "image": m.image, "width": m.width, "height": m.height, "used": True,
+    # Named by file stem (as a stitcher may), not imageid: frames are matched by their image.
+    frames = [{"id": Path(m.image).stem, "image": m.image, "width": m.width, "height": m.height, "used": True,
                "model": m.model_local_level().to_dict(), "frame": LOCAL_LEVEL, "residual_px": {"rms": 0, "n": 0}}
               for m in discover(scene)]
     r = evaluate(_solution(tmp_path / "reported", frames), scene)

@@ -46,8 +46,7 @@ def run(args) -> int:
         raise InputError(None, f"seed must be >= 0, got {args.seed}", field="--seed")
     t0 = time.perf_counter()
     params, timing = writer.synthesise(args.out, args.scene, seed=args.seed, scale=args.scale,
-                                       zoom_mm=args.zoom, tiles=args.tiles, jobs=args.jobs,
-                                       log=lambda name: log.debug("rendered %s", name))
+                                       zoom_mm=args.zoom, tiles=args.tiles, jobs=args.jobs)
     log.info("synth: %s, %d frames at 1/%d, seed %d -> %s in %.1f s (terrain %.1f s, render %.1f s)",
              args.scene, len(params["frames"]), params["scale"], params["seed"], args.out,
              time.perf_counter() - t0, timing["terrain_s"], timing["render_s"])

@@ -28,7 +28,7 @@ from calib.instruments import instrument
 from calib.mast import mast_pivot
 from calib.meta import LOCAL_LEVEL
 from calib.rotation import matrix_to_quat
-from mosaic import geo
+from mosaic import geo, progress
 from mosaic.atomic import atomic_path, write_json
 
 from . import render, scenes
@@ -193,7 +193,7 @@ def write_truth_rasters(terrain, truth_dir, gsd, half=DEM_HALF_M, origin=geo.DEF
     return {"gsd_m": gsd, "size": [n, n], "transform": list(transform)[:6], "half_extent_m": half}
 
 
-def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=None, log=None):
+def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=None):
     """Generate a scene into ``out``; returns the scene parameters written to scene.json."""
     out = Path(out)
     shots_fn, default_scale, description = scenes.SCENES.get(scene, (None, None, None))
@@ -241,20 +241,17 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
     t1 = time.perf_counter()
     _Job.terrain = terrain
     jobs = max(1, int(jobs or os.cpu_count() or 1))
-    if jobs > 1 and len(tasks) > 1:
-        ctx = multiprocessing.get_context("fork")
-        with cf.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
-            images = pool.map(_render_one, tasks)
-            for (p, *_), img in zip(tasks, images):
-                _save_png(out / (p.imageid + "01.png"), img)
-                if log:
-                    log(p.imageid)
-    else:
-        for task in tasks:
-            img = _render_one(task)
-            _save_png(out / (task[0].imageid + "01.png"), img)
-            if log:
-                log(task[0].imageid)
+    with progress.stage(f"render {scene}", len(tasks)) as bar:
+        if jobs > 1 and len(tasks) > 1:
+            ctx = multiprocessing.get_context("fork")
+            with cf.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
+                for (p, *_), img in zip(tasks, pool.map(_render_one, tasks)):
+                    _save_png(out / (p.imageid + "01.png"), img)
+                    bar.advance()
+        else:
+            for task in tasks:
+                _save_png(out / (task[0].imageid + "01.png"), _render_one(task))
+                bar.advance()
     t_render = time.perf_counter() - t1
 
     truth = out / "truth"
