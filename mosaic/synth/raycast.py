@@ -4,13 +4,15 @@ The march steps in ray parameter t with the larger of two steps:
 
 - a *clearance* step ``c / (L h + max(0, -d_up))`` (c the ray's height above the surface, h the
   ray's horizontal speed, L a slope bound): where the ray is high above the ground the surface
-  cannot rise to meet it within that distance while slopes stay under L (L = 2.5 near the rover
-  where rocks are, 0.6 on the far plain and scarp);
-- a *resolution* step ``q t`` (q = 0.015): a feature thinner than 1.5 % of its distance along
-  the ray (a few pixels at Navcam's 0.33 mrad x downsample) may be stepped over; nothing larger is.
+  cannot rise to meet it within that distance while slopes stay under L. L = 1 within the
+  detailed 64 m (a rock there is at most as high as its narrowest width, so a whole rock is
+  never stepped over; a steep flank may be entered a little late, and bisection then finds it), 0.6 on
+  the far plain and scarp;
+- a *resolution* step ``q t`` (q = 0.02): a feature thinner than 2 % of its distance along the
+  ray (a few pixels at Navcam's 0.33 mrad x downsample) may be stepped over; nothing larger is.
 
-The first sample below the surface brackets the hit; bisection (14 halvings) refines it to well
-under a millimetre at 10 m. Rays leave the march as *sky* when they rise above the highest terrain
+The first sample below the surface brackets the hit; bisection (12 halvings) refines it to
+under 0.1 mm at 10 m. Rays leave the march as *sky* when they rise above the highest terrain
 or leave the terrain's disc. Only the rays still marching are computed on at each step.
 """
 
