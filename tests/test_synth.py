@@ -15,7 +15,7 @@ from calib.mast import mast_pivot
 from calib.meta import LOCAL_LEVEL
 from calib.models import model_from_dict
 from calib.overlap import overlap_matrix
-from calib.rotation import matrix_to_rotvec
+from calib.rotation import matrix_to_rotvec, rotvec_to_matrix
 from mosaic.cli import main
 from mosaic.synth import render, scenes
 from mosaic.synth.raycast import intersect
@@ -85,8 +85,6 @@ def test_truth_is_the_reported_model_turned_about_the_mast_pivot(scene360):
         # In RNAV: true = reported turned by the injected rotation about the pivot.
         true_rnav = true_ll.transformed(r_att.T, np.zeros(3))
         w = np.array(params[f["id"]]["pointing_error_rotvec_rnav"])
-        from calib.rotation import rotvec_to_matrix
-
         expect = meta.model.moved(rotvec_to_matrix(w), pivot=mast_pivot())
         assert np.allclose(true_rnav.A, expect.A, atol=1e-9) and np.allclose(true_rnav.C, expect.C, atol=1e-9)
         angle = np.degrees(np.linalg.norm(matrix_to_rotvec(true_ll.to_opencv()[1].T @ rep_ll.to_opencv()[1])))

@@ -10,7 +10,7 @@ front, elevation up), as operations command it. Choices (docs/synthetic-scenes.m
 - ``navcam-stereo``: 5 left/right Navcam pairs at 72-degree steps, elevation -40 degrees: the
   ground from ~0.6 m to the horizon all around the rover. Default downsample 4.
 - ``mastcamz-pan``: a 3-tier Mastcam-Z left pan over 100 degrees of azimuth towards the scarp,
-  20 % overlap at the chosen zoom (default 34 mm: 19.6 x 14.7 degrees). Default downsample 1.
+  20 % overlap at the chosen zoom (default 34 mm: 19.7 x 14.8 degrees). Default downsample 1.
 - ``mastcamz-360``: the same 3-tier, 20 %-overlap Mastcam-Z pan all the way round, tiers ending
   2 degrees above the horizon (ground in every frame): 69 frames at 34 mm, 126 at 63 mm. Made
   for registration benchmarks that need 100+ frames (a Navcam 360 has 10). Default downsample 4.
