@@ -22,7 +22,9 @@ class StitchConfig:
     hfov: float | None = None           #: horizontal field of view (deg) of plain photos; None: EXIF or estimated
     # features
     feature: str = "sift"               #: sift | orb | akaze
-    work_megapixels: float = 0.5        #: working resolution for detection (frames are downscaled to this)
+    work_megapixels: float = 0.5        #: working resolution for detection (frames are downscaled to this)...
+    min_scale: float = 0.45             #: ...but never below this fraction of their size: keypoints are good to
+                                        #: ~0.35 working pixels, and residuals are counted in delivered pixels
     max_keypoints: int = 3000           #: strongest keypoints kept per frame
     border_px: int = 8                  #: pixels masked along each edge (full-resolution pixels)
     stretch_percentiles: tuple = (0.5, 99.5)  #: 12/16-bit data is stretched to 8 bit between these
@@ -58,6 +60,8 @@ class StitchConfig:
             raise InputError(None, f"unknown loss {self.loss!r} (expected huber or cauchy)", field="loss")
         if self.hfov is not None and not (0 < float(self.hfov) < 180):
             raise InputError(None, f"hfov must be between 0 and 180 degrees, got {self.hfov}", field="hfov")
+        if not 0 <= float(self.min_scale) <= 1:
+            raise InputError(None, f"must be between 0 and 1, got {self.min_scale!r}", field="min_scale")
         for name in ("work_megapixels", "ratio", "ransac_px", "loss_px", "outlier_px", "prior_deg", "min_depth_m"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(None, f"must be positive, got {getattr(self, name)!r}", field=name)

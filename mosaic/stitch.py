@@ -226,6 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hfov", type=float, help="horizontal field of view (deg) of plain photos (default: EXIF or estimated)")
     p.add_argument("--feature", choices=FEATURES, help=f"feature detector (default {d.feature})")
     p.add_argument("--work-megapixels", type=float, help=f"working resolution for features (default {d.work_megapixels})")
+    p.add_argument("--min-scale", type=float,
+                   help=f"never detect below this fraction of the frame size (default {d.min_scale}; 0: speed over precision)")
     p.add_argument("--max-keypoints", type=int, help=f"keypoints per frame (default {d.max_keypoints})")
     p.add_argument("--margin-deg", type=float, help=f"pointing uncertainty for overlap and guided matching (default {d.margin_deg})")
     p.add_argument("--prior-deg", type=float, help=f"sigma of the prior on reported pointing (default {d.prior_deg})")
@@ -239,7 +241,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    flags = {"hfov": args.hfov, "feature": args.feature, "work_megapixels": args.work_megapixels,
+    flags = {"hfov": args.hfov, "feature": args.feature, "work_megapixels": args.work_megapixels, "min_scale": args.min_scale,
              "max_keypoints": args.max_keypoints, "margin_deg": args.margin_deg, "prior_deg": args.prior_deg,
              "seed": args.seed, "scheduler": args.scheduler, "workers": args.workers,
              "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit,

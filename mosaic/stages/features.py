@@ -18,7 +18,7 @@ from .. import progress
 from ..workspace import Workspace, digest
 from . import code_key, task_key, upstream_key
 
-CONFIG_FIELDS = ("feature", "work_megapixels", "max_keypoints", "border_px", "stretch_percentiles")
+CONFIG_FIELDS = ("feature", "work_megapixels", "min_scale", "max_keypoints", "border_px", "stretch_percentiles")
 
 
 def to_gray8(arr: np.ndarray, percentiles=(0.5, 99.5)) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +44,9 @@ def to_gray8(arr: np.ndarray, percentiles=(0.5, 99.5)) -> tuple[np.ndarray, np.n
     return out, valid
 
 
-def working_scale(width: int, height: int, megapixels: float) -> float:
-    return min(1.0, float(np.sqrt(megapixels * 1e6 / (width * height))))
+def working_scale(width: int, height: int, megapixels: float, min_scale: float = 0.0) -> float:
+    """Downscale factor to about ``megapixels``, but not below ``min_scale`` (nor above 1)."""
+    return min(1.0, max(min_scale, float(np.sqrt(megapixels * 1e6 / (width * height)))))
 
 
 def keypoint_centres(pt: np.ndarray, kind: str) -> np.ndarray:
@@ -79,16 +80,20 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     from ..atomic import write_bytes
 
     cv2.setNumThreads(1)
-    meta = read_frame(record["path"])
-    arr = read_image(meta)
-    h, w = arr.shape[:2]
+    w, h = int(record["width"]), int(record["height"])
+    s = working_scale(w, h, options["work_megapixels"], options["min_scale"])
+    arr, r = _decode_reduced(record, s)
+    if arr is None:
+        arr, r = read_image(read_frame(record["path"])), 1
     gray, valid = to_gray8(arr, options["stretch_percentiles"])
-    s = working_scale(w, h, options["work_megapixels"])
-    if s < 1.0:
+    rw = gray.shape[1]
+    if s * r < 1.0:
         size = (max(1, round(w * s)), max(1, round(h * s)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         valid = cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-    sx, sy = gray.shape[1] / w, gray.shape[0] / h
+    # Pixel centres: delivered x = (x_work + 0.5) / sx - 0.5 through the decode reduction too.
+    sx = gray.shape[1] / (r * rw)
+    sy = gray.shape[0] / (r * arr.shape[0])
     mask = valid.astype(np.uint8) * 255
     # Invalid areas grow by a descriptor's reach so no keypoint straddles a fill edge.
     mask = cv2.erode(mask, np.ones((7, 7), np.uint8))
@@ -116,6 +121,22 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
              scale=np.array([sx, sy]), shape=np.array([h, w]))
     write_bytes(out_path, buf.getvalue())
     return {"id": record["id"], "keypoints": int(len(xy)), "scale": float(sx)}
+
+
+def _decode_reduced(record: dict, scale: float):
+    """A JPEG photo decoded at 1/2, 1/4 or 1/8 size straight from its DCT (several times faster
+    than a full decode) when the working scale allows; (None, 1) otherwise."""
+    import cv2
+
+    path = record["image"]
+    if record.get("model") is not None or not str(path).lower().endswith((".jpg", ".jpeg")):
+        return None, 1
+    for r, flag in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                    (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):
+        if scale * r <= 1.0 and record["width"] % r == 0 and record["height"] % r == 0:
+            arr = cv2.imread(str(path), flag)
+            return (arr, r) if arr is not None else (None, 1)
+    return None, 1
 
 
 def load(ws: Workspace, frame_id: str) -> dict:
