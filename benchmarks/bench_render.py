@@ -100,7 +100,7 @@ def opencv_composite(sol_path: Path, ids, num_bands=5):
         imgs.append(cv2.imread(str(sol_path.parent / f["image"])))
         ks.append(k.astype(np.float32))
         rs.append((M @ rot.T).astype(np.float32))
-    t0 = time.perf_counter()
+    t0, p0 = time.perf_counter(), time.process_time()
     warper = cv2.PyRotationWarper("spherical", float(ks[0][0, 0]))
     corners, warped, masks = [], [], []
     for img, k, r in zip(imgs, ks, rs):
@@ -119,10 +119,10 @@ def opencv_composite(sol_path: Path, ids, num_bands=5):
     for w, m, c in zip(warped, masks, corners):
         blender.feed(w, m, c)
     result, rmask = blender.blend(None, None)
-    t2 = time.perf_counter()
+    t2, p2 = time.perf_counter(), time.process_time()
     covered = int((rmask > 0).sum())
     return {"frames": len(frames), "out_px": int(result.shape[0] * result.shape[1]), "covered_px": covered,
-            "warp_s": t1 - t0, "seam_blend_s": t2 - t1, "total_s": t2 - t0,
+            "warp_s": t1 - t0, "seam_blend_s": t2 - t1, "total_s": t2 - t0, "cpu_s": p2 - p0,
             "covered_mp_per_s": covered / 1e6 / (t2 - t0)}
 
 
@@ -158,16 +158,21 @@ def main(argv=None) -> int:
               f"COG {s['cog']:.1f}, preview {s['preview']:.1f}); peak memory (process tree) {m.peak_mib:.0f} MiB")
         print(f"  warp+blend throughput: {out_mp / s['render']:.1f} output MP/s, {cov_mp / s['render']:.1f} covered MP/s;"
               f" end to end {out_mp / m.wall_s:.1f} output MP/s")
-        print(f"  CPU time (child, all threads) {m.cpu_s:.0f} s: {cov_mp / m.cpu_s:.2f} covered MP per CPU-second "
-              f"end to end, i.e. {2 * cov_mp / m.cpu_s:.1f} covered MP/s on 2 fully available cores")
+        c = r["cpu_seconds"]
+        print(f"  CPU time (child, all threads) {m.cpu_s:.0f} s (gains {c['gains']:.0f}, warp+blend {c['render']:.0f}, "
+              f"COG {c['cog']:.0f}): warp+blend {cov_mp / c['render']:.2f} covered MP per CPU-second, i.e. "
+              f"{2 * cov_mp / c['render']:.1f} covered ({2 * out_mp / c['render']:.1f} output) MP/s on 2 fully "
+              f"available cores; end to end {2 * cov_mp / m.cpu_s:.1f} covered MP/s on 2 cores")
         sub, ids = subset_solution(sol, args.subset, work / "subset.json")
         cv = opencv_composite(sol, ids)
         print(f"OpenCV cv2.detail (spherical warp + Voronoi seams + MultiBandBlender), {cv['frames']} frames: "
               f"{cv['covered_px'] / 1e6:.1f} MP covered in {cv['total_s']:.2f} s "
-              f"(warp {cv['warp_s']:.2f}, seams+blend {cv['seam_blend_s']:.2f}) = {cv['covered_mp_per_s']:.1f} covered MP/s")
+              f"(warp {cv['warp_s']:.2f}, seams+blend {cv['seam_blend_s']:.2f}) = {cv['covered_mp_per_s']:.1f} covered MP/s, "
+              f"{cv['covered_px'] / 1e6 / cv['cpu_s']:.2f} covered MP per CPU-second")
         r2, m2 = run_ours(sub, work / "out_subset", args.tile, r["resolution"])
         print(f"ours, same {cv['frames']} frames: {r2['covered_px'] / 1e6:.1f} MP covered, warp+blend "
-              f"{r2['seconds']['render']:.2f} s = {r2['covered_px'] / 1e6 / r2['seconds']['render']:.1f} covered MP/s "
+              f"{r2['seconds']['render']:.2f} s = {r2['covered_px'] / 1e6 / r2['seconds']['render']:.1f} covered MP/s, "
+              f"{r2['covered_px'] / 1e6 / r2['cpu_seconds']['render']:.2f} covered MP per CPU-second "
               f"(wall {m2.wall_s:.1f} s with cluster start, gains and COG; peak {m2.peak_mib:.0f} MiB)")
     finally:
         if not args.keep:

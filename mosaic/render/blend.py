@@ -90,8 +90,13 @@ class MultiBand:
             lap = f if f_next is None else f - _up(f_next, f.shape[:2])
             r0, c0 = rows.start >> k, cols.start >> k
             h, w = f.shape[:2]
-            self.num[k][r0:r0 + h, c0:c0 + w] += gw[k][..., None] * lap
-            self.den[k][r0:r0 + h, c0:c0 + w] += gw[k]
+            if k == 0:
+                # Level-0 weights are the 0/1 seam masks, one owner per pixel: a masked copy does
+                # what the weighted sum would, in one pass (and level 0's den is never read).
+                np.copyto(self.num[0][r0:r0 + h, c0:c0 + w], lap, where=gw[0][..., None] > 0)
+            else:
+                self.num[k][r0:r0 + h, c0:c0 + w] += gw[k][..., None] * lap
+                self.den[k][r0:r0 + h, c0:c0 + w] += gw[k]
             f_next = f
             gi[k] = gc[k] = gw[k] = None
 
