@@ -115,7 +115,9 @@ def frame_gains(frames, client=None, saturation=255.0):
     if client is not None:
         futs = client.map(thumbnail, [f.path for f in frames], [f.width for f in frames],
                           [f.height for f in frames], pure=False)
-        thumbs = client.gather(futs)
+        from mosaic.progress import track_futures
+
+        thumbs = track_futures("gains", futs)  # a bar per frame read: the first pass over every pixel
     else:
         thumbs = [thumbnail(f.path, f.width, f.height) for f in frames]
     dirs = np.array([f.boresight for f in frames])
