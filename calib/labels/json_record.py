@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from ..errors import LabelError
@@ -96,6 +97,10 @@ def _get(rec: dict, key: str, path):
     return None, key
 
 
+#: A Mars 2020 raw-feed product name: instrument, sol, spacecraft clock, milliseconds.
+_FEED_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}_\d{4}_\d{10}_\d{3}")
+
+
 def read_json_frame(path, image=None) -> FrameMeta:
     """FrameMeta from a raw-image JSON record; ``image`` is the pixel file it describes, if any."""
     path = os.fspath(path)
@@ -156,6 +161,13 @@ def read_json_frame(path, image=None) -> FrameMeta:
     drive, drive_field = get("drive")
     instrument, inst_field = get("instrument")
     ident, id_field = get("imageid")
+    if image is not None and not fields.is_unknown(ident) and _FEED_NAME.match(Path(image).name):
+        # A record copied beside another frame's image would pose that image with the wrong
+        # model. The feed names its files after the imageid (plus a version suffix); an image
+        # renamed to something else (tile.png) is the user's choice and is not checked.
+        if not Path(image).stem.startswith(str(ident)):
+            raise LabelError(path, f"describes frame {ident}, not the image {Path(image).name} beside it",
+                             field=id_field)
     extra = {"format": "JSON"}
     cpos, cpos_field = get("camera_position")
     cvec, cvec_field = get("camera_vector")
