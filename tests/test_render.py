@@ -310,3 +310,24 @@ def test_multiband_single_frame_and_seam_transition():
     assert row[0] == pytest.approx(100, abs=0.01) and row[-1] == pytest.approx(120, abs=0.01)
     assert np.abs(np.diff(row)).max() < 2.0  # a 20 DN step spread over > 10 px
     assert np.all(np.diff(row) >= -1e-3)  # monotone: no ringing
+
+
+def test_failure_mid_render_leaves_nothing(frameset, client, tmp_path, monkeypatch):
+    """A frame that breaks while tiles are being written: the error surfaces and neither
+    panorama.tif nor any temporary file is left behind."""
+    import mosaic.render.warp as warp_mod
+
+    sol, ex = frameset
+    real = warp_mod.read_image
+
+    def flaky(path):
+        if str(path).endswith("frame_0003.png"):
+            raise InputError(path, "truncated PNG")
+        return real(path)
+
+    monkeypatch.setattr(warp_mod, "read_image", flaky)
+    monkeypatch.setattr(warp_mod, "CACHE", warp_mod.ImageCache())
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="truncated"):
+        render_panorama(sol, out, resolution=0.5, tile=256, client=client, gains=1 / ex)
+    assert list(out.iterdir()) == []
