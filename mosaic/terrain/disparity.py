@@ -33,9 +33,34 @@ class MatchSettings:
     speckle_window: int = 100
     speckle_range: int = 2
     lr_tolerance: float = 1.0
+    lr_mirror: bool = False  # True: a second full SGBM pass on mirrored images; False: SGBM's own check
     min_texture: float = 2.0
     refine_window: int = 7
     refine_iterations: int = 3
+    coarse_range: bool = True
+    coarse_margin: int = 8
+
+
+def _coarse_range(l8, r8, max_disparity: int, s: "MatchSettings") -> tuple[int, int]:
+    """[lo, hi) disparity search from a half-resolution pass (1/8 of the cost): the scene's
+    0.5-99.5 percentiles after a 5x5 median, doubled, widened by ``coarse_margin`` px, rounded
+    out to 16."""
+    import cv2
+
+    half = max(16, int(16 * np.ceil(max_disparity / 32.0)))
+    a, b = cv2.pyrDown(l8), cv2.pyrDown(r8)
+    m = _sgbm(0, half, s)
+    d = m.compute(np.pad(a, ((0, 0), (half, 0))), np.pad(b, ((0, 0), (half, 0))))[:, half:]
+    # Isolated mismatches spread over the whole search: a median removes them before the tails
+    # are read.
+    d = cv2.medianBlur(d.astype(np.float32) / 16.0, 5)
+    d = d[d >= 0]
+    if d.size < 100:
+        return 0, max_disparity
+    p_lo, p_hi = np.percentile(d, [0.5, 99.5]) * 2.0
+    lo = max(0, int(np.floor((p_lo - s.coarse_margin) / 16.0)) * 16)
+    hi = min(max_disparity, int(np.ceil((p_hi + s.coarse_margin) / 16.0)) * 16)
+    return (lo, hi) if hi - lo >= 16 else (0, max_disparity)
 
 
 def to_uint8(image, valid) -> np.ndarray:
@@ -51,13 +76,13 @@ def to_uint8(image, valid) -> np.ndarray:
     return np.clip((img - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
 
-def _sgbm(num_disparities: int, s: MatchSettings):
+def _sgbm(min_disparity: int, num_disparities: int, s: MatchSettings):
     import cv2
 
     return cv2.StereoSGBM_create(
-        minDisparity=0, numDisparities=num_disparities, blockSize=s.block,
+        minDisparity=min_disparity, numDisparities=num_disparities, blockSize=s.block,
         P1=8 * s.block * s.block, P2=32 * s.block * s.block,
-        disp12MaxDiff=-1, uniquenessRatio=s.uniqueness,
+        disp12MaxDiff=-1 if s.lr_mirror else max(1, int(round(s.lr_tolerance))), uniquenessRatio=s.uniqueness,
         speckleWindowSize=s.speckle_window, speckleRange=s.speckle_range,
         mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
     )
@@ -82,28 +107,34 @@ def disparity(left, right, valid_left, valid_right, max_disparity: float,
     import cv2
 
     s = settings
-    num = int(16 * max(1, np.ceil(max_disparity / 16.0)))
     l8 = to_uint8(left, valid_left)
     r8 = to_uint8(right, valid_right)
-    matcher = _sgbm(num, s)
-    # SGBM gives up on the first numDisparities columns of its reference image; padding both
-    # images by that many columns keeps those pixels (their small disparities are still valid).
-    pad = ((0, 0), (num, 0))
-    raw_l = matcher.compute(np.pad(l8, pad), np.pad(r8, pad))[:, num:].astype(np.float32) / 16.0
-    # Mirroring both images makes the right view the reference with the same positive convention.
-    raw_r = matcher.compute(np.pad(np.ascontiguousarray(r8[:, ::-1]), pad),
-                            np.pad(np.ascontiguousarray(l8[:, ::-1]), pad))[:, num:]
-    raw_r = raw_r[:, ::-1].astype(np.float32) / 16.0
-
-    ok = raw_l >= 0  # SGBM marks failures with minDisparity - 1
+    lo, hi = 0, int(16 * max(1, np.ceil(max_disparity / 16.0)))
+    if s.coarse_range and hi > 64:
+        lo, hi = _coarse_range(l8, r8, hi, s)
+    num = hi - lo
+    matcher = _sgbm(lo, num, s)
+    # SGBM gives up on the first minDisparity + numDisparities columns of its reference image;
+    # padding both images by that many columns keeps those pixels.
+    padw = lo + num
+    pad = ((0, 0), (padw, 0))
+    raw_l = matcher.compute(np.pad(l8, pad), np.pad(r8, pad))[:, padw:].astype(np.float32) / 16.0
+    ok = raw_l >= lo  # SGBM marks failures with minDisparity - 1
     h, w = raw_l.shape
-    xs = np.arange(w, dtype=np.float32)[None, :]
-    xr = np.rint(xs - raw_l).astype(np.int64)
-    inside = ok & (xr >= 0) & (xr < w)
-    back = np.full_like(raw_l, np.nan)
     rows = np.broadcast_to(np.arange(h)[:, None], raw_l.shape)
-    back[inside] = raw_r[rows[inside], xr[inside]]
-    ok = inside & (back >= 0) & (np.abs(back - raw_l) <= s.lr_tolerance)
+    xr = np.rint(np.arange(w, dtype=np.float32)[None, :] - raw_l).astype(np.int64)
+    inside = ok & (xr >= 0) & (xr < w)
+    if s.lr_mirror:
+        # Mirroring both images makes the right view the reference with the same positive
+        # convention; a left match survives if the right match at x - d points back.
+        raw_r = matcher.compute(np.pad(np.ascontiguousarray(r8[:, ::-1]), pad),
+                                np.pad(np.ascontiguousarray(l8[:, ::-1]), pad))[:, padw:]
+        raw_r = raw_r[:, ::-1].astype(np.float32) / 16.0
+        back = np.full_like(raw_l, np.nan)
+        back[inside] = raw_r[rows[inside], xr[inside]]
+        ok = inside & (back >= lo) & (np.abs(back - raw_l) <= s.lr_tolerance)
+    else:
+        ok = inside
 
     # Both images' pixels used by the match must be real: erode the masks by half a block.
     k = np.ones((s.block, s.block), np.uint8)

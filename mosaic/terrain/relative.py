@@ -41,10 +41,19 @@ class RelativeFit:
                 "rms_before_px": self.rms_before_px, "rms_after_px": self.rms_after_px}
 
 
-def sift_matches(left8, right8, max_features: int = 4000, ratio: float = 0.75):
-    """Mutually consistent SIFT matches (Lowe's ratio test both ways): pixels (N, 2), (N, 2)."""
+def sift_matches(left8, right8, max_features: int = 2000, ratio: float = 0.75, max_size: int = 800):
+    """Mutually consistent SIFT matches (Lowe's ratio test both ways): pixels (N, 2), (N, 2).
+
+    Images wider than ``max_size`` are matched at a power-of-two reduction (two rotation angles
+    need hundreds of matches, not full-resolution ones: SIFT costs ~150 ms per megapixel)."""
     import cv2
 
+    scale = 1
+    while max(left8.shape[1], right8.shape[1]) / scale > max_size:
+        scale *= 2
+    if scale > 1:
+        left8 = cv2.resize(left8, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA)
+        right8 = cv2.resize(right8, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA)
     sift = cv2.SIFT_create(nfeatures=max_features)
     kl, dl = sift.detectAndCompute(left8, None)
     kr, dr = sift.detectAndCompute(right8, None)
@@ -63,8 +72,9 @@ def sift_matches(left8, right8, max_features: int = 4000, ratio: float = 0.75):
     pairs = [(i, j) for i, j in lr.items() if rl.get(j) == i]
     if not pairs:
         return np.zeros((0, 2)), np.zeros((0, 2))
-    pl = np.array([kl[i].pt for i, _ in pairs], float)
-    pr = np.array([kr[j].pt for _, j in pairs], float)
+    # INTER_AREA by s maps pixel centre x to (x + 0.5) / s - 0.5.
+    pl = (np.array([kl[i].pt for i, _ in pairs], float) + 0.5) * scale - 0.5
+    pr = (np.array([kr[j].pt for _, j in pairs], float) + 0.5) * scale - 0.5
     return pl, pr
 
 
