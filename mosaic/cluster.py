@@ -23,6 +23,8 @@ def scheduler_address(explicit: str | None = None) -> str | None:
 def client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
            memory_limit: str | None = None, processes: bool = False):
     """Yield a connected ``distributed.Client``; close what this call started."""
+    # Import-time notices (the dashboard's proxy asks for jupyter-server-proxy) are not ours to show.
+    logging.getLogger("distributed.http.proxy").setLevel(logging.WARNING)
     from distributed import Client, LocalCluster
 
     address = scheduler_address(scheduler)
@@ -41,7 +43,7 @@ def client(scheduler: str | None = None, workers: int | None = None, threads_per
         n, tpw = workers or 1, threads_per_worker or ncpu
     cluster = LocalCluster(
         n_workers=n, threads_per_worker=tpw, processes=processes, memory_limit=memory_limit or "auto",
-        dashboard_address=None, silence_logs=logging.ERROR,
+        dashboard_address=":0", silence_logs=logging.ERROR,
     )
     c = Client(cluster)
     log.info("dask: embedded cluster, %d %s x %d thread(s)%s", n, "processes" if processes else "worker(s)", tpw,

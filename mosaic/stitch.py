@@ -154,6 +154,10 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
         stages = run_stages(ws, config, client)
         result = {}
         solution = ws.read_json("adjust", "solution.json")
+        st = solution["stats"]
+        if st.get("mode") == "photos" and not st.get("frames_used"):
+            raise InputError(paths[0], f"none of the {st['frames']} plain photos overlaps another (no verified "
+                             f"matches in {st.get('pairs_tried', 0)} pairs tried); give overlapping photos, or --hfov")
         if config.render and any(f["used"] for f in solution["frames"]):
             # --- rendering plugs in here (mosaic.render: solution.json -> panorama.tif, preview.jpg) ---
             rendered = _render(out, ws, config, client)

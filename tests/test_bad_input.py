@@ -1,0 +1,311 @@
+"""Bad input: one line naming the file and the problem, exit status 2, and the output folder left as
+it was (only the workspace OUT/work may appear).
+
+Each case copies a tiny synthetic scene, breaks one thing and runs the CLI in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mosaic import atomic
+from mosaic.cli import main
+from synth_cache import QUICK_360, listing, scene
+
+FIRST = "NCAM10000"
+SECOND = "NCAM10001"
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return scene("navcam-360", keep=QUICK_360)
+
+
+def _frame(folder: Path, tag: str, suffix: str) -> Path:
+    (p,) = [p for p in folder.iterdir() if tag in p.name and p.suffix == suffix]
+    return p
+
+
+def _edit_record(folder, tag, fn):
+    p = _frame(folder, tag, ".json")
+    rec = json.loads(p.read_text())
+    fn(rec)
+    p.write_text(json.dumps(rec))
+    return p
+
+
+def _model(folder, tag, fn):
+    """Edit the CAHVORE components of a frame's record: fn(list of component strings)."""
+    def edit(rec):
+        parts = rec["camera"]["camera_model_component_list"].split(";")
+        fn(parts)
+        rec["camera"]["camera_model_component_list"] = ";".join(parts)
+    return _edit_record(folder, tag, edit)
+
+
+# Each case: (name, prepare(inputs folder, tmp) -> (extra argv, file the message names), problem regex).
+# ``extra argv`` replaces the default inputs when it starts with "!" (the case supplies all inputs).
+
+def zero_byte(d, t):
+    p = _frame(d, FIRST, ".png")
+    p.write_bytes(b"")
+    return [], p
+
+
+def truncated_png(d, t):
+    p = _frame(d, FIRST, ".png")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    return [], p
+
+
+def not_an_image(d, t):
+    p = _frame(d, FIRST, ".png")
+    p.write_text("this is not a PNG\n")
+    return [], p
+
+
+def size_disagrees(d, t):
+    p = _frame(d, FIRST, ".png")
+    Image.open(p).resize((200, 150)).save(p)
+    return [], p
+
+
+def sidecar_of_another_frame(d, t):
+    a, b = _frame(d, FIRST, ".json"), _frame(d, SECOND, ".json")
+    shutil.copy(b, a)
+    return [], a
+
+
+def nan_in_model(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(0, "(nan,0.3,-1.9)"))
+
+
+def infinite_in_model(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(2, "(inf,185.4,90.6)"))
+
+
+def a_parallel_to_h(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(2, "(81.9240484,0.357843534,57.3438945)"))
+
+
+def zero_a_vector(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(1, "(0,0,0)"))
+
+
+def short_vector(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(3, "(-6.5,2.7)"))
+
+
+def text_in_vector(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(3, "(a,b,c)"))
+
+
+def missing_components(d, t):
+    return [], _model(d, FIRST, lambda c: c.__delitem__(slice(3, None)))
+
+
+def unknown_model_type(d, t):
+    return [], _edit_record(d, FIRST, lambda r: r["camera"].__setitem__("camera_model_type", "CAHVX"))
+
+
+def bad_cahvore_type(d, t):
+    return [], _model(d, FIRST, lambda c: c.__setitem__(7, "7"))
+
+
+def invalid_json(d, t):
+    p = _frame(d, FIRST, ".json")
+    p.write_text(p.read_text()[:-40])
+    return [], p
+
+
+def json_not_an_object(d, t):
+    p = _frame(d, FIRST, ".json")
+    p.write_text("[1, 2, 3]\n")
+    return [], p
+
+
+def bad_dimension(d, t):
+    return [], _edit_record(d, FIRST, lambda r: r["extended"].__setitem__("dimension", "(0,-5)"))
+
+
+def bad_attitude(d, t):
+    return [], _edit_record(d, FIRST, lambda r: r.__setitem__("attitude", "(0,0,0,0)"))
+
+
+def duplicate_ids(d, t):
+    copy = t / "again"
+    shutil.copytree(d, copy)
+    return ["!", str(d), str(copy)], copy
+
+
+def empty_folder(d, t):
+    e = t / "empty"
+    e.mkdir()
+    return ["!", str(e)], e
+
+
+def missing_input(d, t):
+    return ["!", str(t / "nowhere")], t / "nowhere"
+
+
+def unsupported_file(d, t):
+    p = t / "notes.docx"
+    p.write_bytes(b"PK\x03\x04")
+    return ["!", str(p)], p
+
+
+def malformed_pds4(d, t):
+    p = _frame(d, FIRST, ".json")
+    p.unlink()
+    x = p.with_suffix(".xml")
+    x.write_text("<Product_Observational><Identification_Area>")
+    return [], x
+
+
+def photos_without_overlap(d, t):
+    ph = t / "photos"
+    ph.mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (120, 160), dtype=np.uint8)).save(ph / f"noise{k}.png")
+    return ["!", str(ph), "--hfov", "50"], ph
+
+
+def output_under_a_file(d, t):
+    f = t / "afile"
+    f.write_text("x")
+    return ["-o", str(f / "out")], f / "out"
+
+
+def config_unknown_option(d, t):
+    c = t / "opts.toml"
+    c.write_text("[stitch]\nmax_keypionts = 10\n")
+    return ["--config", str(c)], c
+
+
+def config_not_toml(d, t):
+    c = t / "opts.toml"
+    c.write_text("[stitch\nhfov = \n")
+    return ["--config", str(c)], c
+
+
+def hfov_out_of_range(d, t):
+    return ["--hfov", "200"], "hfov"
+
+
+CASES = {
+    "zero-byte image": (zero_byte, r"empty file"),
+    "truncated png": (truncated_png, r"cannot decode|truncated"),
+    "not an image": (not_an_image, r"not a readable image|cannot decode"),
+    "size disagrees with model": (size_disagrees, r"320x240.*200x150"),
+    "sidecar for another frame": (sidecar_of_another_frame, r"describes frame \S*NCAM10001\S*, not the image"),
+    "NaN in model": (nan_in_model, r"not finite"),
+    "inf in model": (infinite_in_model, r"not finite"),
+    "A parallel to H": (a_parallel_to_h, r"parallel|degenerate"),
+    "zero A": (zero_a_vector, r"zero-length|degenerate"),
+    "short vector": (short_vector, r"expected 3 numbers"),
+    "text in vector": (text_in_vector, r"expected a number"),
+    "missing components": (missing_components, r"needs 9 components"),
+    "unknown model type": (unknown_model_type, r"unknown camera model type .CAHVX"),
+    "bad CAHVORE type": (bad_cahvore_type, r"CAHVORE type 7"),
+    "invalid JSON": (invalid_json, r"not valid JSON"),
+    "JSON not an object": (json_not_an_object, r"expected a JSON object"),
+    "bad dimension": (bad_dimension, r"dimension.*positive"),
+    "bad attitude": (bad_attitude, r"attitude: zero quaternion"),
+    "duplicate ids": (duplicate_ids, r"duplicate|more than once"),
+    "empty folder": (empty_folder, r"no frames found"),
+    "missing input": (missing_input, r"no such"),
+    "unsupported file": (unsupported_file, r"unsupported"),
+    "malformed PDS4": (malformed_pds4, r"not well-formed XML"),
+    "plain photos with no overlap": (photos_without_overlap, r"none of the 3 plain photos overlaps"),
+    "output under a file": (output_under_a_file, r"cannot create the output folder"),
+    "config unknown option": (config_unknown_option, r"max_keypionts"),
+    "config not TOML": (config_not_toml, r"TOML"),
+    "hfov out of range": (hfov_out_of_range, r"between 0 and 180"),
+}
+
+
+def _run(argv, capsys):
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    return rc, [ln for ln in err.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_stitch_bad_input(case, frames, tmp_path, capsys):
+    prepare, problem = CASES[case]
+    inputs = tmp_path / "in"
+    shutil.copytree(frames, inputs)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's file")
+    extra, named = prepare(inputs, tmp_path)
+    if extra[:1] == ["!"]:
+        argv = ["-q", "stitch", *extra[1:2], "-o", str(out), *extra[2:]]
+    elif extra[:1] == ["-o"]:
+        out = Path(extra[1])
+        argv = ["-q", "stitch", str(inputs), *extra]
+    else:
+        argv = ["-q", "stitch", str(inputs), "-o", str(out), *extra]
+    if case == "duplicate ids":
+        argv = ["-q", "stitch", extra[1], extra[2], "-o", str(out)]
+    before = listing(out)
+    rc, lines = _run(argv, capsys)
+    assert rc == 2, (case, lines)
+    errors = [ln for ln in lines if ln.startswith("mosaic stitch: error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    msg = errors[0]
+    assert str(named) in msg or Path(str(named)).name in msg, (str(named), msg)
+    assert re.search(problem, msg, re.I), msg
+    assert listing(out) == before, "the output folder changed"
+
+
+def test_terrain_grid_too_large_is_refused_before_allocating(frames, tmp_path, capsys):
+    rc, lines = _run(["-q", "terrain", str(frames), "-o", str(tmp_path / "t"), "--gsd", "0.00001",
+                      "--radius", "20"], capsys)
+    assert rc == 2 and lines == [lines[-1]] and re.search(r"over 4e9 cells", lines[-1]), lines
+    assert listing(tmp_path / "t") == {}
+
+
+def test_terrain_without_stereo_pairs(frames, tmp_path, capsys):
+    rc, lines = _run(["-q", "terrain", str(frames), "-o", str(tmp_path / "t")], capsys)
+    assert rc == 2 and "no stereo pairs" in lines[-1] and str(frames) in lines[-1], lines
+    assert listing(tmp_path / "t") == {}
+
+
+def test_terrain_bad_site_origin(frames, tmp_path, capsys):
+    rc, lines = _run(["-q", "terrain", str(frames), "-o", str(tmp_path / "t"), "--site-origin", "18.4,north"],
+                     capsys)
+    assert rc == 2 and len(lines) == 1 and "site" in lines[0].lower(), lines
+
+
+def test_render_refuses_an_oversized_output_before_allocating(frames, tmp_path):
+    from calib.errors import InputError
+    from mosaic.render.panorama import plan
+
+    from calib.labels import discover
+    from mosaic.solution import frame_entry
+
+    metas = discover([str(frames)])
+    sol = {"frames": [frame_entry({"id": m.id, "image": str(m.image), "width": m.width, "height": m.height},
+                                  m.model_local_level(), True) for m in metas]}
+    with pytest.raises(InputError, match="gigapixels exceeds the limit"):
+        plan(sol, resolution=0.0001, max_pixels=10**9)
+
+
+def test_output_dir_errors_name_the_folder(tmp_path):
+    from calib.errors import InputError
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError, match=re.escape(str(f / "a" / "b"))):
+        atomic.output_dir(f / "a" / "b")
+    assert atomic.output_dir(tmp_path / "new" / "deep").is_dir()
