@@ -53,10 +53,10 @@ def _tree_rss() -> int:
 
 
 class PeakMemory:
-    """Peak resident memory of the process tree while the block runs (sampled every 20 ms: native
+    """Peak resident memory of the process tree while the block runs (sampled every 200 ms: native
     allocations in OpenCV and in worker processes are invisible to tracemalloc)."""
 
-    def __init__(self, every=0.02):
+    def __init__(self, every=0.2):
         self.every, self.peak = every, 0
         self._stop = threading.Event()
 
