@@ -12,28 +12,35 @@ a laptop job from a cluster one, not the exact second.
 
 from __future__ import annotations
 
-import math
 import os
 
-# -- measured constants (see docs/user-guide.md "Dry runs") ---------------------------------------
-#: stitch: features per frame, per working megapixel (SIFT at <= work_megapixels), seconds.
-STITCH_S_PER_FRAME_MP = 1.9
-#: stitch: guided matching and verification per predicted pair, seconds.
-STITCH_S_PER_PAIR = 0.38
-#: stitch: bundle adjustment, per frame (tie points grow with frames), seconds.
-STITCH_S_PER_FRAME_ADJUST = 1.2
-#: stitch: rendering (warp, seams, multi-band blend, COG), per output megapixel, seconds.
-STITCH_S_PER_OUTPUT_MP = 3.2
-#: stitch: fixed memory of the process and its embedded cluster, bytes.
-BASE_BYTES = 150 * 2**20
-#: stitch: per-worker decoded-frame cache of the renderer (mosaic.render.warp.ImageCache), bytes.
-RENDER_CACHE_BYTES = 384 * 2**20
-#: terrain: one stereo pair (rectify, SGBM twice, triangulate), per megapixel of the left frame, s.
-TERRAIN_S_PER_PAIR_MP = 12.7
-#: terrain: gridding, tiles and hillshade per output cell, seconds.
+# -- measured constants ---------------------------------------------------------------------------
+# Stitch: `mosaic stitch` of synthetic navcam-360 (10 Navcam frames, seed 1) at 1/8 scale (640 x 480,
+# 25 pairs, 2336 x 1168 output; report.json: features 13.0 s, matches 22.1 s, adjust 17.3 s, render
+# 11.9 s, peak 410 MiB) and at 1/16 (320 x 240, 1184 x 592; peak 243 MiB), embedded cluster of
+# 2 threads on 2 shared cores. Times are per thread (the plan divides by the cluster's threads).
+#: features: seconds per megapixel at working resolution (decode, SIFT, write).
+STITCH_S_PER_FRAME_MP = 8.5
+#: matches: seconds per predicted pair (guided ratio matching and verification).
+STITCH_S_PER_PAIR = 1.8
+#: adjust: seconds per frame (serial bundle adjustment; tie points grow with frames).
+STITCH_S_PER_FRAME_ADJUST = 1.7
+#: render: seconds per output megapixel (gains, warp, seams, multi-band blend, COG, preview).
+STITCH_S_PER_OUTPUT_MP = 8.3
+#: process, dask and OpenCV before any data, bytes.
+BASE_BYTES = 100 * 2**20
+#: features: bytes per full-resolution pixel of a frame in flight (decoded, grey, SIFT pyramid).
+FEATURE_BYTES_PER_PX = 240
+#: render: bytes per output pixel beyond the tiles in flight (COG writer and overviews, preview).
+RENDER_BYTES_PER_OUTPUT_PX = 75
+# Terrain: benchmarks/bench_terrain.py (docs/terrain.md "Measured"): navcam-stereo at 1/8, 5 pairs,
+# 2 cm grid of 1501 x 1501, stereo 27 s and grid + tiles 12 s on 2 threads, peak 428 MiB.
+#: stereo: seconds per pair per megapixel of the left frame (rectify, SGBM twice, triangulate).
+TERRAIN_S_PER_PAIR_MP = 35.0
+#: gridding, tiles and hillshade: seconds per DEM cell.
 TERRAIN_S_PER_CELL = 5.3e-6
-#: terrain: a pair task's memory per megapixel of the left frame, bytes.
-TERRAIN_BYTES_PER_PAIR_MP = 900 * 2**20
+#: a pair task's memory per megapixel of the left frame, bytes.
+TERRAIN_BYTES_PER_PAIR_MP = 490 * 2**20
 
 
 def _threads(workers, threads_per_worker=None) -> int:
@@ -75,10 +82,11 @@ def stitch_plan(inputs, config) -> dict:
                "matches": (len(pairs) + photo_pairs) * STITCH_S_PER_PAIR / par,
                "adjust": len(records) * STITCH_S_PER_FRAME_ADJUST}
     biggest = max(r["width"] * r["height"] for r in records)
-    memory = BASE_BYTES + par * biggest * 12   # a decoded frame, its grey copy and the detector's pyramid
+    memory = BASE_BYTES + min(par, len(records)) * biggest * FEATURE_BYTES_PER_PX
     if out is not None:
-        seconds["render"] = out["width"] * out["height"] / 1e6 * STITCH_S_PER_OUTPUT_MP / par
-        memory = max(memory, BASE_BYTES + RENDER_CACHE_BYTES + par * out["tile_bytes_estimate"])
+        npx = out["width"] * out["height"]
+        seconds["render"] = npx / 1e6 * STITCH_S_PER_OUTPUT_MP / par
+        memory = max(memory, BASE_BYTES + par * out["tile_bytes_estimate"] + npx * RENDER_BYTES_PER_OUTPUT_PX)
     return {
         "command": "stitch", "inputs": paths, "frames": len(records), "with_model": len(posed),
         "plain_photos": len(photos), "predicted_pairs": len(pairs),
@@ -116,8 +124,14 @@ def terrain_plan(inputs, gsd=0.02, radius=20.0, site_origin=None, solution=None,
 
         site_origin = parse_site_origin(site_origin, source="--site-origin")
     origin = pipeline._site_origin(frames, site_origin)
-    n = math.ceil(2 * radius / gsd)
-    cells = n * n
+    # The grid exactly as the pipeline lays it (centred on the rover, snapped to gsd).
+    import numpy as np
+
+    settings = pipeline.TerrainSettings(gsd=float(gsd), radius=float(radius))
+    centre = np.median([pipeline._site_offset(p.left) for p in pairs], axis=0)
+    spec = gridmod.grid_spec(origin, centre[0], centre[1], settings.radius, settings.gsd,
+                             tile=settings.tile, halo=max(settings.fill, 1))
+    cells = spec.width * spec.height
     pair_mp = [p.left.width * p.left.height / 1e6 for p in pairs]
     threads = _threads(workers, threads_per_worker) if not scheduler else None
     par = threads or 1
@@ -125,7 +139,7 @@ def terrain_plan(inputs, gsd=0.02, radius=20.0, site_origin=None, solution=None,
     memory = BASE_BYTES + min(par, len(pairs)) * max(pair_mp) * TERRAIN_BYTES_PER_PAIR_MP + cells * 4 * 3
     return {
         "command": "terrain", "frames": len(frames), "pairs": len(pairs),
-        "grid": {"width": n, "height": n, "gsd": gsd, "radius": radius, "cells": cells},
+        "grid": {"width": spec.width, "height": spec.height, "gsd": gsd, "radius": radius, "cells": cells},
         "site_origin": list(origin), "threads": threads, "scheduler": scheduler or "embedded",
         "estimate_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "estimate_total_seconds": round(sum(seconds.values()), 1),

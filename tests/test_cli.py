@@ -120,7 +120,7 @@ def test_dry_runs_plan_without_writing(pan, stereo, tmp_path, capsys):
     assert main(["terrain", str(stereo), "-o", str(tmp_path / "site"), "--dry-run", "--gsd", "0.1",
                  "--radius", "5"]) == 0
     text = capsys.readouterr().out
-    assert "stereo pairs: 2" in text and "100 x 100" in text
+    assert "stereo pairs: 2" in text and "101 x 101 at 0.1 m" in text
     assert not out.exists() and not (tmp_path / "site").exists()
 
 
@@ -166,6 +166,11 @@ def test_end_to_end_every_command(pan, stereo, tmp_path):
         assert (pano / name).is_file(), name
     sol = json.loads((pano / "solution.json").read_text())
     assert sol["stats"]["frames_used"] == len(QUICK_360)
+    rc, plan, err = _mosaic("stitch", pan, "-o", tmp_path / "elsewhere", "--dry-run")
+    import rasterio
+
+    with rasterio.open(pano / "panorama.tif") as ds:   # the dry run sized the panorama the run made
+        assert rc == 0 and f"panorama.tif {ds.width} x {ds.height} equirect" in plan, plan
     # The file's value reached the features stage.
     feats = json.loads((pano / "report.json").read_text())["stages"]["features"]["counts"]
     assert feats["keypoints_max"] <= 1500
@@ -189,6 +194,12 @@ def test_end_to_end_every_command(pan, stereo, tmp_path):
         proc.wait(timeout=30)
 
     site = tmp_path / "site"
+    rc, plan, err = _mosaic("terrain", stereo, "-o", site, "--gsd", "0.1", "--radius", "6", "--dry-run")
+    assert rc == 0, err
     rc, out, err = _mosaic("terrain", stereo, "-o", site, "--gsd", "0.1", "--radius", "6", "--no-web")
     assert rc == 0, err
     assert (site / "dem.tif").is_file() and (site / "ortho.tif").is_file()
+    import rasterio
+
+    with rasterio.open(site / "dem.tif") as ds:   # the dry run sized the grid the run made
+        assert f"{ds.width} x {ds.height} at 0.1 m" in plan
