@@ -5,7 +5,8 @@ points as direction + inverse depth (parallax modelled), a prior of ``prior_deg`
 reported pointing (it fixes the gauge: groups of frames that share no tie point each keep their
 reported pointing on average, and so their reported relative pointing).
 
-Plain photos: rotation, focal length and k1 per photo, tie points as directions. The focal length
+Plain photos: a rotation per photo, focal length and k1 per camera (photos of one size share
+them), tie points as directions. The focal length
 starts from ``--hfov``/EXIF, else from the pairwise homographies (OpenCV's focalsFromHomography,
 median over pairs); rotations start from a maximum spanning tree of the homographies. The largest
 connected group is solved; a photo outside it is reported with ``"used": false``.
@@ -28,7 +29,7 @@ from ..workspace import Workspace, digest
 from . import features as features_stage
 from . import matches as matches_stage
 from . import code_key, upstream_key
-from .bundle import Bundle, PhotoCamera, Points, PosedCamera, triangulate
+from .bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
 
 CONFIG_FIELDS = ("prior_deg", "loss", "loss_px", "outlier_px", "max_iterations")
 OUTLIER_ROUNDS = 4
@@ -338,8 +339,23 @@ def _adjust_photos(recs, feats, scale, pair_matches, homographies, h_inliers, tr
         return entries, {"frames": n, "frames_used": 0, "rms_px": None, "tie_points": 0, "observations": 0,
                          "iterations": 0, "outliers_removed": 0, "mode": "photos"}
     _, obs_p = np.unique(obs_p, return_inverse=True)
-    # The root photo's rotation is held (the gauge); the others are free.
-    cams = [PhotoCamera(rots[i], focals[i], recs[i]["width"], recs[i]["height"],
+    # One lens per camera: photos of (nearly: sets are often cropped by a pixel or two) one size
+    # share focal length and k1, which a pan hardly constrains photo by photo. The root photo's
+    # rotation is held (the gauge).
+    groups = []
+    for i in solved:
+        w, h = recs[i]["width"], recs[i]["height"]
+        for g in groups:
+            if abs(w - g["w"]) <= 0.01 * g["w"] and abs(h - g["h"]) <= 0.01 * g["h"]:
+                g["members"].append(i)
+                break
+        else:
+            groups.append({"w": w, "h": h, "members": [i]})
+    lens_of = {}
+    for g in groups:
+        lens = Lens(float(np.median([focals[j] for j in g["members"]])))
+        lens_of.update({j: lens for j in g["members"]})
+    cams = [PhotoCamera(rots[i], lens_of[i], recs[i]["width"], recs[i]["height"],
                         rot_sigma=1e-6 if i == root else np.pi) for i in solved]
     fidx = np.array([cam_of[f] for f in obs_f], dtype=int)
     dirs = np.zeros((len(xy), 3))
@@ -361,5 +377,5 @@ def _adjust_photos(recs, feats, scale, pair_matches, homographies, h_inliers, tr
 
     entries, stats = _finish(recs, bundle, cam_of, scale, [None] * n, reasons, extra)
     stats.update(iterations=info["iterations"], outliers_removed=info["outliers_removed"], mode="photos",
-                 focal_estimates=n_est)
+                 focal_estimates=n_est, lenses=len(groups))
     return entries, stats

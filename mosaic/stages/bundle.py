@@ -100,27 +100,58 @@ class PosedCamera:
         self.rot = s
 
 
+class Lens:
+    """Intrinsics shared by the photos of one camera: log focal length and k1 (CAHVOR R =
+    (0, k1, 0)); weak priors keep them well posed when a pan hardly constrains them."""
+
+    k = 2
+
+    def __init__(self, focal, k1_sigma=0.2, logf_sigma=1.0):
+        self.logf, self.k1 = float(np.log(focal)), 0.0
+        self.logf0 = self.logf
+        self.sigmas = (logf_sigma, k1_sigma)
+
+    def update(self, delta):
+        self.logf += delta[0]
+        self.k1 += delta[1]
+
+    def prior(self):
+        fs, ks = self.sigmas
+        return np.array([(self.logf - self.logf0) / fs, self.k1 / ks]), np.diag([1 / fs, 1 / ks])
+
+    def state(self):
+        return self.logf, self.k1
+
+    def restore(self, s):
+        self.logf, self.k1 = s
+
+    @property
+    def focal(self):
+        return float(np.exp(self.logf))
+
+
 class PhotoCamera:
-    """A plain photo at the origin: rotation (columns = camera x, y, z axes in the world), focal
-    length and k1; the principal point stays at the image centre."""
+    """A plain photo at the origin: rotation (columns = camera x, y, z axes in the world) and
+    a :class:`Lens` (shared with the other photos of the same camera); the principal point
+    stays at the image centre. Its parameters: 3 rotation + the lens's 2."""
 
     k = 5
 
-    def __init__(self, rot, focal, width, height, rot_sigma, k1_sigma=0.2, logf_sigma=1.0):
-        self.rot, self.logf, self.k1 = np.asarray(rot, float), float(np.log(focal)), 0.0
+    def __init__(self, rot, lens: Lens, width, height, rot_sigma):
+        self.rot, self.lens = np.asarray(rot, float), lens
         self.c = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-        self.rot0, self.logf0 = self.rot.copy(), self.logf
+        self.rot0 = self.rot.copy()
         self.pivot = np.zeros(3)
-        self.sigmas = (rot_sigma, logf_sigma, k1_sigma)
+        self.sigma = rot_sigma
 
     def model(self):
-        f = np.exp(self.logf)
+        f = self.lens.focal
         x, y, a = self.rot[:, 0], self.rot[:, 1], self.rot[:, 2]
         return CAHVOR(C=np.zeros(3), A=a, H=self.c[0] * a + f * x, V=self.c[1] * a + f * y, O=a,
-                      R=np.array([0.0, self.k1, 0.0]))
+                      R=np.array([0.0, self.lens.k1, 0.0]))
 
     def param_jacobian(self, pix, jr, points):
-        f = np.exp(self.logf)
+        f = self.lens.focal
         v = points @ self.rot
         n = v[:, :2] / v[:, 2:3]
         r2 = (n * n).sum(1)
@@ -129,26 +160,27 @@ class PhotoCamera:
         return np.concatenate([jr, dlogf[:, :, None], dk1[:, :, None]], axis=2)
 
     def update(self, delta):
+        """The rotation part; the lens is updated once by the bundle, not by each photo."""
         self.rot = rotvec_to_matrix(delta[:3]) @ self.rot
-        self.logf += delta[3]
-        self.k1 += delta[4]
 
     def prior(self):
-        rs, fs, ks = self.sigmas
-        r = np.concatenate([matrix_to_rotvec(self.rot @ self.rot0.T) / rs, [(self.logf - self.logf0) / fs],
-                            [self.k1 / ks]])
-        j = np.diag([1 / rs] * 3 + [1 / fs, 1 / ks])
-        return r, j
+        j = np.zeros((3, 5))
+        j[:, :3] = np.eye(3) / self.sigma
+        return matrix_to_rotvec(self.rot @ self.rot0.T) / self.sigma, j
 
     def state(self):
-        return self.rot.copy(), self.logf, self.k1
+        return self.rot.copy()
 
     def restore(self, s):
-        self.rot, self.logf, self.k1 = s[0].copy(), s[1], s[2]
+        self.rot = s.copy()
 
     @property
     def focal(self):
-        return float(np.exp(self.logf))
+        return self.lens.focal
+
+    @property
+    def k1(self):
+        return self.lens.k1
 
 
 @dataclass
@@ -246,6 +278,24 @@ class Bundle:
         self.loss, self.loss_scale = loss, loss_scale
         self.k = cams[0].k if cams else 3
         self.iterations = 0
+        # Global parameter layout: 3 rotation unknowns per camera, then each shared lens's own.
+        self.lenses = []
+        for c in cams:
+            lens = getattr(c, "lens", None)
+            if lens is not None and all(lens is not m for m in self.lenses):
+                self.lenses.append(lens)
+        self.n_params = 3 * len(cams) + sum(m.k for m in self.lenses)
+        lens_start, pos = [], 3 * len(cams)
+        for m in self.lenses:
+            lens_start.append(pos)
+            pos += m.k
+        self.index = np.zeros((len(cams), self.k), dtype=int)
+        for i, c in enumerate(cams):
+            self.index[i, :3] = 3 * i + np.arange(3)
+            if self.k > 3:
+                li = next(j for j, m in enumerate(self.lenses) if m is c.lens)
+                self.index[i, 3:] = lens_start[li] + np.arange(self.lenses[li].k)
+        self.lens_index = [lens_start[j] + np.arange(m.k) for j, m in enumerate(self.lenses)]
         self._point_order = np.argsort(self.p, kind="stable")
 
     # -- evaluation ------------------------------------------------------------------------
@@ -293,6 +343,8 @@ class Bundle:
         total = robust_weights(s, self.loss, self.loss_scale)[1].sum()
         for cam in self.cams:
             total += float(np.sum(cam.prior()[0] ** 2))
+        for lens in self.lenses:
+            total += float(np.sum(lens.prior()[0] ** 2))
         pr = self.points.prior()
         if pr is not None:
             total += float(np.sum(pr[0] ** 2))
@@ -310,49 +362,67 @@ class Bundle:
         rw, jcw, jpw = r * sw[:, :, 0], jc * sw, jp * sw
         f, p = self.f, self.p
         jcwt, jpwt = jcw.transpose(0, 2, 1), jpw.transpose(0, 2, 1)
-        U = _group_sum(jcwt @ jcw, f, nc)
-        gc = _group_sum((jcwt @ rw[:, :, None])[:, :, 0], f, nc)
+        P = self.n_params
+        # Per-camera sums first (observations are sorted by camera), then scattered to the
+        # global layout, where photos of one camera share their lens unknowns.
+        Ub = _group_sum(jcwt @ jcw, f, nc)
+        gb = _group_sum((jcwt @ rw[:, :, None])[:, :, 0], f, nc)
+        U = np.zeros((P, P))
+        gc = np.zeros(P)
+        for i, cam in enumerate(self.cams):
+            idx = self.index[i]
+            pr, pj = cam.prior()
+            U[np.ix_(idx, idx)] += Ub[i] + pj.T @ pj
+            gc[idx] += gb[i] + pj.T @ pr
+        for lens, idx in zip(self.lenses, self.lens_index):
+            pr, pj = lens.prior()
+            U[np.ix_(idx, idx)] += pj.T @ pj
+            gc[idx] += pj.T @ pr
         V = _group_sum(jpwt @ jpw, p, npnt, self._point_order)
         gp = _group_sum((jpwt @ rw[:, :, None])[:, :, 0], p, npnt, self._point_order)
-        for i, cam in enumerate(self.cams):
-            pr, pj = cam.prior()
-            U[i] += pj.T @ pj
-            gc[i] += pj.T @ pr
         pr = self.points.prior()
         if pr is not None:
             V[:, 2, 2] += pr[1] ** 2
             gp[:, 2] += pr[1] * pr[0]
         Wb = jcwt @ jpw  # (N, k, b), one block per observation
         # Marquardt damping, plus a floor so that unobserved parameters stay finite.
-        di = np.arange(k)
-        U[:, di, di] = U[:, di, di] * (1 + lam) + 1e-12
+        di = np.arange(P)
+        U[di, di] = U[di, di] * (1 + lam) + 1e-12
         dj = np.arange(b)
         V[:, dj, dj] = V[:, dj, dj] * (1 + lam) + 1e-12
         Vinv = np.linalg.inv(V)
-        rows = (f[:, None, None] * k + np.arange(k)[None, :, None]).repeat(b, axis=2)
+        rows = self.index[f][:, :, None].repeat(b, axis=2)
         cols = (p[:, None, None] * b + np.arange(b)[None, None, :]).repeat(k, axis=1)
-        W = sp.csr_matrix((Wb.ravel(), (rows.ravel(), cols.ravel())), shape=(nc * k, npnt * b))
+        W = sp.csr_matrix((Wb.ravel(), (rows.ravel(), cols.ravel())), shape=(P, npnt * b))
         vr = np.repeat(np.arange(npnt * b).reshape(npnt, b), b, axis=1).ravel()
         vc = np.tile(np.arange(npnt * b).reshape(npnt, b), (1, b)).ravel()
         Vi = sp.csr_matrix((Vinv.ravel(), (vr, vc)), shape=(npnt * b, npnt * b))
         Y = W @ Vi
-        S = sp.block_diag(list(U), format="csr") - Y @ W.T
-        rhs = -(gc.ravel() - Y @ gp.ravel())
-        S = S.toarray()
+        S = U - (Y @ W.T).toarray()
+        rhs = -(gc - Y @ gp.ravel())
         try:
             dc = np.linalg.solve(S, rhs)
         except np.linalg.LinAlgError:
             dc = np.linalg.lstsq(S, rhs, rcond=None)[0]
         dp = Vi @ (-gp.ravel() - W.T @ dc)
-        return dc.reshape(nc, k), dp.reshape(npnt, b)
+        return dc, dp.reshape(npnt, b)
 
     def _state(self):
-        return [c.state() for c in self.cams], self.points.state()
+        return [c.state() for c in self.cams], [m.state() for m in self.lenses], self.points.state()
 
     def _restore(self, st):
         for c, s in zip(self.cams, st[0]):
             c.restore(s)
-        self.points.restore(st[1])
+        for m, s in zip(self.lenses, st[1]):
+            m.restore(s)
+        self.points.restore(st[2])
+
+    def _update(self, dc, dp):
+        for cam, idx in zip(self.cams, self.index):
+            cam.update(dc[idx])
+        for lens, idx in zip(self.lenses, self.lens_index):
+            lens.update(dc[idx])
+        self.points.update(dp)
 
     def solve(self, max_iterations=50, tol=1e-6) -> dict:
         lam = 1e-4
@@ -362,9 +432,7 @@ class Bundle:
         for it in range(1, max_iterations + 1):
             dc, dp = self._step(r, jc, jp, lam)
             saved = self._state()
-            for cam, d in zip(self.cams, dc):
-                cam.update(d)
-            self.points.update(dp)
+            self._update(dc, dp)
             new_r, new_jc, new_jp = self.residuals(True)
             new_cost = self.cost(new_r)
             if np.isfinite(new_cost) and new_cost <= cost:
