@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -42,14 +44,18 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else Path(tmp) / "out"
         cmd = [sys.executable, "-m", "mosaic", "-q", "terrain", str(scene), "-o", str(out), "--gsd", str(args.gsd),
                "--radius", str(args.radius), "--solution", str(scene / "truth" / "solution.json")]
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall, peak, last = measure.repeat(lambda: measure.run(cmd), args.repeat)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / args.repeat
         report = json.loads((out / "report.json").read_text())
         pairs = report["stages"]["pairs"]["pairs"]
         points = report["stages"]["points"]
         grid = report["grid"]
         print(f"mosaic terrain: {pairs} pairs, {points['points']} points, grid {grid['width']}x{grid['height']} "
               f"at {args.gsd} m")
-        print(f"  wall {wall:.1f} s (median of {args.repeat}), peak memory {peak / 2**20:.0f} MiB")
+        print(f"  wall {wall:.1f} s (median of {args.repeat}), CPU {cpu:.1f} s a run, peak memory {peak / 2**20:.0f} MiB"
+              f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print(f"  pairs per minute (whole run): {60.0 * pairs / wall:.1f}")
         print(f"  pairs per minute (stereo stage): {60.0 * pairs / points['seconds']:.1f}")
         for name, st in report["stages"].items():
