@@ -1,0 +1,151 @@
+"""Distributed runs: an existing dask cluster (``dask scheduler`` + ``dask worker`` processes on
+loopback) gives the same bytes as the embedded one, even when a worker is SIGKILLed mid-run; the
+embedded cluster takes its size from the flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mosaic import cluster
+from synth_cache import QUICK_360, QUICK_STEREO, REPO, digest, scene
+
+DASK = Path(sys.executable).parent / "dask"
+TERRAIN_ARGS = ["--gsd", "0.1", "--radius", "8", "--no-web"]
+
+
+def _env(**extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("MOSAIC_SCHEDULER", None)
+    env.update(extra)
+    return env
+
+
+def _spawn(args, log):
+    # Own process group: the test can kill the whole thing whatever it started.
+    return subprocess.Popen(args, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(p):
+    if p.poll() is None:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+
+
+def _wait(cond, what, timeout=120.0):
+    t_end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > t_end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _mosaic(*args, env=None, check=True):
+    r = subprocess.run([sys.executable, "-m", "mosaic", "-q", *map(str, args)], cwd=REPO, env=env or _env(),
+                       capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _n_workers(address):
+    from distributed import Client
+
+    with Client(address, timeout="20s") as c:
+        return len(c.scheduler_info(n_workers=-1)["workers"])
+
+
+@pytest.mark.slow
+def test_external_cluster_with_a_killed_worker_gives_the_embedded_bytes(tmp_path):
+    pano_in = scene("navcam-360", keep=QUICK_360)
+    stereo_in = scene("navcam-stereo", keep=QUICK_STEREO)
+    ref, ext = tmp_path / "embedded", tmp_path / "external"
+    _mosaic("stitch", pano_in, "-o", ref / "pano", "--workers", "1", "--threads-per-worker", "2")
+    _mosaic("terrain", stereo_in, "-o", ref / "site", *TERRAIN_ARGS)
+
+    sfile = tmp_path / "scheduler.json"
+    procs = []
+    log = open(tmp_path / "cluster.log", "w")
+    try:
+        procs.append(_spawn([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                             "--scheduler-file", str(sfile)], log))
+        _wait(lambda: sfile.exists() and sfile.stat().st_size > 0, "the scheduler file")
+        address = json.loads(sfile.read_text())["address"]
+        for k in range(2):
+            # --no-nanny: the worker process itself is what gets killed (a nanny would restart it).
+            procs.append(_spawn([str(DASK), "worker", "--scheduler-file", str(sfile), "--nthreads", "1",
+                                 "--no-nanny", "--no-dashboard", "--local-directory", str(tmp_path / f"w{k}")], log))
+        _wait(lambda: _n_workers(address) == 2, "two workers")
+
+        stitch = subprocess.Popen([sys.executable, "-m", "mosaic", "-q", "stitch", str(pano_in), "-o",
+                                   str(ext / "pano"), "--scheduler", address], cwd=REPO, env=_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+        procs.append(stitch)
+        # Kill a worker once the features stage has produced its first result (others in flight).
+        _wait(lambda: any((ext / "pano" / "work" / "features").glob("*.npz")) or stitch.poll() is not None,
+              "the features stage")
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        procs[1].wait(timeout=30)
+        _, err = stitch.communicate(timeout=600)
+        assert stitch.returncode == 0, err[-3000:]
+        assert _n_workers(address) == 1
+
+        # The surviving worker, reached through MOSAIC_SCHEDULER this time.
+        _mosaic("terrain", stereo_in, "-o", ext / "site", *TERRAIN_ARGS, env=_env(MOSAIC_SCHEDULER=address))
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+        log.close()
+
+    for name in ("solution.json", "panorama.tif", "preview.jpg"):
+        assert digest(ext / "pano" / name) == digest(ref / "pano" / name), name
+    for name in ("dem.tif", "ortho.tif", "solution.json"):
+        assert digest(ext / "site" / name) == digest(ref / "site" / name), name
+    assert json.loads((ext / "pano" / "report.json").read_text())["scheduler"] == address
+
+
+def test_scheduler_address_prefers_the_flag_then_the_environment(monkeypatch):
+    monkeypatch.delenv("MOSAIC_SCHEDULER", raising=False)
+    assert cluster.scheduler_address(None) is None
+    monkeypatch.setenv("MOSAIC_SCHEDULER", "tcp://10.0.0.5:8786")
+    assert cluster.scheduler_address(None) == "tcp://10.0.0.5:8786"
+    assert cluster.scheduler_address("tcp://127.0.0.1:1") == "tcp://127.0.0.1:1"
+
+
+def test_embedded_cluster_takes_its_size_from_the_flags(monkeypatch):
+    monkeypatch.delenv("MOSAIC_SCHEDULER", raising=False)
+    with cluster.client(workers=2, threads_per_worker=1, memory_limit="1GB") as c:
+        info = c.scheduler_info(n_workers=-1)["workers"]
+        assert sorted(c.nthreads().values()) == [1, 1]
+        assert {w["memory_limit"] for w in info.values()} == {10**9}
+
+
+def test_cli_passes_cluster_flags_through(monkeypatch, tmp_path):
+    """--workers/--threads-per-worker/--memory-limit reach the embedded cluster for both commands."""
+    from mosaic import cli
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_client(scheduler=None, workers=None, threads_per_worker=None, memory_limit=None, processes=False):
+        seen.append((scheduler, workers, threads_per_worker, memory_limit))
+        raise Stop
+
+    monkeypatch.setattr(cluster, "client", fake_client)
+    frames = scene("navcam-360", keep=QUICK_360)
+    flags = ["--workers", "3", "--threads-per-worker", "2", "--memory-limit", "2GB"]
+    for argv in (["stitch", str(frames), "-o", str(tmp_path / "a"), *flags],
+                 ["terrain", str(scene("navcam-stereo", keep=QUICK_STEREO)), "-o", str(tmp_path / "b"), *flags]):
+        assert cli.main(["-q", *argv]) == 1  # Stop: an internal error, after the flags were seen
+    assert seen == [(None, 3, 2, "2GB")] * 2
