@@ -273,3 +273,22 @@ def test_tiles_render_the_full_frame_pixels(tmp_path, monkeypatch):
         x0, y0, w, h = m.subframe
         assert (m.width, m.height) == (w // 16, h // 16) == (168, 128)
         assert np.asarray(Image.open(m.image)).shape == (128, 168)
+
+
+def test_cast_shadows_fall_away_from_the_sun():
+    from mosaic.synth.raycast import in_shadow
+    from mosaic.synth.terrain import Layer, Terrain
+
+    def flat(name, cell, n):
+        z = np.zeros((n, n), np.float32)
+        return Layer(name, -cell * (n // 2), -cell * (n // 2), cell, z, np.ones_like(z))
+
+    far, mid, near = flat("far", 8.0, 64), flat("mid", 0.05, 400), flat("near", 0.02, 200)
+    xs = mid.x0 + mid.cell * np.arange(400)
+    r = np.hypot(xs[:, None] - 5.0, xs[None, :] - 0.0)
+    mid.height[:] = np.where(r < 0.5, 1.0, 0.0)  # a 1 m tall, 1 m wide column 5 m north
+    terrain = Terrain([far, mid, near], (0.0, 0.0), seed=0, sun_azel=(0.0, 30.0))  # sun due north
+    sun = terrain.sun_vector()
+    # South of the column (its shadow reaches 1/tan(30) = 1.7 m), north of it, and far to the side.
+    pts = np.array([[4.0, 0.0, 0.0], [3.0, 0.0, 0.0], [6.0, 0.0, 0.0], [4.0, 3.0, 0.0], [2.5, 0.0, 0.0]])
+    assert in_shadow(terrain, pts, sun).tolist() == [True, True, False, False, False]

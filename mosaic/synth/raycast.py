@@ -86,3 +86,34 @@ def intersect(terrain, origins, dirs, t_max=None):
             hi = np.where(above, hi, mid)
         result[idx] = 0.5 * (lo + hi)
     return result
+
+
+def in_shadow(terrain, points, sun_neu, clear=2.0, start=0.02):
+    """Whether surface ``points`` (N, 3, SITE) are shadowed from the sun (unit north-east-up).
+
+    A ray towards the sun is marched like ``intersect`` from ``start`` metres off the surface
+    until it dips under the terrain (shadow) or clears it by ``clear`` metres: with the sun
+    higher than any slope of the plain, only rocks and crater walls (at most ~2 m) can shade.
+    """
+    p = np.asarray(points, float)
+    n = len(p)
+    shadow = np.zeros(n, dtype=bool)
+    dx, dy, dup = (float(v) for v in sun_neu)
+    hspeed = np.hypot(dx, dy)
+    if dup <= 0:
+        shadow[:] = True
+        return shadow
+    ox, oy, oup = p[:, 0], p[:, 1], -p[:, 2]
+    active = np.flatnonzero(np.isfinite(p).all(1))
+    t = np.full(n, start)
+    while active.size:
+        ta = t[active]
+        ground = terrain.height(ox[active] + ta * dx, oy[active] + ta * dy)
+        c = oup[active] + ta * dup - ground
+        below = c <= 0
+        shadow[active[below]] = True
+        keep = ~below & (c < clear) & np.isfinite(ground)
+        active = active[keep]
+        ta, c = ta[keep], c[keep]
+        t[active] = ta + np.maximum(STEP_FRACTION * ta, np.maximum(c / (SLOPE_NEAR * hspeed), MIN_STEP))
+    return shadow

@@ -1,7 +1,8 @@
 """From camera model to 8-bit frame: ray cast, shading, sky, and the sensor.
 
 Radiance model (grey, arbitrary units, 1.0 ~ a white Lambertian surface under the full sun):
-``albedo * (AMBIENT + (1 - AMBIENT) * max(0, n . sun))`` on terrain, mixed towards the horizon
+``albedo * (AMBIENT + (1 - AMBIENT) * max(0, n . sun) * lit)`` on terrain (``lit`` 0 in the
+cast shadow of rocks and crater walls within the mid layer, ``raycast.in_shadow``), mixed towards the horizon
 sky by dust haze ``exp(-t / HAZE_M)``; the sky brightens towards the horizon and the sun.
 
 Sensor: a 12-bit linear signal (``GAIN`` DN per radiance unit at exposure 1) times a per-frame
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .raycast import intersect
+from .raycast import in_shadow, intersect
 
 AMBIENT = 0.28
 HAZE_M = 6000.0
@@ -76,7 +77,12 @@ def radiance(terrain, model_site, width, height):
         footprint = th * model_site.angular_pixel()
         n = terrain.normal(p[:, 0], p[:, 1], footprint)
         alb = terrain.albedo(p[:, 0], p[:, 1], footprint)
-        lit = alb * (AMBIENT + (1 - AMBIENT) * np.clip(n @ sun, 0, None))
+        direct = np.clip(n @ sun, 0, None)
+        # Cast shadows matter where rocks and crater walls are resolved: within the mid layer.
+        near = (direct > 0) & (th < 0.5 * terrain.layers[1].shape[0] * terrain.layers[1].cell)
+        if near.any():
+            direct[np.flatnonzero(near)[in_shadow(terrain, p[near], sun)]] = 0.0
+        lit = alb * (AMBIENT + (1 - AMBIENT) * direct)
         haze = np.exp(-th / HAZE_M)
         horizon = sky_radiance(np.column_stack([dneu[hit, :2], np.zeros(hit.size)]), sun)
         out[hit] = lit * haze + horizon * (1 - haze)

@@ -194,10 +194,10 @@ def write_truth_rasters(terrain, truth_dir, gsd, half=DEM_HALF_M, origin=geo.DEF
 
 
 def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=None):
-    """Generate a scene into ``out``; returns the scene parameters written to scene.json."""
+    """Generate a scene into ``out``; returns (the parameters written to scene.json, timings in s)."""
     out = Path(out)
-    shots_fn, default_scale, description = scenes.SCENES.get(scene, (None, None, None))
     scenes.scene_shots(scene, zoom_mm)  # validates the name and zoom
+    _, default_scale, description = scenes.SCENES[scene]
     scale = int(default_scale if scale is None else scale)
     t0 = time.perf_counter()
     terrain = jezero_floor(seed)
