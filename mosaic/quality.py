@@ -144,9 +144,9 @@ def render_quality(solution, width: int = MAP_WIDTH):
         if anchor is None:
             continue
         x, y = anchor
-        _text(bgr, str(k), (x - 6, y - 2))
+        _text(bgr, str(k), (x - 7, y - 4), 0.55)
         if rms[k] is not None:
-            _text(bgr, f"{rms[k]:.2f}px", (x - 18, y + 12), 0.33)
+            _text(bgr, f"{rms[k]:.2f} px", (x - 26, y + 14), 0.45)
     overall = (sol.get("stats") or {}).get("rms_px")
     chart = _chart(rms, colours, overall if isinstance(overall, (int, float)) else None, bgr.shape[1])
     picture = np.vstack([bgr, chart])
