@@ -42,5 +42,12 @@ sample: install
 test: install-test
 	$(BIN)/python -m pytest -q
 
+# Benchmarks against cv2.Stitcher and Hugin -> docs/benchmarks.md (docs/benchmarks.md, benchmarks/README.md).
+# Installs hugin-tools + enblend from Debian when root and missing. Saved rows are reused:
+# `make bench BENCH_ARGS=--fresh` measures everything again; BENCH_ARGS="--runs 1 --sets boat" for a subset.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(OUT) .pytest_cache

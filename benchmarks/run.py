@@ -427,19 +427,23 @@ def main(argv=None) -> int:
     try:
         info = machine()
         results = Results(cache / "results", fresh)
-        res = run_sets(sets, args.runs, cache, results, hugin, log, info["commit"], args.gigapixels)
-        if not args.smoke:
-            # Rows of the other sets saved by earlier runs stay on the page.
-            for s in SETS:
-                if s not in res:
-                    res.update(_saved(s, results))
+        from mosaic.atomic import write_text
+
         human = ""
         if out.exists() and HUMAN in out.read_text():
             human = out.read_text().split(HUMAN, 1)[1].lstrip("\n")
-        from mosaic.atomic import write_text
-
-        write_text(out, page(res, info, args.runs, human))
-        log(f"wrote {out}")
+        res = {}
+        for name in sets:
+            # The page is rewritten after every set, so an interrupted run still shows what it measured.
+            res.update(run_sets([name], args.runs, cache, results, hugin, log, info["commit"], args.gigapixels))
+            shown = dict(res)
+            if not args.smoke:
+                # Rows of the other sets saved by earlier runs stay on the page (each row says when).
+                for s in SETS:
+                    if s not in shown:
+                        shown.update(_saved(s, results))
+            write_text(out, page({s: shown[s] for s in SETS if s in shown}, info, args.runs, human))
+            log(f"wrote {out}")
         if args.smoke:
             print(out.read_text())
     finally:

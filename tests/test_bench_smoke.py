@@ -1,0 +1,79 @@
+"""`make bench` still works: the driver's smoke run, and the page/goal arithmetic it writes.
+
+Benchmarks are never timed tests: these check that the commands run and that the table says
+what the measurements say, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import run as bench
+from tests.conftest import REPO
+
+
+def _row(tool, wall, peak, used=6, frames=6, **kw):
+    return {"tool": tool, "wall_s": wall, "peak_mib": peak, "frames_used": used, "frames": frames,
+            "measured": "2026-01-01 00:00 UTC", "load": 1.0, **kw}
+
+
+INFO = {"cpu": "Test CPU", "cores": 2, "ram_gib": 8.0, "os": "Linux", "python": "3.11", "numpy": "2",
+        "opencv": "5", "dask": "2026", "hugin": "2022", "enblend": "enblend 4.2", "commit": "abc"}
+
+
+def test_page_ratios_and_goals():
+    stages = {"ingest": 0.1, "features": 1.0, "pairs": 0.1, "matches": 0.5, "adjust": 0.3, "render": 0.5}
+    res = {"boat": {"ours": _row("mosaic stitch", 2.0, 400, rms_px=0.81, output="100x50", output_mp=0.005,
+                                 covered_mp=0.004, stages_s=stages, pairs=9),
+                    "cv2": _row("cv2.Stitcher", 7.0, 900, output="90x40", output_mp=0.0036),
+                    "hugin": _row("Hugin", 15.0, 300, used=5, output="80x40", output_mp=0.0032)},
+           "scaling": {"N": _row("mosaic stitch", 10.0, 500, 63, 63, stages_s={"features": 4.0, "matches": 3.0}),
+                       "2N": _row("mosaic stitch", 19.0, 600, 126, 126, stages_s={"features": 8.0, "matches": 8.0})},
+           "render": {"ours": {**_row("render_panorama", 100.0, 1500, 270, 270), "output": "44736x22368",
+                               "output_mp": 1000.6, "covered_mp": 300.0, "cpu_s": 150.0, "warp_blend_mp_s": 25.0,
+                               "warp_blend_covered_mp_s": 7.5, "covered_mp_per_cpu_s": 2.0,
+                               "render_s": {"gains": 5, "render": 40, "cog": 30, "preview": 5}}}}
+    text = bench.page(res, INFO, 3, "## What limits the rest\n\nkept\n")
+    assert "| boat | cv2.Stitcher | 6 of 6 | 7.0 | 900 | 90x40 | 0.0 | — | 3.50x | 0.44 |" in text
+    assert "| boat | Hugin | 5 of 6 | 15.0 | 300 |" in text and "| 7.50x | 1.33 |" in text
+    goals = {g[0]: g[2] for g in bench.goals(res)}
+    assert goals["boat end to end >= 3x faster than cv2.Stitcher"] is True
+    assert goals["boat peak memory <= 1/2 of cv2.Stitcher's"] is True
+    assert goals["boat end to end >= 10x faster than Hugin"] is False
+    assert goals["boat: every frame used"] is True
+    assert goals["warp+blend >= 20 output MP/s on 2 cores"] is True
+    assert goals[">= 1 GP equirect panorama under 2 GiB peak"] is True
+    # 7 s -> 16 s of registration stages for twice the frames: more than linear.
+    assert goals["registration time(2N) <= 2 x time(N)"] is False
+    assert "Test CPU, 2 cores, 8.0 GiB RAM" in text
+    assert text.split(bench.HUMAN, 1)[1] == "\n## What limits the rest\n\nkept\n"
+
+
+def test_scene_half_is_first_180_degrees(tmp_path):
+    import json
+
+    frames = [{"id": f"F{k}{t}", "mast_az": az, "tier": t} for t in range(3) for k, az in enumerate(range(-170, 190, 20))]
+    (tmp_path / "scene.json").write_text(json.dumps({"frames": frames}))
+    recs, imgs = bench.scene_frames(tmp_path)
+    half, _ = bench.scene_frames(tmp_path, half=True)
+    assert len(recs) == 54 and len(half) == 27
+    assert imgs[0].suffix == ".png" and recs[0].name.endswith("01.json")
+    # 9 of the 18 azimuth columns (10..170 degrees once wrapped to 0..360), each in all 3 tiers.
+    assert {p.name[: -len("01.json")] for p in half} == {f["id"] for f in frames if 0 < f["mast_az"] < 180}
+
+
+@pytest.mark.slow
+def test_make_bench_smoke(peerdata, tmp_path):
+    """benchmarks/run.py --smoke: budapest, one run, mosaic stitch and cv2.Stitcher, into a temp file."""
+    out = tmp_path / "bench.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "| budapest | mosaic stitch |" in text and "| budapest | cv2.Stitcher |" in text
+    ours = next(line for line in text.splitlines() if line.startswith("| budapest | mosaic stitch |"))
+    assert ours.split("|")[3].strip().endswith("of 6")
+    assert bench.HUMAN in text
