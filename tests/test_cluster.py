@@ -93,6 +93,7 @@ def test_external_cluster_with_a_killed_worker_gives_the_embedded_bytes(tmp_path
         # Kill a worker once the features stage has produced its first result (others in flight).
         _wait(lambda: any((ext / "pano" / "work" / "features").glob("*.npz")) or stitch.poll() is not None,
               "the features stage")
+        assert stitch.poll() is None, "the stitch ended before the worker was killed"
         os.killpg(procs[1].pid, signal.SIGKILL)
         procs[1].wait(timeout=30)
         _, err = stitch.communicate(timeout=600)
