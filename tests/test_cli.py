@@ -133,6 +133,17 @@ def test_bad_input_is_exit_2_and_one_line(tmp_path):
     assert rc == 2
 
 
+def test_quiet_and_verbose(pan):
+    rc, out, err = _mosaic("-q", "stitch", pan, "-o", "unused", "--dry-run", timeout=120)
+    assert rc == 0 and err == "" and "frames:" in out
+    rc, out, err = _mosaic("stitch", pan, "-o", "unused", "--dry-run", "-q", timeout=120)  # after the command too
+    assert rc == 0 and err == ""
+    rc, out, err = _mosaic("stitch", pan, "-o", "unused", "--dry-run", timeout=120)
+    assert "pairs: " in err                                                      # progress lines by default
+    rc, out, err = _mosaic("-v", "info", pan, timeout=120)
+    assert rc == 0
+
+
 def test_internal_error_is_exit_1(monkeypatch, tmp_path, caplog):
     import mosaic.info
 
@@ -164,6 +175,9 @@ def test_end_to_end_every_command(pan, stereo, tmp_path):
     for name in ("panorama.tif", "preview.jpg", "index.html", "quality.png", "panorama.pto", "solution.json",
                  "report.json"):
         assert (pano / name).is_file(), name
+    # Not a terminal: progress is plain log lines, one per stage at least.
+    for stage in ("ingest", "features", "pairs", "matches", "adjust", "render"):
+        assert f"{stage}: " in err and " done in " in err, stage
     sol = json.loads((pano / "solution.json").read_text())
     assert sol["stats"]["frames_used"] == len(QUICK_360)
     rc, plan, err = _mosaic("stitch", pan, "-o", tmp_path / "elsewhere", "--dry-run")
