@@ -22,7 +22,7 @@ class StitchConfig:
     hfov: float | None = None           #: horizontal field of view (deg) of plain photos; None: EXIF or estimated
     # features
     feature: str = "sift"               #: sift | orb | akaze
-    work_megapixels: float = 0.5        #: working resolution for detection (frames are downscaled to this)...
+    work_megapixels: float = 1.0        #: working resolution for detection (frames are downscaled to this)...
     min_scale: float = 0.45             #: ...but never below this fraction of their size: keypoints are good to
                                         #: ~0.35 working pixels, and residuals are counted in delivered pixels
     max_keypoints: int = 3000           #: strongest keypoints kept per frame
