@@ -58,8 +58,9 @@ log = logging.getLogger("mosaic")
 
 COMMANDS = ("stitch", "terrain")
 _JOB_KEYS = {"command", "inputs", "out", "name", "options"}
+_CLUSTER_OPTIONS = {"scheduler", "workers", "threads_per_worker", "memory_limit"}
 #: terrain() parameters a job may not set: the batch owns the cluster and the paths.
-_TERRAIN_RESERVED = {"inputs", "out", "client", "scheduler", "workers", "threads_per_worker", "memory_limit"}
+_TERRAIN_RESERVED = {"inputs", "out", "client"} | _CLUSTER_OPTIONS
 
 
 @dataclass
@@ -86,6 +87,10 @@ def _check_options(job: Job, source) -> None:
     if job.command == "stitch":
         opts = dict(job.options)
         opts.pop("force", None)
+        cluster = sorted(set(opts) & _CLUSTER_OPTIONS)
+        if cluster:
+            raise InputError(source, f"{where}: {', '.join(cluster)}: jobs share the batch's cluster; "
+                             "set it on the mosaic batch command line")
         try:
             StitchConfig.from_mapping(opts)
         except InputError as e:
