@@ -29,8 +29,10 @@ STITCH_S_PER_FRAME_ADJUST = 1.7
 STITCH_S_PER_OUTPUT_MP = 8.3
 #: process, dask and OpenCV before any data, bytes.
 BASE_BYTES = 100 * 2**20
-#: features: bytes per full-resolution pixel of a frame in flight (decoded, grey, SIFT pyramid).
+#: features: bytes per working-resolution pixel of a frame in flight (grey copy, SIFT scale space).
 FEATURE_BYTES_PER_PX = 240
+#: features: bytes per full-resolution pixel of a frame being decoded (RGB + grey + mask).
+DECODE_BYTES_PER_PX = 8
 #: render: bytes per output pixel beyond the tiles in flight (COG writer and overviews, preview).
 RENDER_BYTES_PER_OUTPUT_PX = 75
 # Terrain: benchmarks/bench_terrain.py (docs/terrain.md "Measured"): navcam-stereo at 1/8, 5 pairs,
@@ -81,8 +83,10 @@ def stitch_plan(inputs, config) -> dict:
     seconds = {"features": work_mp * STITCH_S_PER_FRAME_MP / par,
                "matches": (len(pairs) + photo_pairs) * STITCH_S_PER_PAIR / par,
                "adjust": len(records) * STITCH_S_PER_FRAME_ADJUST}
-    biggest = max(r["width"] * r["height"] for r in records)
-    memory = BASE_BYTES + min(par, len(records)) * biggest * FEATURE_BYTES_PER_PX
+    # A frame in flight: its decoded pixels (full resolution) and SIFT's scale space (working resolution).
+    in_flight = max(r["width"] * r["height"] * (DECODE_BYTES_PER_PX + FEATURE_BYTES_PER_PX *
+                    min(1.0, working_scale(r["width"], r["height"], config.work_megapixels)) ** 2) for r in records)
+    memory = BASE_BYTES + min(par, len(records)) * in_flight
     if out is not None:
         npx = out["width"] * out["height"]
         seconds["render"] = npx / 1e6 * STITCH_S_PER_OUTPUT_MP / par
