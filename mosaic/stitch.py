@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -158,7 +159,7 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
         if st.get("mode") == "photos" and not st.get("frames_used"):
             raise InputError(paths[0], f"none of the {st['frames']} plain photos overlaps another (no verified "
                              f"matches in {st.get('pairs_tried', 0)} pairs tried); give overlapping photos, or --hfov")
-        if config.render and any(f["used"] for f in solution["frames"]):
+        if config.render and any(f["used"] for f in render_input(solution, warn=False)["frames"]):
             # --- rendering plugs in here (mosaic.render: solution.json -> panorama.tif, preview.jpg) ---
             rendered = _render(out, ws, config, client)
             if rendered is not None:
@@ -180,6 +181,24 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
     return result
 
 
+#: Why a frame with a camera model may be left out of the adjustment yet still be rendered at its
+#: reported pointing: it overlaps nothing (a tie point would be needed to correct it).
+_UNMATCHED = ("no predicted overlap", "no verified matches")
+
+
+def render_input(solution: dict, warn: bool = True) -> dict:
+    """The solution the panorama is rendered from: the adjusted frames, plus the frames with a
+    model that overlap nothing, at their reported pointing (with a warning)."""
+    frames = []
+    for f in solution["frames"]:
+        if not f.get("used") and f.get("model") and str(f.get("reason", "")).startswith(_UNMATCHED):
+            if warn:
+                log.warning("%s: %s; rendered from its reported pointing", f["id"], f["reason"])
+            f = {**f, "used": True}
+        frames.append(f)
+    return {**solution, "frames": frames}
+
+
 def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | None:
     """Render the panorama when mosaic.render provides ``render_panorama``; None until then.
 
@@ -197,9 +216,9 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
     from .stages import code_key
     from .workspace import digest, file_digest
 
-    sol_path = ws.path("adjust", "solution.json")
-    solution = ws.read_json("adjust", "solution.json")
-    key = digest("render", hashlib.sha256(sol_path.read_bytes()).hexdigest(), code_key("mosaic.render.panorama"),
+    solution = render_input(ws.read_json("adjust", "solution.json"))
+    key = digest("render", hashlib.sha256(json.dumps(solution, sort_keys=True).encode()).hexdigest(),
+                 code_key("mosaic.render.panorama"),
                  file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
     if ws.stage_done("render", key) and (out / "panorama.tif").exists() and (out / "preview.jpg").exists():
@@ -209,7 +228,7 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
         return {"stage": stage, "panorama": str(out / "panorama.tif")}
     ws.invalidate("render")
     with PeakMemory() as mem:
-        produced = render_panorama(sol_path, out, client=client, parts_dir=ws.root / "render" / key)
+        produced = render_panorama(solution, out, client=client, parts_dir=ws.root / "render" / key)
     counts = produced if isinstance(produced, dict) else {}
     ws.mark_done("render", key, counts)
     # The tiles live on in panorama.tif; other keys' folders are stale.
