@@ -215,8 +215,10 @@ def run_sets(sets, runs: int, cache: Path, results: Results, hugin: bool, log, c
                 ours_inputs = sorted((REPO / "sample_tiles" / "navcam_360").glob("*01.json"))
                 images, hfov = [p.with_suffix(".png") for p in ours_inputs], 96.5
             else:
+                from mosaic.synth.scenes import _mcz_fov
+
                 ours_inputs, images = scene_frames(synth_scene(cache, log))
-                hfov = None
+                hfov = round(_mcz_fov(MCZ["zoom"])[0], 2)  # the PNGs carry no EXIF for Hugin
             key = {"inputs": [str(p) for p in images], "runs": runs}
             rows = {"ours": results.get(f"{name}__ours", {**key, "commit": commit},
                                         lambda: ours(ours_inputs, runs, work / name), log),
@@ -415,7 +417,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown set(s) {', '.join(unknown)} (known: {', '.join(SETS)})")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    tmp = None
+    tmp, failed = None, []
     if args.smoke:
         tmp = tempfile.TemporaryDirectory(prefix="bench-smoke.")
         sets, args.runs, hugin, cache, fresh = ["budapest"], 1, False, Path(tmp.name), True
@@ -435,7 +437,14 @@ def main(argv=None) -> int:
         res = {}
         for name in sets:
             # The page is rewritten after every set, so an interrupted run still shows what it measured.
-            res.update(run_sets([name], args.runs, cache, results, hugin, log, info["commit"], args.gigapixels))
+            try:
+                res.update(run_sets([name], args.runs, cache, results, hugin, log, info["commit"], args.gigapixels))
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                if args.smoke:
+                    raise
+                failed.append(name)
+                log(f"{name}: FAILED, going on with the other sets: {e}")
+                continue
             shown = dict(res)
             if not args.smoke:
                 # Rows of the other sets saved by earlier runs stay on the page (each row says when).
@@ -449,7 +458,7 @@ def main(argv=None) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return 0
+    return 1 if failed else 0
 
 
 def _saved(name: str, results: Results) -> dict:
