@@ -309,3 +309,18 @@ def test_output_dir_errors_name_the_folder(tmp_path):
     with pytest.raises(InputError, match=re.escape(str(f / "a" / "b"))):
         atomic.output_dir(f / "a" / "b")
     assert atomic.output_dir(tmp_path / "new" / "deep").is_dir()
+
+
+@pytest.mark.slow
+def test_posed_frame_that_overlaps_nothing_renders_with_a_warning(tmp_path, caplog, capsys):
+    """Not bad input: a frame with a model but no partner keeps its reported pointing."""
+    lonely = scene("navcam-360", keep=QUICK_360 + ("NCAM10003_",))  # azimuth 216: no neighbour kept
+    out = tmp_path / "out"
+    assert main(["stitch", str(lonely), "-o", str(out), "--workers", "1"]) == 0
+    log = capsys.readouterr().err + caplog.text
+    assert re.search(r"NCAM10003\S*: no (verified matches|predicted overlap).*rendered from its reported pointing", log)
+    sol = json.loads((out / "solution.json").read_text())
+    lone = [f for f in sol["frames"] if "NCAM10003" in f["id"]][0]
+    assert lone["used"] is False and lone["reason"]  # the solution says it was not adjusted
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["render"]["counts"]["frames"] == 5  # ...but the panorama shows it
