@@ -128,6 +128,16 @@ def test_triangulation_recovers_points():
     # float32 disparities limit the range to ~r^2 * 1e-5 px / (f b).
     assert np.abs(got.xyz - ref).max() < 2e-3
     assert len(got) == len(truth)
+    # The closed form is the midpoint of the rays' common perpendicular.
+    from mosaic.terrain.triangulate import closest_points
+
+    d = disp[got.pixels[:, 1].astype(int), got.pixels[:, 0].astype(int)].astype(float)
+    o1, d1 = rp.left.backproject(got.pixels)
+    o2, d2 = rp.right.backproject(got.pixels - np.stack([d, np.zeros_like(d)], 1))
+    mid, s, t = closest_points(o1, d1, o2, d2)
+    assert np.abs(mid - got.xyz).max() < 1e-6 and np.all(s > 0) and np.all(t > 0)
+    cos = np.einsum("ij,ij->i", d1, d2)
+    assert np.allclose(np.degrees(np.arccos(np.clip(cos, -1, 1))), got.angle_deg, atol=1e-6)
     # Range and angle limits drop what they should.
     far = triangulate(rp, disp, min_range=10.0, max_range=20.0, min_angle_deg=0.0)
     assert far.range.min() >= 10.0 and far.range.max() <= 20.0
