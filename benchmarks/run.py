@@ -431,9 +431,6 @@ def main(argv=None) -> int:
         results = Results(cache / "results", fresh)
         from mosaic.atomic import write_text
 
-        human = ""
-        if out.exists() and HUMAN in out.read_text():
-            human = out.read_text().split(HUMAN, 1)[1].lstrip("\n")
         res = {}
         for name in sets:
             # The page is rewritten after every set, so an interrupted run still shows what it measured.
@@ -451,6 +448,8 @@ def main(argv=None) -> int:
                 for s in SETS:
                     if s not in shown:
                         shown.update(_saved(s, results))
+            # Read the hand-written part just before writing: it may have been edited during the run.
+            human = out.read_text().split(HUMAN, 1)[1].lstrip("\n") if out.exists() and HUMAN in out.read_text() else ""
             write_text(out, page({s: shown[s] for s in SETS if s in shown}, info, args.runs, human))
             log(f"wrote {out}")
         if args.smoke:
