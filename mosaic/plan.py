@@ -19,8 +19,10 @@ import os
 # 25 pairs, 2336 x 1168 output; report.json: features 13.0 s, matches 22.1 s, adjust 17.3 s, render
 # 11.9 s, peak 410 MiB) and at 1/16 (320 x 240, 1184 x 592; peak 243 MiB), embedded cluster of
 # 2 threads on 2 shared cores. Times are per thread (the plan divides by the cluster's threads).
-#: features: seconds per megapixel at working resolution (decode, SIFT, write).
-STITCH_S_PER_FRAME_MP = 8.5
+#: features: seconds per frame (decode, mask, write) and per megapixel at working resolution
+#: (SIFT); also fitted to the 6 boat photos of OpenCV's sample set (14.6 s on 2 threads).
+STITCH_S_PER_FRAME = 1.5
+STITCH_S_PER_WORK_MP = 1.3
 #: matches: seconds per predicted pair (guided ratio matching and verification).
 STITCH_S_PER_PAIR = 1.8
 #: adjust: seconds per frame (serial bundle adjustment; tie points grow with frames).
@@ -71,8 +73,10 @@ def stitch_plan(inputs, config) -> dict:
     pairs = pairs_from_models(posed, config.margin_deg, config.min_overlap) if len(posed) > 1 else []
     # Plain photos are paired after feature detection (similarity ranking): at most this many.
     photo_pairs = min(len(photos) * config.neighbours, len(photos) * (len(photos) - 1) // 2)
-    work_mp = sum(r["width"] * r["height"] * min(1.0, working_scale(r["width"], r["height"], config.work_megapixels)) ** 2
-                  for r in records) / 1e6
+    def scale(r):  # the features stage's working scale (min_scale appeared with large photos)
+        return working_scale(r["width"], r["height"], config.work_megapixels, getattr(config, "min_scale", 0.0))
+
+    work_mp = sum(r["width"] * r["height"] * scale(r) ** 2 for r in records) / 1e6
     out = None
     if posed and config.render:
         sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
@@ -80,12 +84,12 @@ def stitch_plan(inputs, config) -> dict:
         out = render_plan(sol)
     threads = _threads(config.workers, getattr(config, "threads_per_worker", None)) if not config.scheduler else None
     par = threads or 1
-    seconds = {"features": work_mp * STITCH_S_PER_FRAME_MP / par,
+    seconds = {"features": (len(records) * STITCH_S_PER_FRAME + work_mp * STITCH_S_PER_WORK_MP) / par,
                "matches": (len(pairs) + photo_pairs) * STITCH_S_PER_PAIR / par,
                "adjust": len(records) * STITCH_S_PER_FRAME_ADJUST}
     # A frame in flight: its decoded pixels (full resolution) and SIFT's scale space (working resolution).
-    in_flight = max(r["width"] * r["height"] * (DECODE_BYTES_PER_PX + FEATURE_BYTES_PER_PX *
-                    min(1.0, working_scale(r["width"], r["height"], config.work_megapixels)) ** 2) for r in records)
+    in_flight = max(r["width"] * r["height"] * (DECODE_BYTES_PER_PX + FEATURE_BYTES_PER_PX * scale(r) ** 2)
+                    for r in records)
     memory = BASE_BYTES + min(par, len(records)) * in_flight
     if out is not None:
         npx = out["width"] * out["height"]
