@@ -40,6 +40,7 @@ class StitchConfig:
     min_inliers: int = 12               #: fewer verified matches: the pair is not used
     seed: int = 0                       #: RANSAC seed (each pair derives its own from it and its ids)
     # adjust
+    shared_lens: bool = False           #: plain photos of one size share focal length and k1 (else one lens each)
     prior_deg: float = 1.0              #: sigma of the prior on each frame's reported pointing
     loss: str = "huber"                 #: huber | cauchy
     loss_px: float = 1.0                #: scale of the robust loss (pixels as delivered)

@@ -131,3 +131,17 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     toml.write_text("[stitch]\nratio_typo = 0.7\n")
     assert main(["stitch", str(tmp_path), "-o", str(tmp_path / "o"), "--config", str(toml)]) == 2
     assert "ratio_typo" in capsys.readouterr().err
+
+
+def test_unsupported_frame_is_kept_with_a_reason(realdata, tmp_path):
+    """The Pancam frame of another sol shares no verified tie point with Navcam frames 1-2: it
+    stays in solution.json, unused, with its reported model and a reason."""
+    navcam = _navcam(realdata)[:2]
+    pancam = sorted((realdata / MER).glob("1P*.IMG"))
+    result = stitch(navcam + pancam, tmp_path, render=False)
+    sol = {f["id"]: f for f in json.loads((tmp_path / "solution.json").read_text())["frames"]}
+    p = sol[pancam[0].stem]
+    assert p["used"] is False and p["reason"]
+    assert p["model"]["type"] == "CAHVOR"
+    assert all(sol[n.stem]["used"] for n in navcam)
+    assert result["stats"]["frames"] == 3 and result["stats"]["frames_used"] == 2
