@@ -279,3 +279,22 @@ def test_process_cluster_gives_the_same_bytes(stereo_run, tmp_path):
                 scheduler=cluster.scheduler_address)
     for name in ("dem.tif", "ortho.tif"):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_rerun_resumes_from_the_points_stage(stereo_run, tmp_path):
+    """With the point files kept, a second run skips the stereo stage and gives the same DEM."""
+    from mosaic.terrain.pipeline import terrain
+
+    out, _ = stereo_run
+    frames = out.parent / "frames"
+    first = terrain([frames], tmp_path, gsd=0.08, radius=4.0, web=False, keep_points=True)
+    dem1 = (tmp_path / "dem.tif").read_bytes()
+    assert (tmp_path / "work" / "stages" / "terrain-points.json").exists()
+    second = terrain([frames], tmp_path, gsd=0.08, radius=4.0, web=False, keep_points=True)
+    assert second["pairs"] == first["pairs"]
+    assert second["stages"]["points"]["seconds"] < first["stages"]["points"]["seconds"]
+    assert (tmp_path / "dem.tif").read_bytes() == dem1
+    # A changed setting is a different key: the stage runs again.
+    third = terrain([frames], tmp_path, gsd=0.08, radius=4.0, web=False, min_range=1.5)
+    assert third["stages"]["points"]["seconds"] > second["stages"]["points"]["seconds"]
+    assert not list((tmp_path / "work" / "points").glob("*/*/*.npy"))  # cleaned without keep_points

@@ -311,7 +311,8 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
         if ws.stage_done("terrain-points", key):
             pair_stats = ws.stage_report("terrain-points")["pairs"]
         else:
-            shutil.rmtree(points_root, ignore_errors=True)
+            # Point files of other inputs or settings are stale: a workspace holds one run.
+            shutil.rmtree(points_root.parent, ignore_errors=True)
             points_root.mkdir(parents=True, exist_ok=True)
             futures = [client.submit(process_pair, p, str(points_root), spec.to_dict(), origin, settings,
                                      key=f"terrain-pair-{i}-{key}", pure=False) for i, p in enumerate(pairs)]
