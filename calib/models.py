@@ -359,7 +359,10 @@ class CAHVORE(CAHVOR):
             raise ModelError(self.source, f"not a number: {self.T!r}", field="T") from None
         if t not in (1, 2, 3) or float(self.T) != t:
             raise ModelError(self.source, f"unknown CAHVORE type {self.T!r} (expected 1, 2 or 3)", field="T")
-        p = float(self.P)
+        try:
+            p = float(self.P)
+        except (TypeError, ValueError):
+            raise ModelError(self.source, f"not a number: {self.P!r}", field="P") from None
         if not np.isfinite(p):
             raise ModelError(self.source, f"not finite: {self.P!r}", field="P")
         object.__setattr__(self, "T", t)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mosaic import atomic
+from mosaic import atomic, batch
 from mosaic.cli import main
 from synth_cache import QUICK_360, listing, scene
 
@@ -324,3 +324,90 @@ def test_posed_frame_that_overlaps_nothing_renders_with_a_warning(tmp_path, capl
     assert lone["used"] is False and lone["reason"]  # the solution says it was not adjusted
     report = json.loads((out / "report.json").read_text())
     assert report["stages"]["render"]["counts"]["frames"] == 5  # ...but the panorama shows it
+
+
+# -- property: the other readers of user files (solution.json, jobs files) raise only InputError --
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=40, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                 st.text(max_size=8), st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+                 st.sampled_from(["LOCAL_LEVEL", "SITE", "CAHVX", "CAHVORE", [0, 0, 0], [1, 0, 0], {}]))
+
+
+def _mutate(obj, path, value):
+    """Set the item at ``path`` (a list of keys/indices) to ``value``; a missing path leaves obj."""
+    for k in path[:-1]:
+        obj = obj[k]
+    if value is _DELETE:
+        del obj[path[-1]]
+    else:
+        obj[path[-1]] = value
+
+
+_DELETE = object()
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+def _one_line_naming(e, path):
+    assert "\n" not in str(e) and str(path) in str(e), str(e)
+
+
+@FUZZ
+@given(data=st.data())
+def test_solution_readers_raise_only_input_error(frames, tmp_path_factory, data):
+    import copy
+
+    from calib.errors import InputError
+    from calib.labels import discover
+    from mosaic import solution as solution_io
+    from mosaic.render.panorama import frames_of
+    from mosaic.solution import frame_entry
+
+    metas = discover([str(frames)])
+    base = {"frames": [frame_entry({"id": m.id, "image": str(m.image), "width": m.width, "height": m.height},
+                                   m.model_local_level(), True) for m in metas], "stats": {}}
+    sol = copy.deepcopy(base)
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = [p for p in _paths(sol) if p]
+        where = data.draw(st.sampled_from(paths))
+        _mutate(sol, list(where), data.draw(st.one_of(JUNK, st.just(_DELETE))))
+    path = tmp_path_factory.mktemp("sol") / "solution.json"
+    path.write_text(json.dumps(sol))
+    for reader in (solution_io.read, frames_of):
+        try:
+            reader(path)
+        except InputError as e:
+            _one_line_naming(e, path)
+
+
+@FUZZ
+@given(text=st.one_of(
+    st.text(max_size=200),
+    st.builds(lambda cmd, inputs, opts: f'[[job]]\ncommand = {json.dumps(cmd)}\ninputs = {json.dumps(inputs)}\n'
+                                        f'[job.options]\n{opts}\n',
+              st.sampled_from(["stitch", "terrain", "", "batch"]),
+              st.one_of(st.lists(st.text(max_size=5), max_size=2), st.text(max_size=5)),
+              st.sampled_from(["", "hfov = 500", "gsd = -1", "radius = \"x\"", "feature = 3", "seed = 1.5",
+                               "bogus = 1", "force = true", "max_pixels = 10"]))))
+def test_jobs_reader_raises_only_input_error(tmp_path_factory, text):
+    from calib.errors import InputError
+
+    f = tmp_path_factory.mktemp("jobs") / "jobs.toml"
+    f.write_text(text)
+    try:
+        batch.read_jobs(f, f.parent / "out")
+    except InputError as e:
+        _one_line_naming(e, f)

@@ -97,6 +97,8 @@ def frames_of(solution) -> list[FrameInfo]:
     src = solution if not isinstance(solution, dict) else None
     out = []
     for k, f in enumerate(data["frames"]):
+        if not isinstance(f, dict):
+            raise InputError(src, f"frame {k}: not a JSON object", field="frames")
         if not f.get("used", True):
             continue
         try:
