@@ -145,3 +145,12 @@ def test_unsupported_frame_is_kept_with_a_reason(realdata, tmp_path):
     assert p["model"]["type"] == "CAHVOR"
     assert all(sol[n.stem]["used"] for n in navcam)
     assert result["stats"]["frames"] == 3 and result["stats"]["frames_used"] == 2
+
+
+@pytest.mark.parametrize("feature", ["orb", "akaze"])
+def test_other_detectors_tie_a_mer_pair(realdata, tmp_path, feature):
+    frames = _navcam(realdata)[2:4]
+    result = stitch(frames, tmp_path, render=False, feature=feature)
+    assert result["stats"]["frames_used"] == 2
+    assert result["stats"]["tie_points"] >= 20
+    assert result["stats"]["rms_px"] <= 0.5

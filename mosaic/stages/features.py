@@ -69,7 +69,9 @@ def _detector(kind: str, n: int):
         return cv2.SIFT_create(nfeatures=n, contrastThreshold=0.01)
     if kind == "orb":
         return cv2.ORB_create(nfeatures=n, edgeThreshold=15, patchSize=15)
-    return cv2.AKAZE_create(threshold=5e-4)
+    # OpenCV 5 moved AKAZE to the contrib module xfeatures2d.
+    create = getattr(cv2, "AKAZE_create", None) or cv2.xfeatures2d.AKAZE_create
+    return create(threshold=5e-4)
 
 
 def detect(record: dict, out_path: str, options: dict) -> dict:
