@@ -161,7 +161,8 @@ def hugin_row(images, runs: int, hfov) -> dict | None:
 def peer_set(name: str) -> list[Path]:
     imgs = sorted(PEERDATA.glob(f"{name}[0-9].jpg"))
     if not imgs:
-        raise FileNotFoundError(f"{PEERDATA}: no {name}*.jpg (the peer photo sets are not beside the repository)")
+        raise FileNotFoundError(f"{PEERDATA}: no {name}*.jpg (the peer photo sets are not beside the repository; "
+                                "--peerdata names another folder)")
     return imgs
 
 
@@ -423,6 +424,7 @@ def page(res: dict, info: dict, runs: int, human: str) -> str:
 
 
 def main(argv=None) -> int:
+    global PEERDATA
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="runs per row; the median wall time is reported (default 3)")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {','.join(SETS)}")
@@ -432,7 +434,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hugin", action="store_true", help="skip the Hugin chain")
     ap.add_argument("--gigapixels", type=float, default=1.0, help="size of the render benchmark (default 1)")
     ap.add_argument("--smoke", action="store_true", help="CI check: budapest, 1 run, ours + cv2, temporary output")
+    ap.add_argument("--peerdata", default=str(PEERDATA), help="folder of OpenCV's boat*.jpg, budapest*.jpg")
     args = ap.parse_args(argv)
+    PEERDATA = Path(args.peerdata)
     log = lambda msg: print(f"[bench {datetime.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = sorted(set(sets) - set(SETS))
