@@ -27,8 +27,10 @@ STITCH_S_PER_WORK_MP = 1.3
 STITCH_S_PER_PAIR = 1.8
 #: adjust: seconds per frame (serial bundle adjustment; tie points grow with frames).
 STITCH_S_PER_FRAME_ADJUST = 1.7
-#: render: seconds per output megapixel (gains, warp, seams, multi-band blend, COG, preview).
-STITCH_S_PER_OUTPUT_MP = 8.3
+#: render: seconds per output megapixel (warp, seams, multi-band blend, COG, preview) and fixed
+#: (gains, start-up); refitted on sample_tiles/navcam_360 (4672 x 2336 in 15.9 s, peak 730 MiB).
+STITCH_S_PER_OUTPUT_MP = 2.9
+STITCH_S_RENDER_FIXED = 3.0
 #: process, dask and OpenCV before any data, bytes.
 BASE_BYTES = 100 * 2**20
 #: features: bytes per working-resolution pixel of a frame in flight (grey copy, SIFT scale space).
@@ -36,7 +38,7 @@ FEATURE_BYTES_PER_PX = 240
 #: features: bytes per full-resolution pixel of a frame being decoded (RGB + grey + mask).
 DECODE_BYTES_PER_PX = 8
 #: render: bytes per output pixel beyond the tiles in flight (COG writer and overviews, preview).
-RENDER_BYTES_PER_OUTPUT_PX = 75
+RENDER_BYTES_PER_OUTPUT_PX = 55
 # Terrain: benchmarks/bench_terrain.py (docs/terrain.md "Measured"): navcam-stereo at 1/8, 5 pairs,
 # 2 cm grid of 1501 x 1501, stereo 27 s and grid + tiles 12 s on 2 threads, peak 428 MiB.
 #: stereo: seconds per pair per megapixel of the left frame (rectify, SGBM twice, triangulate).
@@ -93,7 +95,7 @@ def stitch_plan(inputs, config) -> dict:
     memory = BASE_BYTES + min(par, len(records)) * in_flight
     if out is not None:
         npx = out["width"] * out["height"]
-        seconds["render"] = npx / 1e6 * STITCH_S_PER_OUTPUT_MP / par
+        seconds["render"] = STITCH_S_RENDER_FIXED + npx / 1e6 * STITCH_S_PER_OUTPUT_MP / par
         memory = max(memory, BASE_BYTES + par * out["tile_bytes_estimate"] + npx * RENDER_BYTES_PER_OUTPUT_PX)
     return {
         "command": "stitch", "inputs": paths, "frames": len(records), "with_model": len(posed),
