@@ -68,7 +68,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                     "Run `mosaic COMMAND --help` for a command's options and examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="debug log output (-vv: dask's too)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors (no progress)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     subs = {}
@@ -246,7 +246,21 @@ def _logging(verbose: int, quiet: bool) -> None:
         logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     root.setLevel(level)
     log.setLevel(level)
+    # dask's scheduler and workers log every start, connection and close at INFO (its own config
+    # sets each logger's level on import): shown only with -vv.
+    for h in root.handlers:
+        for f in [f for f in h.filters if isinstance(f, _DaskChatter)]:
+            h.removeFilter(f)
+        if verbose < 2:
+            h.addFilter(_DaskChatter())
     progress.set_quiet(quiet)
+
+
+class _DaskChatter(logging.Filter):
+    """Drops dask's (``distributed.*``) records below WARNING."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or not record.name.startswith("distributed")
 
 
 def main(argv=None) -> int:

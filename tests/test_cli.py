@@ -212,6 +212,7 @@ def test_end_to_end_every_command(pan, stereo, tmp_path):
     assert rc == 0, err
     rc, out, err = _mosaic("terrain", stereo, "-o", site, "--gsd", "0.1", "--radius", "6", "--no-web")
     assert rc == 0, err
+    assert "stereo: " in err and "Scheduler" not in err   # progress, without dask's INFO chatter
     assert (site / "dem.tif").is_file() and (site / "ortho.tif").is_file()
     import rasterio
 
