@@ -156,7 +156,7 @@ def test_internal_error_is_exit_1(monkeypatch, tmp_path, caplog):
 
 
 def test_end_to_end_every_command(pan, stereo, tmp_path):
-    """synth -> info -> stitch (with a config file) -> eval -> view -> terrain, as a user would."""
+    """synth -> info -> stitch (with a config file) -> eval -> view -> terrain -> batch, as a user would."""
     # synth: the smallest scene the generator makes (the stitch below uses the cached one).
     rc, _, err = _mosaic("-q", "synth", tmp_path / "scene", "--scene", "navcam-stereo", "--scale", "64",
                          "--seed", "3", "--jobs", "1")
@@ -218,3 +218,12 @@ def test_end_to_end_every_command(pan, stereo, tmp_path):
 
     with rasterio.open(site / "dem.tif") as ds:   # the dry run sized the grid the run made
         assert f"{ds.width} x {ds.height} at 0.1 m" in plan
+
+    # batch: one terrain job from a jobs file (its own tests cover stitch jobs and failures).
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'[[job]]\ncommand = "terrain"\nname = "site"\ninputs = ["{stereo}"]\n'
+                    f'[job.options]\ngsd = 0.2\nradius = 4\nweb = false\n')
+    rc, out, err = _mosaic("batch", jobs, "-o", tmp_path / "batch")
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "batch" / "batch-summary.json").read_text())
+    assert [j["status"] for j in summary["jobs"]] == ["ok"]
