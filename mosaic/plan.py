@@ -101,7 +101,7 @@ def stitch_plan(inputs, config) -> dict:
         "command": "stitch", "inputs": paths, "frames": len(records), "with_model": len(posed),
         "plain_photos": len(photos), "predicted_pairs": len(pairs),
         "photo_pairs_at_most": photo_pairs if len(photos) > 1 else 0,
-        "output": out, "threads": threads, "scheduler": config.scheduler or "embedded",
+        "output": out, "render": bool(config.render), "threads": threads, "scheduler": config.scheduler or "embedded",
         "estimate_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "estimate_total_seconds": round(sum(seconds.values()), 1),
         "estimate_peak_bytes": int(memory),
@@ -176,6 +176,8 @@ def format_plan(p: dict) -> str:
         if o:
             lines.append(f"output: panorama.tif {o['width']} x {o['height']} {o['projection']}, "
                          f"{o['bands']} bands {o['dtype']}, {o['tiles']} tiles, ~{_mib(o['bytes_estimate'])} uncompressed")
+        elif not p["render"]:
+            lines.append("output: solution.json only (no rendering asked)")
         else:
             lines.append("output: solution.json (panorama size is known once the photos' focal lengths are solved)")
     else:
