@@ -2,12 +2,13 @@
 
 GDAL's approximate-transformer idea: the exact mapping output pixel -> frame pixel (a CAHVORE
 projection is an iterative solve) is evaluated on a grid of nodes every ``step`` output pixels and
-interpolated bilinearly in between. The interpolation error is checked at every cell's centre
-(where a bilinear fit of a smooth map is worst); a cell whose error exceeds ``tol`` (0.1 px) or that
-has a corner where the frame does not see (behind the camera, outside a fisheye's cone) is filled
-with exact per-pixel projections instead, and when more than a quarter of the cells that reach
-the image fail, the grid step is halved. Cells whose corners all land far outside the image are
-not checked: their pixels are masked off anyway.
+interpolated bilinearly in between. The interpolation error is checked at every cell's centre and
+edge midpoints; a cell whose fit is off by more than 0.75 ``tol`` there (``tol`` = 0.1 px), or
+that has a corner where the frame does not see (behind the camera, outside a fisheye's cone),
+is split into four with exact projections at the new nodes, recursively, down to exact
+per-pixel projections (see ``_Sink``). Cells whose corners all land far outside the image are not
+checked: their pixels are masked off anyway. Cells sit on a global grid (the window origin is a
+multiple of the step), so a pixel's map never depends on which tile computes it.
 
 What a camera sees of an output pixel:
 
