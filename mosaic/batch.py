@@ -141,7 +141,7 @@ def _read_toml(path: Path, out_root: Path, extra: dict | None) -> list[Job]:
         raise InputError(path, "no [[job]] tables")
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict) or set(defaults) - set(COMMANDS):
-        raise InputError(path, f"[defaults] may only hold [defaults.stitch] and [defaults.terrain]", field="defaults")
+        raise InputError(path, "[defaults] may only hold [defaults.stitch] and [defaults.terrain]", field="defaults")
     base = path.parent
     jobs = []
     for i, t in enumerate(tables, 1):
