@@ -36,6 +36,33 @@ def file_digest(paths) -> list:
     return out
 
 
+def recorded(task, record: str, key: str, *args, **kwargs):
+    """Run ``task(*args, **kwargs)`` (which writes its artefact atomically), then record its small
+    report in ``record`` under ``key``. Runs on a worker; the record is written last, so it never
+    describes a missing artefact, and a task killed half-way leaves no record."""
+    report = task(*args, **kwargs)
+    atomic.write_json(record, {"key": key, "report": report})
+    return report
+
+
+def resumable(ws: "Workspace", client, stage: str, key: str, items) -> tuple[list, int]:
+    """Run a stage's per-item tasks, skipping the items a killed run already finished.
+
+    ``items``: (name, task, args) per item; each task writes its artefact and returns a small
+    JSON-able report. Returns (the reports in item order, how many were resumed from records).
+    """
+    from . import progress
+    from .stages import task_key
+
+    reports = {name: ws.item_report(stage, name, key) for name, _, _ in items}
+    todo = [(name, task, args) for name, task, args in items if reports[name] is None]
+    futures = [client.submit(recorded, task, str(ws.path(stage, "done", f"{name}.json")), key, *args,
+                             key=task_key(stage, name, key)) for name, task, args in todo]
+    for (name, _, _), report in zip(todo, progress.track_futures(stage, futures, client)):
+        reports[name] = report
+    return [reports[name] for name, _, _ in items], len(items) - len(todo)
+
+
 class Workspace:
     def __init__(self, root):
         self.root = Path(root)
@@ -66,6 +93,14 @@ class Workspace:
             return {k: z[k] for k in z.files}
 
     # Stage bookkeeping.
+    def item_report(self, stage: str, name: str, key: str):
+        """The report a finished item of ``stage`` recorded under ``key`` (see ``recorded``), or None."""
+        try:
+            rec = json.loads((self.root / stage / "done" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return rec.get("report") if isinstance(rec, dict) and rec.get("key") == key else None
+
     def stage_done(self, stage: str, key: str) -> bool:
         p = self.root / "stages" / f"{stage}.json"
         if not p.exists():

@@ -14,9 +14,8 @@ import io
 
 import numpy as np
 
-from .. import progress
-from ..workspace import Workspace, digest
-from . import code_key, task_key, upstream_key
+from ..workspace import Workspace, digest, resumable
+from . import code_key, upstream_key
 
 CONFIG_FIELDS = ("feature", "work_megapixels", "min_scale", "max_keypoints", "border_px", "stretch_percentiles")
 
@@ -151,16 +150,13 @@ def run(ws: Workspace, config, client) -> dict:
     key = digest("features", code_key(__name__), upstream_key(ws, "ingest"), options)
     if ws.stage_done("features", key):
         return ws.stage_report("features")
-    futures = [
-        client.submit(detect, rec, str(ws.path("features", f"{rec['id']}.npz")), options,
-                      key=task_key("features", rec["id"], key))
-        for rec in frames
-    ]
-    results = progress.track_futures("features", futures, client)
+    # Per-frame records: a killed run's finished frames are not detected again.
+    results, resumed = resumable(ws, client, "features", key, [
+        (rec["id"], detect, (rec, str(ws.path("features", f"{rec['id']}.npz")), options)) for rec in frames])
     counts = [r["keypoints"] for r in results]
     report = {"frames": len(results), "keypoints": int(sum(counts)),
               "keypoints_min": int(min(counts)) if counts else 0,
               "keypoints_max": int(max(counts)) if counts else 0,
-              "working_scale": {r["id"]: r["scale"] for r in results}}
+              "working_scale": {r["id"]: r["scale"] for r in results}, "resumed": resumed}
     ws.mark_done("features", key, report)
     return report

@@ -21,9 +21,8 @@ import numpy as np
 
 from calib.models import model_from_dict
 
-from .. import progress
-from ..workspace import Workspace, digest
-from . import code_key, task_key, upstream_key
+from ..workspace import Workspace, digest, resumable
+from . import code_key, upstream_key
 
 CONFIG_FIELDS = ("ratio", "ransac_px", "ransac_iterations", "min_depth_m", "min_inliers", "seed", "margin_deg")
 #: Distance used to predict where a keypoint's partner lies (the far field).
@@ -317,17 +316,15 @@ def run(ws: Workspace, config, client) -> dict:
     key = digest("matches", code_key(__name__), upstream_key(ws, "pairs"), options)
     if ws.stage_done("matches", key):
         return ws.stage_report("matches")
-    futures = []
-    for p in pairs:
-        a, b = p["a"], p["b"]
-        futures.append(client.submit(
-            match_pair, frames[a], frames[b], str(ws.path("features", f"{a}.npz")),
-            str(ws.path("features", f"{b}.npz")), str(ws.path("matches", f"{pair_name(a, b)}.npz")), options,
-            key=task_key("matches", pair_name(a, b), key)))
-    results = progress.track_futures("matches", futures, client)
+    # Per-pair records: a killed run's finished pairs are not matched again.
+    items = [(pair_name(p["a"], p["b"]), match_pair,
+              (frames[p["a"]], frames[p["b"]], str(ws.path("features", f"{p['a']}.npz")),
+               str(ws.path("features", f"{p['b']}.npz")), str(ws.path("matches", f"{pair_name(p['a'], p['b'])}.npz")),
+               options)) for p in pairs]
+    results, resumed = resumable(ws, client, "matches", key, items)
     ws.write_json({"pairs": results}, "matches", "summary.json")
     report = {"pairs": len(results), "verified_pairs": sum(r["inliers"] > 0 for r in results),
               "candidates": int(sum(r["candidates"] for r in results)),
-              "inliers": int(sum(r["inliers"] for r in results))}
+              "inliers": int(sum(r["inliers"] for r in results)), "resumed": resumed}
     ws.mark_done("matches", key, report)
     return report
