@@ -281,7 +281,7 @@ class CAHVOR(CAHV):
         r0, r1, r2 = self.R
         mu = r0 + (r1 + r2 * tau) * tau
         out = d + mu[:, None] * lam
-        out[~(zeta > 0)] = np.nan
+        out[~(zeta > 0) | _folded(self.R, tau)] = np.nan
         return out
 
     def _distort_jacobian(self, d):
@@ -297,7 +297,7 @@ class CAHVOR(CAHV):
         proj = np.eye(3) - np.outer(o, o)
         j = np.eye(3)[None] + mu[:, None, None] * proj[None] + lam[:, :, None] * dmu[:, None, :]
         out = d + mu[:, None] * lam
-        out[~(zeta > 0)] = np.nan
+        out[~(zeta > 0) | _folded(self.R, tau)] = np.nan
         return out, j
 
     def _undistort(self, rays):
@@ -334,6 +334,17 @@ class CAHVOR(CAHV):
 
     def _scalars(self):
         return {}
+
+
+def _folded(r, t2):
+    """Where the radial polynomial has folded back: the image radius t (1 + r0 + r1 t^2 + r2 t^4)
+    no longer grows with the angle's tangent (CAHVOR) or chi (CAHVORE), so a direction far outside
+    the calibrated field (behind a fisheye, say) would land back inside the image. JPL's cmod
+    leaves this to the caller; we treat such directions as not imaged, which is also where the
+    inverse's Newton solve loses its unique root."""
+    r0, r1, r2 = r
+    with np.errstate(invalid="ignore"):
+        return (1 + r0) + 3 * r1 * t2 + 5 * r2 * t2 * t2 <= 0
 
 
 _LINEARITY_OF_TYPE = {1: 1.0, 2: 0.0}
@@ -420,6 +431,7 @@ class CAHVORE(CAHVOR):
         chi, dchi = self._chi(theta)
         r0, r1, r2 = self.R
         chi2 = chi * chi
+        ok &= ~_folded(self.R, chi2)
         mu = r0 + r1 * chi2 + r2 * chi2 * chi2
         with np.errstate(divide="ignore", invalid="ignore"):
             zp = lam / chi

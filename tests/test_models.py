@@ -190,3 +190,21 @@ def test_cahvore_type_checks():
     assert CAHVORE(**base, T=2, P=0.0).linearity == 0.0
     assert CAHVORE(**base, T=1, P=0.7).linearity == 1.0
     assert CAHVORE(**base, T=3, P=0.7).linearity == 0.7
+
+
+def test_fisheye_does_not_fold_directions_behind_into_the_image():
+    """A T=2 CAHVORE's radial polynomial turns over near 120 deg off axis; beyond it the forward
+    map would bring directions from behind the camera back into the image. They must not project."""
+    from calib.models import CAHVORE
+    from calib.rotation import azel_to_vector
+
+    m = CAHVORE(C=(0.950849, 0.349753, -1.89429), A=(0.824195, 0.0290508, 0.565575),
+                H=(2041.2, 3032.24, 1457.62), V=(-71.0941, 9.0217, 3538), O=(0.824089, 0.0304646, 0.565654),
+                R=(0.000001736, 0.0501396, -0.0171254), E=(-8e-9, 1e-8, -2.9e-8), T=2, P=0.0)
+    az, el = np.meshgrid(np.arange(0, 360, 2.0), np.arange(-89, 90, 2.0))
+    d = azel_to_vector(az.ravel(), el.ravel())
+    p = m.project(m.C + 100 * d)
+    inside = (p[:, 0] >= -0.5) & (p[:, 0] < 5119.5) & (p[:, 1] >= -0.5) & (p[:, 1] < 3839.5)
+    off_axis = np.degrees(np.arccos(d @ m.A))
+    assert off_axis[inside].max() < 62  # the sensor's corners are ~60 deg off axis
+    assert not np.isfinite(p[off_axis > 125]).any()
