@@ -123,3 +123,21 @@ def test_atomic_write_failure_leaves_the_target_as_it_was(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["solution.json"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_matching_redoes_only_unfinished_pairs(tmp_path):
+    frames = scene("navcam-360", keep=QUICK_360)
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    no_render = ("--no-render",)
+    _run(_cmd(frames, clean, *no_render))
+
+    pairs = lambda: list(out.glob("work/matches/done/*.json"))  # noqa: E731
+    assert _kill_when(_cmd(frames, out, *no_render), lambda: len(pairs()) >= 1) == -signal.SIGKILL
+    done = len(pairs())
+    assert not (out / "work" / "stages" / "matches.json").exists()  # the stage itself had not finished
+    rep = _run(_cmd(frames, out, *no_render))
+    assert rep["stages"]["features"]["skipped"] and not rep["stages"]["matches"]["skipped"]
+    assert rep["stages"]["matches"]["counts"]["resumed"] == done
+    assert digest(out / "solution.json") == digest(clean / "solution.json")
+    assert digest(out / "work" / "matches" / "summary.json") == digest(clean / "work" / "matches" / "summary.json")
