@@ -54,21 +54,6 @@ def _project(proj, model, xs, ys, range_m):
     return model.project(targets(proj, xs, ys, model, range_m))
 
 
-def _in_cone(proj, model, fw, fh, xs, ys, range_m, margin_deg=5.0):
-    """Output pixels whose ray from the camera is within the frame's cone of view (the widest
-    border ray's angle from the boresight, plus a margin)."""
-    b = model.boresight(fw, fh)
-    foot = model.footprint(fw, fh, n=16)
-    foot = foot[np.isfinite(foot).all(axis=1)]
-    if not len(foot) or not np.isfinite(b).all():
-        return np.ones(len(xs), bool)
-    cos_r = np.cos(min(np.pi, np.arccos(np.clip(foot @ b, -1, 1)).max() + np.radians(margin_deg)))
-    v = targets(proj, xs, ys, model, range_m) - model.C
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = (v @ b) / np.linalg.norm(v, axis=1)
-    return ~(c < cos_r)
-
-
 class FrameMap:
     """Where one frame lands in a window: ``rows``/``cols`` slices of the window, float32 maps
     ``mapx``/``mapy`` into the frame and the ``valid`` mask, all of the slices' shape."""
@@ -103,10 +88,6 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
     ky = (np.arange(ny) - 0.5) * step - 0.5
     gx, gy = np.meshgrid(x0 + kx, y0 + ky)
     nodes = _project(proj, model, gx.ravel(), gy.ravel(), range_m).reshape(ny, nx, 2)
-    # Directions well outside the frame's cone of view are blind: a fisheye CAHVORE's radial
-    # polynomial folds some directions behind the camera back into the image (mirrored ground in
-    # the sky otherwise). Cells with a blind corner are still refined exactly below.
-    nodes[~_in_cone(proj, model, fw, fh, gx.ravel(), gy.ravel(), range_m).reshape(ny, nx)] = np.nan
     fin = np.isfinite(nodes).all(axis=2)
     c = [nodes[:-1, :-1], nodes[:-1, 1:], nodes[1:, :-1], nodes[1:, 1:]]
     f = [fin[:-1, :-1], fin[:-1, 1:], fin[1:, :-1], fin[1:, 1:]]
