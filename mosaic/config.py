@@ -14,6 +14,7 @@ from pathlib import Path
 from calib.errors import InputError
 
 FEATURES = ("sift", "orb", "akaze")
+PROJECTIONS = ("equirect", "cylindrical", "polar", "vertical", "perspective")
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,20 @@ class StitchConfig:
     threads_per_worker: int | None = None  #: threads of each embedded worker
     memory_limit: str | None = None     #: per embedded worker, e.g. "4GB" (dask's syntax); None: auto
     render: bool = True                 #: render panorama.tif after solution.json (when mosaic.render exists)
+    # render
+    projection: str = "equirect"        #: equirect | cylindrical | polar | vertical | perspective
+    resolution: float | None = None     #: degrees per output pixel (metres for vertical); None: finest input pixel
+    max_megapixels: float = 4000.0      #: refuse (before allocating anything) a panorama larger than this
 
     def __post_init__(self):
         if self.feature not in FEATURES:
             raise InputError(None, f"unknown feature type {self.feature!r} (expected one of {', '.join(FEATURES)})",
                              field="feature")
+        if self.projection not in PROJECTIONS:
+            raise InputError(None, f"unknown projection {self.projection!r} (expected one of {', '.join(PROJECTIONS)})",
+                             field="projection")
+        if self.resolution is not None and not float(self.resolution) > 0:
+            raise InputError(None, f"must be positive, got {self.resolution!r}", field="resolution")
         if self.loss not in ("huber", "cauchy"):
             raise InputError(None, f"unknown loss {self.loss!r} (expected huber or cauchy)", field="loss")
         if self.hfov is not None and not (0 < float(self.hfov) < 180):

@@ -60,6 +60,7 @@ def stitch_plan(inputs, config) -> dict:
     from calib.labels import discover
 
     from .render.panorama import plan as render_plan
+    from .stitch import render_options
     from .stages.features import working_scale
     from .stages.ingest import frame_record
     from .stages.pairs import pairs_from_models
@@ -83,7 +84,7 @@ def stitch_plan(inputs, config) -> dict:
     if posed and config.render:
         sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
                            "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
-        out = render_plan(sol)
+        out = render_plan(sol, **render_options(config))
     threads = _threads(config.workers, getattr(config, "threads_per_worker", None)) if not config.scheduler else None
     par = threads or 1
     seconds = {"features": (len(records) * STITCH_S_PER_FRAME + work_mp * STITCH_S_PER_WORK_MP) / par,

@@ -29,7 +29,7 @@ from pathlib import Path
 from calib.errors import InputError
 
 from . import atomic
-from .config import FEATURES, StitchConfig
+from .config import FEATURES, PROJECTIONS, StitchConfig
 from .stages import ORDER
 from .workspace import Workspace
 
@@ -199,6 +199,12 @@ def render_input(solution: dict, warn: bool = True) -> dict:
     return {**solution, "frames": frames}
 
 
+def render_options(config: StitchConfig) -> dict:
+    """The renderer's keyword arguments that come from the stitch options."""
+    return {"projection": config.projection, "resolution": config.resolution,
+            "max_pixels": config.max_megapixels * 1e6}
+
+
 def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | None:
     """Render the panorama when mosaic.render provides ``render_panorama``; None until then.
 
@@ -218,6 +224,7 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
 
     solution = render_input(ws.read_json("adjust", "solution.json"))
     key = digest("render", hashlib.sha256(json.dumps(solution, sort_keys=True).encode()).hexdigest(),
+                 render_options(config),
                  code_key("mosaic.render.panorama"),
                  file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
@@ -228,7 +235,8 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
         return {"stage": stage, "panorama": str(out / "panorama.tif")}
     ws.invalidate("render")
     with PeakMemory() as mem:
-        produced = render_panorama(solution, out, client=client, parts_dir=ws.root / "render" / key)
+        produced = render_panorama(solution, out, client=client, parts_dir=ws.root / "render" / key,
+                                   **render_options(config))
     counts = produced if isinstance(produced, dict) else {}
     ws.mark_done("render", key, counts)
     # The tiles live on in panorama.tif; other keys' folders are stale.
@@ -261,6 +269,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
     p.add_argument("--force", action="store_true", help="recompute every stage (drop OUT/work)")
     p.add_argument("--no-render", action="store_true", help="stop after solution.json")
+    p.add_argument("--projection", choices=PROJECTIONS, help=f"output projection (default {d.projection})")
+    p.add_argument("--resolution", type=float, metavar="DEG",
+                   help="degrees per output pixel (metres for vertical; default: the finest input pixel)")
+    p.add_argument("--max-megapixels", type=float, metavar="MP",
+                   help=f"refuse a larger panorama before allocating anything (default {d.max_megapixels:g})")
 
 
 def run(args) -> int:
@@ -268,7 +281,8 @@ def run(args) -> int:
              "max_keypoints": args.max_keypoints, "margin_deg": args.margin_deg, "prior_deg": args.prior_deg,
              "seed": args.seed, "scheduler": args.scheduler, "workers": args.workers,
              "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit,
-             "render": False if args.no_render else None}
+             "render": False if args.no_render else None, "projection": args.projection,
+             "resolution": args.resolution, "max_megapixels": args.max_megapixels}
     if args.config:
         config = StitchConfig.from_toml(args.config, **flags)
     else:

@@ -227,3 +227,17 @@ def test_end_to_end_every_command(pan, stereo, tmp_path):
     assert rc == 0, err
     summary = json.loads((tmp_path / "batch" / "batch-summary.json").read_text())
     assert [j["status"] for j in summary["jobs"]] == ["ok"]
+
+
+def test_stitch_resolution_and_size_limit(pan, tmp_path, capsys):
+    """--resolution sets the output's pixel size; --max-megapixels refuses an oversized panorama
+    as bad input before anything is allocated or written."""
+    from mosaic.plan import stitch_plan
+
+    p = stitch_plan([pan], StitchConfig(resolution=0.5625))
+    assert (p["output"]["width"], p["output"]["height"]) == (640, 320)
+    out = tmp_path / "big"
+    rc = main(["stitch", str(pan), "-o", str(out), "--resolution", "0.01", "--max-megapixels", "100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "max_pixels" in err[0], err
+    assert not (out / "panorama.tif").exists() and not (out / "solution.json").exists()
