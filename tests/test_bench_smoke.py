@@ -77,3 +77,13 @@ def test_make_bench_smoke(peerdata, tmp_path):
     ours = next(line for line in text.splitlines() if line.startswith("| budapest | mosaic stitch |"))
     assert ours.split("|")[3].strip().endswith("of 6")
     assert bench.HUMAN in text
+
+
+def test_scaling_goal_prefers_cpu_seconds():
+    """With CPU seconds on both rows the verdict ignores wall time (the load may change between rows)."""
+    n = _row("mosaic stitch", 50.0, 500, 63, 63, cpu_s=20.0, stages_s={"matches": 10.0})
+    n2 = _row("mosaic stitch", 30.0, 600, 126, 126, cpu_s=41.0, stages_s={"matches": 25.0})
+    verdict = {g[0]: g for g in bench.goals({"scaling": {"N": n, "2N": n2}})}["registration time(2N) <= 2 x time(N)"]
+    assert verdict[2] is False and "CPU-s" in verdict[1]  # 41 > 2 x 20
+    n2["cpu_s"] = 39.0
+    assert bench.goals({"scaling": {"N": n, "2N": n2}})[0][2] is True
