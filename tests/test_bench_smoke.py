@@ -36,7 +36,7 @@ def test_page_ratios_and_goals():
                                "output_mp": 1000.6, "covered_mp": 300.0, "cpu_s": 150.0, "warp_blend_mp_s": 25.0,
                                "warp_blend_covered_mp_s": 7.5, "covered_mp_per_cpu_s": 2.0,
                                "render_s": {"gains": 5, "render": 40, "cog": 30, "preview": 5}}}}
-    text = bench.page(res, INFO, 3, "## What limits the rest\n\nkept\n")
+    text = bench.page(res, INFO, "## What limits the rest\n\nkept\n")
     assert "| boat | cv2.Stitcher | 6 of 6 | 7.0 | 14.0 | 900 | 90x40 | 0.0 | — | 3.50x, 2.00x | 0.44 |" in text
     assert "| boat | Hugin | 5 of 6 | 15.0 | — | 300 |" in text and "| 7.50x | 1.33 |" in text
     goals = {g[0]: g[2] for g in bench.goals(res)}
