@@ -118,8 +118,11 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
     # cells with a blind corner are refined below anyway.
     sub = np.clip(nodes[la:lb + 1, ka:kb + 1], -_OFF, _OFF)
     sub = np.where(np.isfinite(sub), sub, -_OFF).astype(np.float32)
-    up = cv2.resize(sub, ((kb - ka + 1) * step, (lb - la + 1) * step), interpolation=cv2.INTER_LINEAR)
-    # up[j] is window pixel (ka - 1) step + j; cells ka..kb-1 span j in [step/2, (kb-ka+0.5) step).
+    size = ((kb - ka + 1) * step, (lb - la + 1) * step)
+    # One channel at a time: resizing the 2-channel array and splitting it costs twice as much.
+    upx = cv2.resize(np.ascontiguousarray(sub[..., 0]), size, interpolation=cv2.INTER_LINEAR)
+    upy = cv2.resize(np.ascontiguousarray(sub[..., 1]), size, interpolation=cv2.INTER_LINEAR)
+    # upx[j] is window pixel (ka - 1) step + j; cells ka..kb-1 span j in [step/2, (kb-ka+0.5) step).
     c0, r0 = ka * step - half, la * step - half
     c1, r1 = kb * step - half, lb * step - half
     cs0, cs1 = max(c0, 0), min(c1, w)
@@ -128,9 +131,8 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
         return None
     jx0 = half + cs0 - c0
     jy0 = half + rs0 - r0
-    m = up[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
-    mapx = np.ascontiguousarray(m[..., 0])
-    mapy = np.ascontiguousarray(m[..., 1])
+    mapx = upx[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
+    mapy = upy[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
     # Cells inside the rectangle that do not reach the image are off it, whatever a bilinear
     # fit of a wildly bending map says in between.
     cells = np.zeros((lb - la, kb - ka), dtype=bool)
@@ -230,9 +232,8 @@ class _Sink:
 def remap(image, fmap: FrameMap) -> np.ndarray:
     """The frame's pixels at the map, float32 (h, w, bands). Pixels between the outermost pixel
     centres and the image edge replicate the edge (``valid`` already excludes everything beyond)."""
-    mx = np.where(fmap.valid, fmap.mapx, np.float32(-1)).astype(np.float32, copy=False)
-    my = np.where(fmap.valid, fmap.mapy, np.float32(-1)).astype(np.float32, copy=False)
-    out = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Pixels off the image (not ``valid``) come out as some edge pixel: every caller masks them.
+    out = cv2.remap(image, fmap.mapx, fmap.mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if out.ndim == 2:
         out = out[..., None]
     return out.astype(np.float32, copy=False)
