@@ -15,6 +15,16 @@ import os
 log = logging.getLogger("mosaic")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: under taskset or a container's cpuset that is fewer than
+    os.cpu_count(), and sizing the cluster by the latter oversubscribes threads and memory (a boat
+    stitch pinned to 2 of 16 cores ran 16 threads and peaked at 3769 MiB instead of 1301)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def scheduler_address(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("MOSAIC_SCHEDULER") or None
 
@@ -36,7 +46,7 @@ def client(scheduler: str | None = None, workers: int | None = None, threads_per
         finally:
             c.close()
         return
-    ncpu = os.cpu_count() or 1
+    ncpu = usable_cpus()
     if processes:
         n, tpw = workers or ncpu, threads_per_worker or 1
     else:

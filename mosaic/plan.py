@@ -12,7 +12,6 @@ a laptop job from a cluster one, not the exact second.
 
 from __future__ import annotations
 
-import os
 
 # -- measured constants ---------------------------------------------------------------------------
 # Stitch: `mosaic stitch` of synthetic navcam-360 (10 Navcam frames, seed 1) at 1/8 scale (640 x 480,
@@ -51,7 +50,9 @@ TERRAIN_BYTES_PER_PAIR_MP = 490 * 2**20
 
 def _threads(workers, threads_per_worker=None) -> int:
     """Threads of the embedded cluster (mosaic.cluster.client's defaults)."""
-    return max(1, (workers or 1) * (threads_per_worker or os.cpu_count() or 1))
+    from .cluster import usable_cpus
+
+    return max(1, (workers or 1) * (threads_per_worker or usable_cpus()))
 
 
 def stitch_plan(inputs, config) -> dict:
