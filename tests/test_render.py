@@ -297,7 +297,7 @@ def test_multiband_single_frame_and_seam_transition():
     cover = np.zeros((96, 160), np.float32)
     cover[10:90, 5:150] = 1
     mb = MultiBand((96, 160), 3, 4)
-    mb.add(slice(0, 96), slice(0, 160), img, cover, cover)
+    mb.add(slice(0, 96), slice(0, 160), img * cover[..., None], cover, cover)  # premultiplied
     out = mb.result()
     assert np.abs(out[cover > 0] - img[cover > 0]).max() < 1e-3
     mb = MultiBand((64, 256), 1, 4)

@@ -74,11 +74,11 @@ class MultiBand:
         return slice(r0, r1), slice(c0, c1)
 
     def add(self, rows: slice, cols: slice, image, cover, weight):
-        """Add one frame: ``image`` (h, w, bands) float32, ``cover`` and ``weight`` (h, w) float32
-        (0/1; weight inside cover), all over the window region ``rows`` x ``cols`` (as returned by
-        :meth:`region`)."""
+        """Add one frame: ``image`` (h, w, bands) float32, zero outside its cover (premultiplied),
+        ``cover`` and ``weight`` (h, w) float32 (0/1; weight inside cover), all over the window
+        region ``rows`` x ``cols`` (as returned by :meth:`region`)."""
         levels = self.levels
-        gi, gc, gw = [image * cover[..., None]], [cover], [weight]
+        gi, gc, gw = [image], [cover], [weight]
         for _ in range(levels):
             gi.append(_down(gi[-1]))
             gc.append(_down(gc[-1]))

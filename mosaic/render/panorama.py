@@ -255,15 +255,18 @@ class TileJob:
     tol: float
 
 
-def _place(fm, img, bands, rr, cc):
-    """The frame's warped pixels (and cover) embedded in the blend region rr x cc."""
+def _place(fm, img, gain, bands, rr, cc):
+    """The frame's warped pixels times ``gain``, zero where it does not see (premultiplied by its
+    cover, as :meth:`blend.MultiBand.add` takes them), and the cover, embedded in the region
+    rr x cc: one pass over the pixels, straight from the remap's dtype."""
     h, w = rr.stop - rr.start, cc.stop - cc.start
     out = np.zeros((h, w, bands), np.float32)
     cover = np.zeros((h, w), np.float32)
     r0, c0 = fm.rows.start - rr.start, fm.cols.start - cc.start
-    sub = out[r0:r0 + img.shape[0], c0:c0 + img.shape[1]]
-    sub[...] = img  # broadcasts a grey frame into every colour band; invalid pixels carry no cover
-    cover[r0:r0 + img.shape[0], c0:c0 + img.shape[1]] = fm.valid
+    sl = (slice(r0, r0 + img.shape[0]), slice(c0, c0 + img.shape[1]))
+    cover[sl] = fm.valid
+    # Broadcasts a grey frame into every colour band.
+    np.multiply(img, (cover[sl] * np.float32(gain))[..., None], out=out[sl], casting="unsafe")
     return out, cover
 
 
@@ -294,17 +297,12 @@ def render_tile(job: TileJob):
         return None, stats
     present = [i for i in range(len(fmaps)) if fmaps[i] is not None and (label[fmaps[i].rows, fmaps[i].cols] == i).any()]
 
-    def warped(i, fm):
+    def placed(i, fm, rr, cc):
         f = job.frames[i]
-        img = warp.remap(warp.CACHE.get(f.path), fm)
-        k = np.float32(f.gain * f.scale)
-        return img if k == 1 else img * k
+        return _place(fm, warp.remap(warp.CACHE.get(f.path), fm, float32=False), f.gain * f.scale, job.bands, rr, cc)
 
     if len(present) == 1:
-        i = present[0]
-        fm = fmaps[i]
-        rr, cc = slice(0, h), slice(0, w)
-        out, _ = _place(fm, warped(i, fm), job.bands, rr, cc)
+        out, _ = placed(present[0], fmaps[present[0]], slice(0, h), slice(0, w))
     else:
         mb = blend.MultiBand((h, w), job.bands, job.levels)
         for i in present:
@@ -315,7 +313,7 @@ def render_tile(job: TileJob):
             rr, cc = mb.region(slice(fm.rows.start + rows[0], fm.rows.start + rows[-1] + 1),
                                slice(fm.cols.start + cols[0], fm.cols.start + cols[-1] + 1))
             fm = _crop(fm, rr, cc)
-            img, cover = _place(fm, warped(i, fm), job.bands, rr, cc)
+            img, cover = placed(i, fm, rr, cc)
             weight = (label[rr, cc] == i).astype(np.float32)
             mb.add(rr, cc, img, cover, weight)
         out = mb.result()

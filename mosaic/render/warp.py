@@ -229,14 +229,15 @@ class _Sink:
             self.refine(qx[bad], qy[bad], hs, [a[bad] for a in q], [m[bad] for m in qm])
 
 
-def remap(image, fmap: FrameMap) -> np.ndarray:
-    """The frame's pixels at the map, float32 (h, w, bands). Pixels between the outermost pixel
-    centres and the image edge replicate the edge (``valid`` already excludes everything beyond)."""
+def remap(image, fmap: FrameMap, float32=True) -> np.ndarray:
+    """The frame's pixels at the map, (h, w, bands), float32 or (``float32=False``) the image's
+    dtype. Pixels between the outermost pixel centres and the image edge replicate the edge
+    (``valid`` already excludes everything beyond)."""
     # Pixels off the image (not ``valid``) come out as some edge pixel: every caller masks them.
     out = cv2.remap(image, fmap.mapx, fmap.mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if out.ndim == 2:
         out = out[..., None]
-    return out.astype(np.float32, copy=False)
+    return out.astype(np.float32, copy=False) if float32 else out
 
 
 # -- reading frames ------------------------------------------------------------------------------
@@ -257,9 +258,9 @@ def read_image(path) -> np.ndarray:
         if img is None:
             raise InputError(path, "cannot read image (missing or not a PNG/JPEG/TIFF)")
         if img.ndim == 3:
-            if img.shape[2] == 4:
-                img = img[..., :3]
-            img = img[..., ::-1] if img.shape[2] == 3 else img[..., 0]
+            # cvtColor: a reversed-channel numpy copy costs as much as decoding the JPEG.
+            conv = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(img.shape[2])
+            img = cv2.cvtColor(img, conv) if conv is not None else img[..., 0]
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     if img.dtype == np.uint8 or img.dtype == np.uint16:
