@@ -424,7 +424,30 @@ class Bundle:
             lens.update(dc[idx])
         self.points.update(dp)
 
-    def solve(self, max_iterations=50, tol=1e-6) -> dict:
+    def _extrapolate(self, dc, dp, start, cost, longest=64.0):
+        """Longer steps along an accepted one (2x, 4x, ...) while the cost keeps falling.
+
+        Gauss-Newton creeps along a weakly determined direction whose valley is curved, where the
+        neglected second-order terms are as large as its small curvature: for plain photos, the
+        focal lengths against the angles of the pan (boat: 97 iterations, each a step of ~1/1000
+        of the way in the same direction). A trial costs one residual evaluation, a fraction of an
+        iteration. Returns the cost; the state is left at the best step."""
+        best, alpha = 1.0, 2.0
+        while alpha <= longest:
+            self._restore(start)
+            self._update(alpha * dc, alpha * dp)
+            c = self.cost()
+            if not (np.isfinite(c) and c < cost):
+                break
+            best, cost, alpha = alpha, c, 2 * alpha
+        self._restore(start)
+        self._update(best * dc, best * dp)
+        return cost
+
+    def solve(self, max_iterations=50, tol=1e-6, chi2_tol=0.0) -> dict:
+        """Levenberg-Marquardt until an accepted step lowers the cost by less than ``tol`` of it
+        or by less than ``chi2_tol`` (sigma units squared: 0.01 is a step of ~0.1 sigma, too
+        small to matter, while a relative 1e-6 of a cost in the thousands is far below that)."""
         lam = 1e-4
         r, jc, jp = self.residuals(True)
         cost = self.cost(r)
@@ -433,14 +456,17 @@ class Bundle:
             dc, dp = self._step(r, jc, jp, lam)
             saved = self._state()
             self._update(dc, dp)
-            new_r, new_jc, new_jp = self.residuals(True)
-            new_cost = self.cost(new_r)
+            new_cost = self.cost()
             if np.isfinite(new_cost) and new_cost <= cost:
+                new_cost = self._extrapolate(dc, dp, saved, new_cost)
                 gain = (cost - new_cost) / max(cost, 1e-300)
-                r, jc, jp, cost = new_r, new_jc, new_jp, new_cost
+                cost_drop = cost - new_cost
+                cost = new_cost
                 lam = max(lam / 3, 1e-9)
-                if gain < tol:
+                if gain < tol or cost_drop < chi2_tol:
                     break
+                # Jacobians only where a step was accepted and another one follows.
+                r, jc, jp = self.residuals(True)
             else:
                 self._restore(saved)
                 lam *= 10
