@@ -21,10 +21,16 @@ _FAR = np.float32(np.inf)
 def centre_score(fmap: FrameMap, fw: int, fh: int) -> np.ndarray:
     """Normalised squared distance from the frame's centre (h, w float32); inf where not valid."""
     cx, cy = (fw - 1) / 2.0, (fh - 1) / 2.0
-    u = (fmap.mapx - np.float32(cx)) * np.float32(2.0 / fw)
-    v = (fmap.mapy - np.float32(cy)) * np.float32(2.0 / fh)
-    s = np.where(fmap.valid, u * u + v * v, _FAR)
-    return s
+    # In place, one temporary per axis: this runs over every frame's whole map.
+    u = np.subtract(fmap.mapx, np.float32(cx))
+    u *= np.float32(2.0 / fw)
+    np.square(u, out=u)
+    v = np.subtract(fmap.mapy, np.float32(cy))
+    v *= np.float32(2.0 / fh)
+    np.square(v, out=v)
+    u += v
+    np.copyto(u, _FAR, where=~fmap.valid)
+    return u
 
 
 def assign(shape, fmaps, sizes):
@@ -38,6 +44,6 @@ def assign(shape, fmaps, sizes):
         s = centre_score(fm, fw, fh)
         b = best[fm.rows, fm.cols]
         win = s < b  # strict: the earlier frame keeps ties
-        b[win] = s[win]
-        label[fm.rows, fm.cols][win] = i
+        np.copyto(b, s, where=win)
+        np.copyto(label[fm.rows, fm.cols], np.int16(i), where=win)
     return label
