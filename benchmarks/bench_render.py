@@ -165,15 +165,18 @@ def main(argv=None) -> int:
               f"available cores; end to end {2 * cov_mp / m.cpu_s:.1f} covered MP/s on 2 cores")
         sub, ids = subset_solution(sol, args.subset, work / "subset.json")
         cv = opencv_composite(sol, ids)
+        cv_cov = cv["covered_px"] / 1e6
         print(f"OpenCV cv2.detail (spherical warp + Voronoi seams + MultiBandBlender), {cv['frames']} frames: "
-              f"{cv['covered_px'] / 1e6:.1f} MP covered in {cv['total_s']:.2f} s "
-              f"(warp {cv['warp_s']:.2f}, seams+blend {cv['seam_blend_s']:.2f}) = {cv['covered_mp_per_s']:.1f} covered MP/s, "
-              f"{cv['covered_px'] / 1e6 / cv['cpu_s']:.2f} covered MP per CPU-second")
+              f"{cv_cov:.1f} MP covered of {cv['out_px'] / 1e6:.1f} MP output in {cv['total_s']:.2f} s "
+              f"(warp {cv['warp_s']:.2f}, seams+blend {cv['seam_blend_s']:.2f}) = {cv['covered_mp_per_s']:.1f} covered MP/s "
+              f"wall; {cv_cov / cv['cpu_s']:.2f} covered MP per CPU-second, i.e. {2 * cv_cov / cv['cpu_s']:.1f} covered "
+              f"({2 * cv['out_px'] / 1e6 / cv['cpu_s']:.1f} output) MP/s on 2 cores")
         r2, m2 = run_ours(sub, work / "out_subset", args.tile, r["resolution"])
-        print(f"ours, same {cv['frames']} frames: {r2['covered_px'] / 1e6:.1f} MP covered, warp+blend "
-              f"{r2['seconds']['render']:.2f} s = {r2['covered_px'] / 1e6 / r2['seconds']['render']:.1f} covered MP/s, "
-              f"{r2['covered_px'] / 1e6 / r2['cpu_seconds']['render']:.2f} covered MP per CPU-second "
-              f"(wall {m2.wall_s:.1f} s with cluster start, gains and COG; peak {m2.peak_mib:.0f} MiB)")
+        cov2, cpu2 = r2["covered_px"] / 1e6, r2["cpu_seconds"]["render"]
+        print(f"ours, same {cv['frames']} frames: {cov2:.1f} MP covered of {r2['width'] * r2['height'] / 1e6:.0f} MP "
+              f"output, warp+blend {r2['seconds']['render']:.2f} s = {cov2 / r2['seconds']['render']:.1f} covered MP/s wall; "
+              f"{cov2 / cpu2:.2f} covered MP per CPU-second, i.e. {2 * cov2 / cpu2:.1f} covered MP/s on 2 cores "
+              f"(whole run: wall {m2.wall_s:.1f} s with cluster start, gains and COG; peak {m2.peak_mib:.0f} MiB)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
