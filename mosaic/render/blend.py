@@ -78,10 +78,14 @@ class MultiBand:
         ``cover`` and ``weight`` (h, w) float32 (0/1; weight inside cover), all over the window
         region ``rows`` x ``cols`` (as returned by :meth:`region`)."""
         levels = self.levels
-        gi, gc, gw = [image], [cover], [weight]
+        # A frame that sees its whole region (the common case: seams keep away from frame
+        # borders) has G_k(cover) = 1 exactly (the kernels sum to 1 in binary), so its levels
+        # need neither the cover's pyramid nor the divisions.
+        full = bool(cover.min() > 0)
+        gi, gc, gw = [image], [None if full else cover], [weight]
         for _ in range(levels):
             gi.append(_down(gi[-1]))
-            gc.append(_down(gc[-1]))
+            gc.append(None if full else _down(gc[-1]))
             gw.append(_down(gw[-1]))
         f_next = None
         for k in range(levels, -1, -1):
@@ -101,7 +105,7 @@ class MultiBand:
                     lap *= gw[0][..., None]
                 self.num[0][r0:r0 + h, c0:c0 + w] += lap
                 break
-            f = _ratio(gi[k], gc[k])
+            f = gi[k] if full else _ratio(gi[k], gc[k])
             if f_next is None:
                 lap = f * gw[k][..., None]
             else:
