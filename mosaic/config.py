@@ -57,6 +57,7 @@ class StitchConfig:
     projection: str = "equirect"        #: equirect | cylindrical | polar | vertical | perspective
     resolution: float | None = None     #: degrees per output pixel (metres for vertical); None: finest input pixel
     max_megapixels: float = 4000.0      #: refuse (before allocating anything) a panorama larger than this
+    crop: bool | None = None            #: equirect: the covered window only; None: for plain photos only
 
     def __post_init__(self):
         if self.feature not in FEATURES:

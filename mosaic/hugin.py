@@ -107,19 +107,31 @@ def fit_lens(model, width: int, height: int, grid: int = 24) -> HuginLens:
     return lens
 
 
-def pto_text(frames, pano_width: int, pano_height: int, control_points=()) -> str:
+def pto_text(frames, pano_width: int, pano_height: int, control_points=(), window=None) -> str:
     """The text of a Hugin project.
 
     ``frames``: dicts with ``image`` (path), ``width``, ``height`` and ``model`` (a calib model in
     LOCAL_LEVEL); ``control_points``: (i, j, xi, yi, xj, yj) tuples in the frames' pixels.
+    ``pano_width`` x ``pano_height`` is the full sphere; ``window`` = (x0, y0, w, h), a cropped
+    panorama's place in it. Hugin cannot crop across its canvas edge, so the whole scene is turned
+    in yaw to put the window's centre at Hugin's canvas centre, and the crop (``S``) is the window.
     """
+    turn, crop = 0.0, ""
+    if window is not None:
+        x0, y0, w, h = window
+        turn = 180.0 - (x0 + w / 2.0) * 360.0 / pano_width
+        c0 = int(round(pano_width / 2.0 - w / 2.0))
+        crop = f" S{c0},{c0 + w},{y0},{y0 + h}"
     lines = [
         "# hugin project file, written by jezero-mosaic",
-        f'p f2 w{pano_width} h{pano_height} v360 E0 R0 n"TIFF_m c:LZW"',
+        f'p f2 w{pano_width} h{pano_height} v360 E0 R0{crop} n"TIFF_m c:LZW"',
         "m i0",
     ]
+    if turn:
+        lines.append(f"#-jezero yaw turned by {turn:.8f} deg: Hugin's canvas centre is the window's centre")
     for fr in frames:
         lens = fit_lens(fr["model"], fr["width"], fr["height"])
+        lens.yaw = (lens.yaw + turn + 180.0) % 360.0 - 180.0
         lines.append(
             f"#-jezero frame {os.path.basename(str(fr['image']))} fit_rms_px {lens.rms_px:.4f}"
         )
@@ -134,5 +146,5 @@ def pto_text(frames, pano_width: int, pano_height: int, control_points=()) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_pto(path, frames, pano_width: int, pano_height: int, control_points=()):
-    return atomic.write_text(path, pto_text(frames, pano_width, pano_height, control_points))
+def write_pto(path, frames, pano_width: int, pano_height: int, control_points=(), window=None):
+    return atomic.write_text(path, pto_text(frames, pano_width, pano_height, control_points, window))

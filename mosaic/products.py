@@ -81,16 +81,21 @@ def write_pto(out, workspace=None, width: int | None = None, height: int | None 
     from .render.panorama import frames_of
 
     out = Path(out)
+    window = None
     if width is None:
         import rasterio
 
         with rasterio.open(out / "panorama.tif") as ds:
-            width, height = ds.width, ds.height
+            width, height, t = ds.width, ds.height, ds.transform
+        full = int(round(360.0 / t.a))
+        if full != width:  # a cropped panorama: a window of the full-sphere grid (contract transform)
+            window = (int(round(t.c / t.a)), int(round((90.0 - t.f) / t.a)), width, height)
+            width, height = full, full // 2
     frames = frames_of(solution_path(out, workspace))
     items = [{"image": str(Path(f.path).resolve()), "width": f.width, "height": f.height, "model": f.model}
              for f in frames]
     cps = control_points(workspace if workspace is not None else out / "work", [f.id for f in frames])
-    return hugin.write_pto(out / "panorama.pto", items, int(width), int(height or width // 2), cps)
+    return hugin.write_pto(out / "panorama.pto", items, int(width), int(height or width // 2), cps, window)
 
 
 def _viewer_meta(solution: Path) -> dict:

@@ -199,10 +199,13 @@ def render_input(solution: dict, warn: bool = True) -> dict:
     return {**solution, "frames": frames}
 
 
-def render_options(config: StitchConfig) -> dict:
-    """The renderer's keyword arguments that come from the stitch options."""
+def render_options(config: StitchConfig, photos: bool = False) -> dict:
+    """The renderer's keyword arguments that come from the stitch options. A panorama of plain
+    photos is cropped to the window it covers by default (photos cover a small part of the sphere,
+    and a full-sphere canvas would be mostly empty); rover pans keep the full sphere."""
+    crop = config.crop if config.crop is not None else photos
     return {"projection": config.projection, "resolution": config.resolution,
-            "max_pixels": config.max_megapixels * 1e6}
+            "max_pixels": config.max_megapixels * 1e6, "crop": bool(crop)}
 
 
 def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | None:
@@ -223,8 +226,10 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
     from .workspace import digest, file_digest
 
     solution = render_input(ws.read_json("adjust", "solution.json"))
+    photos = all(r["model"] is None for r in ws.read_json("ingest", "frames.json")["frames"])
+    options = render_options(config, photos)
     key = digest("render", hashlib.sha256(json.dumps(solution, sort_keys=True).encode()).hexdigest(),
-                 render_options(config),
+                 options,
                  code_key("mosaic.render.panorama"),
                  file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
@@ -236,7 +241,7 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
     ws.invalidate("render")
     with PeakMemory() as mem:
         produced = render_panorama(solution, out, client=client, parts_dir=ws.root / "render" / key,
-                                   **render_options(config))
+                                   **options)
     counts = produced if isinstance(produced, dict) else {}
     ws.mark_done("render", key, counts)
     # The tiles live on in panorama.tif; other keys' folders are stale.
@@ -272,6 +277,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projection", choices=PROJECTIONS, help=f"output projection (default {d.projection})")
     p.add_argument("--resolution", type=float, metavar="DEG",
                    help="degrees per output pixel (metres for vertical; default: the finest input pixel)")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="equirect: only the covered window of the sphere (default: for plain photos only)")
     p.add_argument("--max-megapixels", type=float, metavar="MP",
                    help=f"refuse a larger panorama before allocating anything (default {d.max_megapixels:g})")
 
@@ -282,7 +289,7 @@ def run(args) -> int:
              "seed": args.seed, "scheduler": args.scheduler, "workers": args.workers,
              "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit,
              "render": False if args.no_render else None, "projection": args.projection,
-             "resolution": args.resolution, "max_megapixels": args.max_megapixels}
+             "resolution": args.resolution, "max_megapixels": args.max_megapixels, "crop": args.crop}
     if args.config:
         config = StitchConfig.from_toml(args.config, **flags)
     else:

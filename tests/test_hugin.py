@@ -71,3 +71,28 @@ def test_nona_renders_our_geometry(tmp_path):
         dist = np.linalg.norm(exp[:, None, :] - cents[None, :, :], axis=2).min(axis=1)
         assert n - 1 >= len(exp)
         assert dist.max() < 2.0, dist
+
+
+@pytest.mark.skipif(shutil.which("nona") is None, reason="hugin-tools (nona) not installed")
+def test_nona_renders_a_cropped_window(tmp_path):
+    """A cropped panorama (a window of the full-sphere grid, across north here) exports as a turned,
+    cropped Hugin canvas that nona renders pixel for pixel onto the window."""
+    W, H = 2400, 1200
+    model = NAVCAM.scale(8).moved(axis_angle((0, 0, 1), np.radians(-20)), pivot=(0, 0, 0))  # looks across north
+    img, pts = _dots(640, 480)
+    cv2.imwrite(str(tmp_path / "f0.png"), img)
+    _, d = model.backproject(pts)
+    az, el = vector_to_azel(d)
+    az = np.where(az > 180, az - 360, az)  # the window straddles azimuth 0
+    exp = np.stack([az / 360 * W - 0.5, (90 - el) / 180 * H - 0.5], 1)
+    x0, y0 = int(exp[:, 0].min()) - 60, int(exp[:, 1].min()) - 60
+    w, h = int(exp[:, 0].max()) + 60 - x0, int(exp[:, 1].max()) + 60 - y0
+    write_pto(tmp_path / "p.pto", [{"image": str(tmp_path / "f0.png"), "width": 640, "height": 480, "model": model}],
+              W, H, window=(x0, y0, w, h))
+    subprocess.run(["nona", "-m", "TIFF", "-o", str(tmp_path / "out"), str(tmp_path / "p.pto")],
+                   check=True, capture_output=True)
+    out = cv2.imread(str(tmp_path / "out.tif"), cv2.IMREAD_UNCHANGED)
+    assert out.shape[:2] == (h, w)
+    n, _, _, cents = cv2.connectedComponentsWithStats((out[..., 0] > 120).astype(np.uint8))
+    dist = np.linalg.norm((exp - [x0, y0])[:, None, :] - cents[None, 1:, :], axis=2).min(axis=1)
+    assert dist.max() < 2.0, dist

@@ -32,7 +32,7 @@ from calib.errors import InputError
 from calib.models import model_from_dict
 
 from . import blend, photometry, seams, warp
-from .projections import make_projection
+from .projections import Equirectangular, EquirectWindow, covered_window, make_projection
 
 log = logging.getLogger("mosaic")
 
@@ -162,9 +162,18 @@ def default_resolution(frames, projection, ground_z=0.0) -> float:
 
 
 def _projection(frames, projection, resolution, align, elevation_range, proj_kw):
+    proj_kw = dict(proj_kw)
+    crop = proj_kw.pop("crop", False)
     res = resolution if resolution is not None else default_resolution(frames, projection,
                                                                         proj_kw.get("ground_z", 0.0))
-    return make_projection(projection, res, align=align, elevation_range=elevation_range, **proj_kw)
+    proj = make_projection(projection, res, align=align, elevation_range=elevation_range, **proj_kw)
+    if crop and projection == "equirect":
+        borders = np.concatenate([f.model.footprint(f.width, f.height, n=32) for f in frames])
+        # A frame whose cone holds a pole sees it: the window then runs to that pole.
+        poles = [any(float(f.boresight @ p) > np.cos(f.radius) for f in frames)
+                 for p in (np.array([0.0, 0, -1]), np.array([0.0, 0, 1]))]
+        proj = covered_window(proj, borders, poles=poles, align=align)
+    return proj
 
 
 def _windows(proj, tile, hal):
@@ -425,7 +434,7 @@ def plan(solution, *, projection="equirect", resolution=None, tile=512, elevatio
     biggest = max(f.width * f.height * bands * item for f in frames)
     return {
         "projection": projection, "width": proj.width, "height": proj.height, "tiles": ntiles,
-        "resolution": float(360.0 / proj.width) if projection == "equirect" else None,
+        "resolution": float(proj.resolution) if projection == "equirect" else None,
         "bands": bands + 1, "dtype": dtype, "frames": len(frames),
         "bytes_estimate": int(proj.width * proj.height * (bands + 1) * item),
         # per task: the window's pyramids (num + den, 4/3 for the levels) and per frame a map,
@@ -484,7 +493,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
         hits = _tile_frames(proj, windows, frames, range_m)
         jobs = [TileJob(proj, core, win, tuple(frames[i] for i in hit), bands, dtype, levels, range_m, step, tol)
                 for (core, win), hit in zip(windows, hits) if hit]
-        transform = (equirect_transform(proj.width, proj.height) if projection == "equirect"
+        transform = (equirect_transform(proj.width, proj.height) if isinstance(proj, Equirectangular)
                      else _affine(proj.transform))
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -515,7 +524,9 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     return {
         "panorama": str(path), "preview": str(preview), "projection": projection,
         "width": proj.width, "height": proj.height, "bands": bands + 1, "dtype": dtype,
-        "resolution": float(360.0 / proj.width) if projection in ("equirect", "cylindrical") else None,
+        "resolution": float(proj.resolution if projection == "equirect" else 360.0 / proj.width)
+        if projection in ("equirect", "cylindrical") else None,
+        "window": [proj.x0, proj.y0, proj.full_width, proj.full_width // 2] if isinstance(proj, EquirectWindow) else None,
         "frames": len(frames), "gains": {f.id: f.gain for f in frames}, "photometry": gstats,
         **tstats,
         "seconds": {"total": t5 - t0, "gains": t2 - t1, "render": t3 - t2, "cog": t4 - t3, "preview": t5 - t4},

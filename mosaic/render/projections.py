@@ -61,6 +61,73 @@ class Equirectangular:
 
 
 @dataclass(frozen=True)
+class EquirectWindow:
+    """The covered window of the full-sphere equirectangular grid (plain-photo panoramas, which
+    cover a small part of the sphere). Pixel (x, y) is pixel (x + x0, y + y0) of the full grid of
+    width ``full_width``, so the contract's pixel size and pixel <-> azimuth/elevation mapping hold;
+    the transform puts the window's upper-left corner at its azimuth (which may be negative when the
+    window straddles north) and elevation."""
+
+    full_width: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+    kind = "direction"
+    wraps = False
+
+    @property
+    def resolution(self) -> float:
+        return 360.0 / self.full_width
+
+    def pixel_to_dir(self, x, y):
+        return Equirectangular(self.full_width).pixel_to_dir(np.asarray(x, dtype=float) + self.x0,
+                                                             np.asarray(y, dtype=float) + self.y0)
+
+    @property
+    def transform(self):
+        r = self.resolution
+        return (self.x0 * r, r, 0.0, 90.0 - self.y0 * r, 0.0, -r)
+
+
+def covered_window(full: Equirectangular, directions, poles=(False, False), align: int = 1, margin: int = 8):
+    """The smallest window of ``full`` that holds the unit ``directions`` (N, 3) (frame borders),
+    from the largest azimuth gap round; ``poles`` (zenith, nadir) seen extend it to the pole.
+    The full grid when the window would not be smaller."""
+    d = np.asarray(directions, dtype=float)
+    d = d[np.isfinite(d).all(axis=1)]
+    W, H = full.width, full.height
+    if not len(d):
+        return full
+    az = np.sort(np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 360.0)
+    el = np.degrees(np.arcsin(np.clip(-d[:, 2], -1, 1)))
+    gaps = np.diff(np.concatenate([az, [az[0] + 360.0]]))
+    k = int(np.argmax(gaps))
+    if poles[0] or poles[1] or gaps[k] < 30.0:
+        a0, a1 = 0.0, 360.0  # all round (a gap this small is not worth a seam-free crop)
+    else:
+        a0 = az[(k + 1) % len(az)]
+        a1 = az[k] + (360.0 if k + 1 < len(az) else 0.0)
+        if a1 <= a0:
+            a1 += 360.0
+    e1 = 90.0 if poles[0] else el.max()
+    e0 = -90.0 if poles[1] else el.min()
+    x0 = int(np.floor(a0 / 360.0 * W)) - margin
+    x1 = int(np.ceil(a1 / 360.0 * W)) + margin
+    y0 = max(0, int(np.floor((90.0 - e1) / 180.0 * H)) - margin)
+    y1 = min(H, int(np.ceil((90.0 - e0) / 180.0 * H)) + margin)
+    x0 -= x0 % align
+    y0 -= y0 % align
+    w = _round_up(x1 - x0, align)
+    h = min(_round_up(y1 - y0, align), H - y0)
+    if w >= W and h >= H:
+        return full
+    if w >= W:
+        x0, w = 0, W
+    return EquirectWindow(W, x0, y0, w, h)
+
+
+@dataclass(frozen=True)
 class Cylindrical:
     """360 degrees of azimuth over an elevation band, rows linear in tan(elevation) (a true
     cylinder, so verticals stay vertical and straight). Column x covers azimuth

@@ -67,6 +67,39 @@ def embed_image(path, max_width: int = MAX_EMBED_WIDTH) -> tuple[str, int, int]:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), w, h
 
 
+def _sphere_from_window(preview, panorama, max_width: int):
+    """A cropped equirect panorama (a window of the full-sphere grid, e.g. of plain photos) placed
+    on a black full sphere, so the viewer's one mapping holds; None when ``panorama`` is not such
+    a window. The window's place comes from the panorama's transform (degrees, contract)."""
+    from PIL import Image
+
+    try:
+        import rasterio
+
+        with rasterio.open(panorama) as ds:
+            t, pw, ph = ds.transform, ds.width, ds.height
+    except Exception:  # noqa: BLE001 -- no readable panorama beside the preview: not a window
+        return None
+    if not (t.a > 0 and abs(t.a + t.e) < 1e-9 * t.a and t.b == 0 and t.d == 0):
+        return None
+    with Image.open(preview) as im:
+        im.load()
+        rgb = _to_rgb8(im)
+    k = rgb.width / pw  # preview pixels per panorama pixel
+    full = 360.0 / t.a * k
+    k2 = min(1.0, max_width / full)
+    cw = max(2, int(round(full * k2 / 2)) * 2)
+    sub = rgb.resize((max(1, round(rgb.width * k2)), max(1, round(rgb.height * k2))), Image.Resampling.LANCZOS)
+    x = int(round(t.c / 360.0 * cw)) % cw
+    y = int(round((90.0 - t.f) / 180.0 * (cw // 2)))
+    canvas = Image.new("RGB", (cw, cw // 2))
+    for dx in (0, -cw):  # a window past 360 degrees wraps round to the left edge
+        canvas.paste(sub, (x + dx, y))
+    buf = io.BytesIO()
+    canvas.save(buf, format="JPEG", quality=EMBED_QUALITY, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), cw, cw // 2
+
+
 def _to_rgb8(im):
     """8-bit RGB; transparent (uncovered) pixels become black, as in ``preview.jpg``."""
     import numpy as np
@@ -107,7 +140,11 @@ def write_viewer(out_dir, preview_name: str = "preview.jpg", tiles: dict | None 
         raise InputError(out_dir, "not a directory")
     uri, w, h = embed_image(out_dir / preview_name, max_width=max_width)
     if w != 2 * h and abs(w - 2 * h) > 1:
-        raise InputError(out_dir / preview_name, f"{w}x{h} is not an equirectangular full sphere (width = 2 x height)")
+        sphere = _sphere_from_window(out_dir / preview_name, out_dir / "panorama.tif", max_width)
+        if sphere is None:
+            raise InputError(out_dir / preview_name,
+                             f"{w}x{h} is not an equirectangular full sphere (width = 2 x height)")
+        uri, w, h = sphere
     config = {
         "title": title or out_dir.resolve().name,
         "meta": {str(k): str(v) for k, v in (meta or {}).items()},
