@@ -331,3 +331,17 @@ def test_failure_mid_render_leaves_nothing(frameset, client, tmp_path, monkeypat
     with pytest.raises(InputError, match="truncated"):
         render_panorama(sol, out, resolution=0.5, tile=256, client=client, gains=1 / ex)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("channels, dtype", [(3, np.uint8), (4, np.uint8), (3, np.uint16), (1, np.uint16)])
+def test_read_image_channel_order(tmp_path, channels, dtype):
+    """Frames come back RGB (alpha dropped), in their stored dtype, whatever OpenCV's BGR(A)."""
+    from mosaic.render.warp import read_image
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, np.iinfo(dtype).max, (20, 30, channels), dtype=dtype, endpoint=True)
+    bgr = rgb[..., [2, 1, 0] + ([3] if channels == 4 else [])] if channels > 1 else rgb[..., 0]
+    cv2.imwrite(str(tmp_path / "f.png"), np.ascontiguousarray(bgr))
+    got = read_image(tmp_path / "f.png")
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, rgb[..., :3] if channels > 1 else rgb[..., 0])
