@@ -26,6 +26,10 @@ class StitchConfig:
     work_megapixels: float = 1.0        #: working resolution for detection (frames are downscaled to this)...
     min_scale: float = 0.45             #: ...but never below this fraction of their size: keypoints are good to
                                         #: ~0.35 working pixels, and residuals are counted in delivered pixels
+    refine_scale: float = 0.5           #: plain photos: detect at photo_megapixels (no min_scale floor) and refine
+                                        #: each verified match on patches at this scale of the photo (0: off)
+    photo_megapixels: float = 0.5       #: detection resolution of refined photos...
+    photo_keypoints: int = 1500         #: ...and their strongest keypoints kept (matching is quadratic in it)
     max_keypoints: int = 3000           #: strongest keypoints kept per frame
     border_px: int = 8                  #: pixels masked along each edge (full-resolution pixels)
     stretch_percentiles: tuple = (0.5, 99.5)  #: 12/16-bit data is stretched to 8 bit between these
@@ -72,9 +76,10 @@ class StitchConfig:
             raise InputError(None, f"unknown loss {self.loss!r} (expected huber or cauchy)", field="loss")
         if self.hfov is not None and not (0 < float(self.hfov) < 180):
             raise InputError(None, f"hfov must be between 0 and 180 degrees, got {self.hfov}", field="hfov")
-        if not 0 <= float(self.min_scale) <= 1:
-            raise InputError(None, f"must be between 0 and 1, got {self.min_scale!r}", field="min_scale")
-        for name in ("work_megapixels", "ratio", "ransac_px", "loss_px", "outlier_px", "prior_deg", "min_depth_m"):
+        for name in ("min_scale", "refine_scale"):
+            if not 0 <= float(getattr(self, name)) <= 1:
+                raise InputError(None, f"must be between 0 and 1, got {getattr(self, name)!r}", field=name)
+        for name in ("work_megapixels", "photo_megapixels", "ratio", "ransac_px", "loss_px", "outlier_px", "prior_deg", "min_depth_m"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(None, f"must be positive, got {getattr(self, name)!r}", field=name)
         object.__setattr__(self, "stretch_percentiles", tuple(float(v) for v in self.stretch_percentiles))

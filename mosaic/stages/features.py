@@ -17,7 +17,8 @@ import numpy as np
 from ..workspace import Workspace, digest, resumable
 from . import code_key, upstream_key
 
-CONFIG_FIELDS = ("feature", "work_megapixels", "min_scale", "max_keypoints", "border_px", "stretch_percentiles")
+CONFIG_FIELDS = ("feature", "work_megapixels", "min_scale", "refine_scale", "photo_megapixels", "photo_keypoints",
+                 "max_keypoints", "border_px", "stretch_percentiles")
 
 
 def to_gray8(arr: np.ndarray, percentiles=(0.5, 99.5)) -> tuple[np.ndarray, np.ndarray]:
@@ -82,12 +83,22 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
 
     cv2.setNumThreads(1)
     w, h = int(record["width"]), int(record["height"])
-    s = working_scale(w, h, options["work_megapixels"], options["min_scale"])
-    arr, r = _decode_reduced(record, s)
+    refine = record.get("model") is None and options["refine_scale"] > 0
+    # Refined photos: detection only has to find and match keypoints (no precision floor);
+    # the precision comes from the patches at ``rs``.
+    s = (working_scale(w, h, options["photo_megapixels"]) if refine else
+         working_scale(w, h, options["work_megapixels"], options["min_scale"]))
+    rs = max(float(options["refine_scale"]), s) if refine else s
+    arr, r = _decode_reduced(record, rs)
     if arr is None:
         arr, r = read_image(read_frame(record["path"])), 1
     gray, valid = to_gray8(arr, options["stretch_percentiles"])
     rw = gray.shape[1]
+    fine = None
+    if refine:
+        fine = gray
+        if rs * r < 1.0:
+            fine = cv2.resize(gray, (max(1, round(w * rs)), max(1, round(h * rs))), interpolation=cv2.INTER_AREA)
     if s * r < 1.0:
         size = (max(1, round(w * s)), max(1, round(h * s)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
@@ -100,7 +111,8 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     mask = cv2.erode(mask, np.ones((7, 7), np.uint8))
     b = max(1, int(np.ceil(options["border_px"] * s)))
     mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = 0, 0, 0, 0
-    det = _detector(options["feature"], options["max_keypoints"])
+    keep = options["photo_keypoints"] if refine else options["max_keypoints"]
+    det = _detector(options["feature"], keep)
     kps, desc = det.detectAndCompute(gray, mask)
     n = len(kps)
     if n == 0 or desc is None:
@@ -113,15 +125,39 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
         resp = np.array([k.response for k in kps], np.float32)
         size_ = np.array([k.size for k in kps], np.float32)
         pt = keypoint_centres(pt, options["feature"])
-        order = np.lexsort((pt[:, 0], pt[:, 1], -resp))[: options["max_keypoints"]]
+        order = np.lexsort((pt[:, 0], pt[:, 1], -resp))[:keep]
         pt, resp, size_, desc = pt[order], resp[order], size_[order], desc[order]
         # Working-resolution pixel centres -> delivered-frame pixel centres.
         xy = np.stack([(pt[:, 0] + 0.5) / sx - 0.5, (pt[:, 1] + 0.5) / sy - 0.5], axis=1)
+    extra = {}
+    if fine is not None:
+        fs = np.array([fine.shape[1] / (r * rw), fine.shape[0] / (r * arr.shape[0])])
+        extra = {"patches": sample_patches(fine, (xy + 0.5) * fs - 0.5, PATCH_RADIUS), "patch_scale": fs}
     buf = io.BytesIO()
     np.savez(buf, xy=xy, response=resp, size=size_ / sx, descriptors=desc,
-             scale=np.array([sx, sy]), shape=np.array([h, w]))
+             scale=np.array([sx, sy]), shape=np.array([h, w]), **extra)
     write_bytes(out_path, buf.getvalue())
     return {"id": record["id"], "keypoints": int(len(xy)), "scale": float(sx)}
+
+
+#: Half-size of the patches kept around each keypoint of a refined photo (pixels at refine_scale).
+PATCH_RADIUS = 7
+
+
+def sample_patches(image: np.ndarray, centres: np.ndarray, radius: int) -> np.ndarray:
+    """(N, 2r+1, 2r+1) uint8 patches of ``image`` centred on sub-pixel ``centres`` (pixel-centre
+    convention), bilinear, edges replicated: one remap call for all of them."""
+    import cv2
+
+    n, k = len(centres), 2 * radius + 1
+    if n == 0:
+        return np.zeros((0, k, k), np.uint8)
+    off = np.arange(-radius, radius + 1, dtype=np.float32)
+    mx = (centres[:, 0, None, None] + off[None, None, :]).astype(np.float32).repeat(k, axis=1)
+    my = (centres[:, 1, None, None] + off[None, :, None]).astype(np.float32).repeat(k, axis=2)
+    out = cv2.remap(image, mx.reshape(n, k * k), my.reshape(n, k * k), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(n, k, k)
 
 
 def _decode_reduced(record: dict, scale: float):
