@@ -267,15 +267,22 @@ class TileJob:
 def _place(fm, img, gain, bands, rr, cc):
     """The frame's warped pixels times ``gain``, zero where it does not see (premultiplied by its
     cover, as :meth:`blend.MultiBand.add` takes them), and the cover, embedded in the region
-    rr x cc: one pass over the pixels, straight from the remap's dtype."""
+    rr x cc, straight from the remap's dtype."""
     h, w = rr.stop - rr.start, cc.stop - cc.start
-    out = np.zeros((h, w, bands), np.float32)
-    cover = np.zeros((h, w), np.float32)
+    # The map usually spans the whole region: then nothing needs zeroing first.
+    whole = img.shape[:2] == (h, w)
+    alloc = np.empty if whole else np.zeros
+    out = alloc((h, w, bands), np.float32)
+    cover = alloc((h, w), np.float32)
     r0, c0 = fm.rows.start - rr.start, fm.cols.start - cc.start
     sl = (slice(r0, r0 + img.shape[0]), slice(c0, c0 + img.shape[1]))
     cover[sl] = fm.valid
-    # Broadcasts a grey frame into every colour band.
-    np.multiply(img, (cover[sl] * np.float32(gain))[..., None], out=out[sl], casting="unsafe")
+    dst = out[sl]
+    # A scalar gain, then zeros where the frame does not see: multiplying by a broadcast
+    # (h, w, 1) cover costs 4x as much. Broadcasts a grey frame into every colour band.
+    np.multiply(img, np.float32(gain), out=dst, casting="unsafe")
+    if not fm.valid.all():
+        dst[~fm.valid] = 0
     return out, cover
 
 
