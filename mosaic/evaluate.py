@@ -122,6 +122,10 @@ def pointing_errors(solution: dict, truth: dict) -> dict:
     return {"frames": rows, "summary": summary}
 
 
+#: cells further from the rover than this do not inform the horizontal offset
+OFFSET_RADIUS_M = 10.0
+
+
 def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
     """Error of a DEM against the truth DEM on the truth's grid, by distance from the rover."""
     import rasterio
@@ -163,16 +167,24 @@ def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
     a = np.abs(diff[ok])
     out.update(median_abs_m=float(np.median(a)), p90_abs_m=float(np.percentile(a, 90)))
     # Horizontal offset s (pixels) and vertical bias c: solved(p) ~ truth(p - s) + c, solved by
-    # Gauss-Newton on the truth's gradients, re-sampling the shifted truth at each step.
+    # Gauss-Newton on the truth's gradients, re-sampling the shifted truth at each step. Robust:
+    # only cells within OFFSET_RADIUS_M of the rover (far stereo is noise at the metre level) and
+    # Huber weights, so a few wild cells cannot drag the estimate by metres.
     gsd = abs(transform.a)
     s = np.zeros(2)
     filled = np.where(np.isfinite(truth), truth, np.nanmedian(truth))
-    for _ in range(5):
+    near = ok & (dist < OFFSET_RADIUS_M)
+    if near.sum() < 100:
+        near = ok
+    for _ in range(10):
         shifted = ndimage.shift(filled, s, order=1, mode="nearest")
         g_row, g_col = np.gradient(shifted)
-        r = (solved - shifted)[ok]
-        jac = np.column_stack([-g_row[ok], -g_col[ok], np.ones(ok.sum())])
-        step, *_ = np.linalg.lstsq(jac, r, rcond=None)
+        r = (solved - shifted)[near]
+        dev = np.abs(r - np.median(r))
+        k = 1.345 * max(1.4826 * float(np.median(dev)), 1e-6)
+        w = np.sqrt(np.minimum(1.0, k / np.maximum(dev, 1e-12)))
+        jac = np.column_stack([-g_row[near], -g_col[near], np.ones(near.sum())])
+        step, *_ = np.linalg.lstsq(jac * w[:, None], r * w, rcond=None)
         s += step[:2]
         if np.abs(step[:2]).max() < 1e-3:
             break
