@@ -24,7 +24,7 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/mosaic info sample_tiles/navcam_360
 	$(BIN)/mosaic stitch sample_tiles/navcam_360 -o $(OUT)/navcam_360
-	$(BIN)/mosaic terrain sample_tiles/navcam_stereo -o $(OUT)/navcam_stereo
+	$(BIN)/mosaic terrain sample_tiles/navcam_stereo -o $(OUT)/navcam_stereo --register
 	@echo ""
 	@echo "demo: results"
 	@echo "  panorama:      $(OUT)/navcam_360/panorama.tif (preview.jpg; open index.html in a browser, or: $(BIN)/mosaic view $(OUT)/navcam_360)"

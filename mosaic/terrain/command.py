@@ -13,6 +13,7 @@ Example:
     mosaic terrain frames/ -o site/ --gsd 0.02 --radius 15
     mosaic terrain NLF_*.png NRF_*.png -o site/ --site-origin 18.44463,77.45089,-2569.91
     mosaic terrain scene/ -o site/ --solution pano/solution.json   # models adjusted by mosaic stitch
+    mosaic terrain scene/ -o site/ --register    # adjust the pointing first, then map
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def add_arguments(p) -> None:
                         "default: from the labels, else the landing site 18.44463,77.45089,-2569.91")
     p.add_argument("--solution", metavar="JSON",
                    help="solution.json whose adjusted models replace the labels' (e.g. from mosaic stitch)")
+    p.add_argument("--register", action="store_true",
+                   help="first adjust the frames' pointing with mosaic stitch's registration and use it "
+                        "(without --solution; recommended: label pointing is off by up to a degree)")
     p.add_argument("--min-range", type=float, default=1.0, metavar="METRES", help="nearest range matched")
     p.add_argument("--max-range", type=float, default=60.0, metavar="METRES", help="farthest range kept")
     p.add_argument("--no-pair-refinement", action="store_true",
@@ -54,7 +58,7 @@ def run(args) -> int:
 
     report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                      scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
-                     web=not args.no_web, solution=args.solution, min_range=args.min_range, max_range=args.max_range,
+                     web=not args.no_web, solution=args.solution, register=args.register, min_range=args.min_range, max_range=args.max_range,
                      refine_pair=not args.no_pair_refinement, workers=args.workers,
                      threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit, force=args.force)
     if args.json:

@@ -241,11 +241,15 @@ def _write_solution(out: Path, pairs, pair_stats) -> None:
 
 def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=None, scheduler=None,
             workspace=None, keep_points: bool = False, web: bool = True, solution=None, *, client=None,
-            workers=None, threads_per_worker=None, memory_limit=None, force: bool = False, **options) -> dict:
+            workers=None, threads_per_worker=None, memory_limit=None, force: bool = False, register: bool = False,
+            **options) -> dict:
     """Build ``dem.tif``, ``ortho.tif``, tiles, ``item.json`` and ``index.html`` under ``out``.
 
     ``inputs``: frame files or folders. ``site_origin``: "LAT,LON,ELEV" or a SiteOrigin.
     ``solution``: a solution.json whose (adjusted) models replace the labels' ones.
+    ``register``: without a ``solution``, first adjust the frames' pointing with ``mosaic stitch``'s
+    registration (no render; into the workspace) and use its solution: the labels' pointing is off
+    by up to a degree, which tilts the DEM by centimetres per metre of range.
     ``client``: an existing dask client (``mosaic batch`` shares one); else one is started from
     ``scheduler`` or an embedded cluster of ``workers`` x ``threads_per_worker`` (``memory_limit``
     each). ``force``: drop the workspace and recompute everything.
@@ -287,6 +291,17 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
     if not pairs:
         raise InputError(str(inputs[0]) if inputs else None,
                          f"no stereo pairs among {len(frames)} frames (need left/right frames taken together)")
+    if register and solution is None:
+        from mosaic.stitch import stitch
+
+        t = time.perf_counter()
+        reg = stitch(inputs, ws.path("registration", ".keep").parent, render=False, client=client,
+                     scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+                     memory_limit=memory_limit)
+        frames, n = apply_solution(frames, reg["solution"])
+        pairs = find_pairs(frames, max_dt=settings.max_dt)
+        report["solution"] = {"path": reg["solution"], "frames": n, "registered": reg["stats"]}
+        report["stages"]["register"] = {"seconds": time.perf_counter() - t}
     origin = _site_origin(frames, site_origin)
     centre = np.median([_site_offset(p.left) for p in pairs], axis=0)
     spec = gridmod.grid_spec(origin, centre[0], centre[1], settings.radius, settings.gsd,
