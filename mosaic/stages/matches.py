@@ -411,6 +411,15 @@ def match_pair(rec_a: dict, rec_b: dict, path_a: str, path_b: str, out_path: str
                     ia, ib = ia[mask], ib[mask]
                     xb_fine, mask = refine_matches(fa["patches"][ia], fb["patches"][ib], fa["patch_scale"],
                                                    fb["patch_scale"], xa[ia], xb[ib], hmat)
+                    if mask.sum() >= 8:
+                        # Verified again at the refined precision (a wrong local optimum of the
+                        # refinement is still within the coarse tolerance).
+                        tol = options["ransac_px"] / float(min(fa["patch_scale"][0], fb["patch_scale"][0]))
+                        sel = np.flatnonzero(mask)
+                        h2, m2 = cv2.findHomography(xa[ia[sel]], xb_fine[sel], cv2.RANSAC, tol,
+                                                    maxIters=options["ransac_iterations"], confidence=0.999)
+                        if h2 is not None:
+                            mask[sel[~m2.ravel().astype(bool)]] = False
                     extra["xb"] = xb_fine[mask]
     ia, ib = ia[mask], ib[mask]
     if len(ia) < options["min_inliers"]:
