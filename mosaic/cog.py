@@ -244,7 +244,11 @@ class CogWriter:
     def _options(self) -> dict:
         opts = dict(driver="COG", blocksize=self.tile, compress=self.compress.upper(),
                     overview_resampling=self.resampling.upper(), num_threads=str(self.threads),
-                    bigtiff="IF_SAFER")
+                    bigtiff="IF_SAFER",
+                    # Blocks that are all transparent/nodata are not stored (a rover pan leaves
+                    # sky and nadir empty, a cropped photo panorama its corners): readers return
+                    # nodata / alpha 0 for them, and conversion skips their compression.
+                    sparse_ok="TRUE")
         if self.compress.lower() in ("deflate", "zstd", "lzw"):
             opts["predictor"] = "YES"  # horizontal differencing for integers, floating-point predictor for floats
         if self.level is not None and self.compress.lower() in ("deflate", "zstd"):
