@@ -5,8 +5,8 @@ points as direction + inverse depth (parallax modelled), a prior of ``prior_deg`
 reported pointing (it fixes the gauge: groups of frames that share no tie point each keep their
 reported pointing on average, and so their reported relative pointing).
 
-Plain photos: a rotation per photo, focal length and k1 per camera (photos of one size share
-them), tie points as directions. The focal length
+Plain photos: a rotation per photo, focal length and k1 per photo (or per camera with
+``shared_lens``), tie points as directions; with refined matches, one tie point per match. The focal length
 starts from ``--hfov``/EXIF, else from the pairwise homographies (OpenCV's focalsFromHomography,
 median over pairs); rotations start from a maximum spanning tree of the homographies. The largest
 connected group is solved; a photo outside it is reported with ``"used": false``.

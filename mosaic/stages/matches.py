@@ -10,6 +10,9 @@ most the parallax a point at ``min_depth_m`` shows) and by ``ransac_px`` across 
 
 Plain photos (no model) are matched unguided and verified with a homography (exact for a
 rotating pinhole camera); the homographies seed the focal-length estimate in the adjust stage.
+Their keypoints come from a coarse working scale, so each inlier is refined on the keypoints'
+patches (``refine_matches``) and verified again at that precision; the match file then holds
+``xb``, the refined position in b of each match's keypoint in a.
 """
 
 from __future__ import annotations
