@@ -97,3 +97,21 @@ def write_text(path, text: str) -> Path:
 
 def write_json(path, obj, indent: int | None = 1) -> Path:
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + "\n")
+
+
+def replace_dir(new, target) -> Path:
+    """Put the finished folder ``new`` in place of ``target`` with two renames, so a reader (a web
+    server serving tiles, say) sees the old folder or the new one, never a half-written mix."""
+    import shutil
+
+    new, target = Path(new), Path(target)
+    os.chmod(new, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide it from a web server
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

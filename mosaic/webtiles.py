@@ -53,6 +53,7 @@ from PIL import Image
 from rasterio.crs import CRS as RioCRS
 from rasterio.warp import transform_bounds
 
+from .atomic import replace_dir
 from .geo import MARS_SPHERE_RADIUS
 
 TMS_ID = "MarsWebMercatorSphere"
@@ -347,7 +348,7 @@ def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hills
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
         try:
             result.counts[name] = _render_layer(b8, al, tr, cr, staging, zooms, _lonlat_bounds(tr, cr, b8.shape[1:]), threads)
-            _publish(staging, final)
+            replace_dir(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -363,14 +364,3 @@ def _lonlat_bounds(transform, crs, shape_hw) -> tuple[float, float, float, float
                             min(top, bottom), max(left, right), max(top, bottom), densify_pts=21)
 
 
-def _publish(staging: Path, final: Path) -> None:
-    """Swap a finished tile folder into place (readable by a web server) and drop the old one."""
-    os.chmod(staging, 0o755)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

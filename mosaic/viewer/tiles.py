@@ -42,7 +42,7 @@ import numpy as np
 
 from calib.errors import InputError
 
-from ..atomic import write_json
+from ..atomic import replace_dir, write_json
 
 TILE = 512
 QUALITY = 85
@@ -207,7 +207,7 @@ def write_tiles(out_dir, source: str = "panorama.tif", tile: int = TILE, quality
         manifest = {**sig, "url": URL, "width": width, "height": height, "stretch_top": top,
                     "levels": [{**lv, "present": present[lv["z"]].decode()} for lv in levels]}
         write_json(tmp / MANIFEST, manifest, indent=None)
-        _swap_in(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -217,14 +217,3 @@ def write_tiles(out_dir, source: str = "panorama.tif", tile: int = TILE, quality
     return manifest
 
 
-def _swap_in(new: Path, target: Path) -> None:
-    """Replace the folder ``target`` by ``new`` with two renames (a reader sees old or new)."""
-    new.chmod(0o755)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
