@@ -275,7 +275,4 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
         "frames": frames_param,
     }
     write_json(out / "scene.json", params)
-    # Temporary files are created private (mkstemp); published data should be world-readable.
-    for f in [out / "scene.json", *truth.iterdir(), *(out / (p.imageid + ext) for p in plans for ext in ("01.png", "01.json"))]:
-        os.chmod(f, 0o644)
     return params, {"terrain_s": t_terrain, "render_s": t_render}

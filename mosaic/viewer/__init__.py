@@ -155,5 +155,4 @@ def write_viewer(out_dir, preview_name: str = "preview.jpg", tiles: dict | None 
         "tiles": None if tiles is None else {k: tiles[k] for k in ("url", "tile", "width", "height", "levels")},
     }
     path = write_text(out_dir / "index.html", render_page(config, config["title"]))
-    path.chmod(0o644)   # a page to publish: the temporary file it was renamed from is owner-only
     return path
