@@ -473,6 +473,14 @@ class Bundle:
             saved = self._state()
             self._update(dc, dp)
             new_cost = self.cost()
+            if not (np.isfinite(new_cost) and new_cost <= cost):
+                # Overshot along the curved valley: half the step often still descends, which
+                # saves a new solve at a larger damping.
+                dc, dp = 0.5 * dc, 0.5 * dp
+                self._restore(saved)
+                self._update(dc, dp)
+                new_cost = self.cost()
+                lam *= 3
             if np.isfinite(new_cost) and new_cost <= cost:
                 new_cost = self._extrapolate(dc, dp, saved, new_cost)
                 gain = (cost - new_cost) / max(cost, 1e-300)
