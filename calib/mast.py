@@ -61,7 +61,8 @@ EL_POINT = np.array([0.7149266, 0.5617344, -0.7856477]) + RMECH_TO_RNAV
 def joint_to_mast(az_joint_rad: float, el_joint_rad: float) -> tuple[float, float]:
     """Telemetry-convention mast angles (degrees) from RSM joint angles (radians, as in PDS4
     ``geom:Articulation_Device_Parameters``)."""
-    return float(np.degrees(az_joint_rad - HOME_AZ_RAD)), float(np.degrees(el_joint_rad - HOME_EL_RAD))
+    az = (float(np.degrees(az_joint_rad - HOME_AZ_RAD)) + 180.0) % 360.0 - 180.0  # as the telemetry: [-180, 180)
+    return az, float(np.degrees(el_joint_rad - HOME_EL_RAD))
 
 
 def _closest_points(p1, d1, p2, d2):

@@ -23,7 +23,6 @@ Fields read (see docs/formats.md; "//" = anywhere below):
 
 from __future__ import annotations
 
-import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LabelError
+from ..mast import joint_to_mast
 from ..meta import LOCAL_LEVEL, ROVER_NAV_FRAME, SITE, FrameMeta
 from . import fields
 from .raster import RawLayout, image_header
 
 #: Mars 2020 RSM joint angles of the mast's home (pointing straight ahead, level), radians.
-RSM_HOME = (3.161115, 1.588138)
 
 FRAME_TYPES = {"ROVER_NAV_FRAME": ROVER_NAV_FRAME, "SITE_FRAME": SITE, "LOCAL_LEVEL_FRAME": LOCAL_LEVEL}
 
@@ -319,10 +318,7 @@ def _mast(root, path):
         el = fields.number(el, path, f"{f}.ELEVATION FINAL-RESOLVER", optional=True)
         if az is None or el is None:
             return None, None
-        return (
-            (math.degrees(az - RSM_HOME[0]) + 180.0) % 360.0 - 180.0,
-            math.degrees(el - RSM_HOME[1]),
-        )
+        return joint_to_mast(az, el)
     return None, None
 
 

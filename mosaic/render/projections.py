@@ -162,16 +162,8 @@ class Cylindrical:
         return (0.0, 360.0 / self.width, 0.0, float(t1), 0.0, -float(t1 - t0) / self.height)
 
 
-@dataclass(frozen=True)
-class Polar:
-    """Nadir-centred azimuthal equidistant view ("little planet" seen from above, north up, east
-    right): the distance from the centre is the angle from the nadir. Covers nadir angles up to
-    ``max_angle`` degrees (180 = the whole sphere); transform in degrees from the nadir."""
-
-    size: int
-    max_angle: float = 180.0
-    kind = "direction"
-    wraps = False
+class _Square:
+    """Outputs ``size`` pixels a side."""
 
     @property
     def width(self) -> int:
@@ -180,6 +172,18 @@ class Polar:
     @property
     def height(self) -> int:
         return self.size
+
+
+@dataclass(frozen=True)
+class Polar(_Square):
+    """Nadir-centred azimuthal equidistant view ("little planet" seen from above, north up, east
+    right): the distance from the centre is the angle from the nadir. Covers nadir angles up to
+    ``max_angle`` degrees (180 = the whole sphere); transform in degrees from the nadir."""
+
+    size: int
+    max_angle: float = 180.0
+    kind = "direction"
+    wraps = False
 
     def pixel_to_dir(self, x, y):
         x = np.asarray(x, dtype=float)
@@ -239,7 +243,7 @@ class Perspective:
 
 
 @dataclass(frozen=True)
-class Vertical:
+class Vertical(_Square):
     """Orthographic view from above of the plane z = ``ground_z`` (LOCAL_LEVEL, +z down; 0 is the
     rover's nominal ground, cameras sit about 2 m above it at z ~ -2), north up, east right, centred
     on the rover. ``extent`` metres square at ``resolution`` metres per pixel; transform in metres
@@ -250,14 +254,6 @@ class Vertical:
     ground_z: float = 0.0
     kind = "point"
     wraps = False
-
-    @property
-    def width(self) -> int:
-        return self.size
-
-    @property
-    def height(self) -> int:
-        return self.size
 
     def pixel_to_point(self, x, y):
         x = np.asarray(x, dtype=float)
