@@ -46,13 +46,13 @@ import argparse
 import inspect
 import logging
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.errors import InputError
 
 from . import atomic
+from .config import read_toml
 
 log = logging.getLogger("mosaic")
 
@@ -127,12 +127,7 @@ def read_jobs(path, out_root, defaults: dict | None = None) -> list[Job]:
 
 
 def _read_toml(path: Path, out_root: Path, extra: dict | None) -> list[Job]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise InputError(path, f"cannot read jobs file: {e.strerror or e}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid TOML: {e}") from None
+    data = read_toml(path, "jobs file")
     unknown = sorted(set(data) - {"job", "defaults"})
     if unknown:
         raise InputError(path, f"unknown top-level key(s) {', '.join(unknown)} (expected [[job]] and [defaults])")

@@ -116,15 +116,10 @@ def _scan(argv, names):
 def load_table(path, command: str) -> dict:
     """The ``[command]`` table of a TOML file, else its top-level keys that are not tables of
     other commands."""
-    import tomllib
+    from .config import read_toml
 
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise InputError(path, f"cannot read config: {e.strerror or e}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid TOML: {e}") from None
+    data = read_toml(path)
     if isinstance(data.get(command), dict):
         return data[command]
     return {k: v for k, v in data.items() if not (k in COMMANDS and isinstance(v, dict))}

@@ -17,6 +17,19 @@ FEATURES = ("sift", "orb", "akaze")
 PROJECTIONS = ("equirect", "cylindrical", "polar", "vertical", "perspective")
 
 
+def read_toml(path, what: str = "config") -> dict:
+    """A TOML file's table; unreadable or malformed files (binary ones included) are bad input."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as e:
+        raise InputError(path, f"cannot read {what}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid TOML: {e}") from None
+
+
 @dataclass(frozen=True)
 class StitchConfig:
     # ingest
@@ -96,15 +109,8 @@ class StitchConfig:
     @classmethod
     def from_toml(cls, path, **overrides) -> "StitchConfig":
         """Options from a TOML file (a ``[stitch]`` table or top-level keys), then ``overrides``."""
-        import tomllib
-
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as e:
-            raise InputError(path, f"cannot read config: {e.strerror or e}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(path, f"not valid TOML: {e}") from None
+        data = read_toml(path)
         values = data.get("stitch", data)
         values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
         return cls.from_mapping(values, source=path)

@@ -241,3 +241,12 @@ def test_stitch_resolution_and_size_limit(pan, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "max_pixels" in err[0], err
     assert not (out / "panorama.tif").exists() and not (out / "solution.json").exists()
+
+
+def test_binary_config_is_exit_2_for_stitch(pan, tmp_path, capsys):
+    """One TOML reader for every command: a binary file is bad input, not a traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["stitch", str(pan), "-o", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.toml" in err[0] and "not valid TOML" in err[0]
