@@ -22,7 +22,6 @@ import logging
 import os
 import resource
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -30,52 +29,11 @@ from calib.errors import InputError
 
 from . import atomic
 from .config import FEATURES, PROJECTIONS, StitchConfig
+from .memory import PeakMemory
 from .stages import ORDER
 from .workspace import Workspace
 
 log = logging.getLogger("mosaic")
-
-
-def _tree_rss() -> int:
-    """Resident bytes of this process and its children (dask worker processes included)."""
-    try:
-        import psutil
-    except ImportError:
-        return 0
-    try:
-        p = psutil.Process()
-        total = p.memory_info().rss
-        for c in p.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += c.memory_info().rss
-        return total
-    except psutil.Error:
-        return 0
-
-
-class PeakMemory:
-    """Peak resident memory of the process tree while the block runs (sampled every 200 ms: native
-    allocations in OpenCV and in worker processes are invisible to tracemalloc)."""
-
-    def __init__(self, every=0.2):
-        self.every, self.peak = every, 0
-        self._stop = threading.Event()
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss())
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self.peak = _tree_rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _tree_rss())
 
 
 def _maxrss_bytes() -> int:
