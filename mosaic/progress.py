@@ -68,8 +68,9 @@ def stage(name: str, total: int | None = None):
 
 
 def track_futures(name, futures, client=None):
-    """Advance a stage bar as dask futures finish; returns their results in order."""
-    from distributed import as_completed
+    """Advance a stage bar as futures (of any executor, :mod:`mosaic.cluster`) finish; returns
+    their results in order."""
+    from .cluster import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
     out = [None] * len(futures)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,9 +126,12 @@ def test_scheduler_address_prefers_the_flag_then_the_environment(monkeypatch):
 def test_embedded_cluster_takes_its_size_from_the_flags(monkeypatch):
     monkeypatch.delenv("MOSAIC_SCHEDULER", raising=False)
     with cluster.client(workers=2, threads_per_worker=1, memory_limit="1GB") as c:
-        info = c.scheduler_info(n_workers=-1)["workers"]
+        assert isinstance(c, cluster.LocalExecutor)
         assert sorted(c.nthreads().values()) == [1, 1]
-        assert {w["memory_limit"] for w in info.values()} == {10**9}
+        assert c.memory_limit == 10**9
+        # Two threads run at once: each task waits until the other has started.
+        both = threading.Barrier(2, timeout=30)
+        assert c.gather([c.submit(both.wait, pure=False) for _ in range(2)]) in ([0, 1], [1, 0])
 
 
 def test_cli_passes_cluster_flags_through(monkeypatch, tmp_path):
@@ -150,3 +154,65 @@ def test_cli_passes_cluster_flags_through(monkeypatch, tmp_path):
                  ["terrain", str(scene("navcam-stereo", keep=QUICK_STEREO)), "-o", str(tmp_path / "b"), *flags]):
         assert cli.main(["-q", *argv]) == 1  # Stop: an internal error, after the flags were seen
     assert seen == [(None, 3, 2, "2GB")] * 2
+
+
+def test_a_local_stitch_never_imports_distributed(tmp_path):
+    """The default executor is threads in this process: a local run pays neither the import of
+    ``distributed`` nor a scheduler's start and close."""
+    frames = scene("navcam-360", keep=QUICK_360)
+    code = ("import sys; from mosaic.stitch import stitch; "
+            f"stitch([{str(frames)!r}], {str(tmp_path / 'pan')!r}, render=False); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'distributed'))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def test_local_executor_futures_finish_in_any_order_and_carry_errors():
+    gate = threading.Event()
+    with cluster.LocalExecutor(1, 2) as ex:
+        slow = ex.submit(gate.wait, 30, key="slow")
+        fast = ex.submit(sum, [1, 2], key="fast")
+        done = cluster.as_completed([slow, fast])
+        first = next(iter(done))
+        assert first.key == "fast" and first.result() == 3
+        gate.set()
+        done.add(ex.submit(_fail, 7))
+        rest = list(done)
+        assert {f.key for f in rest} == {"slow", "_fail-0"}
+        bad = next(f for f in rest if f.key.startswith("_fail"))
+        with pytest.raises(ValueError, match="bad 7"):
+            bad.result()
+        assert ex.gather(ex.map(pow, [2, 3], [3, 2])) == [8, 9]
+        fast.release()
+        assert fast.result() is None  # the result is dropped, the future stays usable
+
+
+def test_local_executor_memory_limit_runs_one_task_at_a_time():
+    """Above the limit a task starts only when none runs: two tasks that wait for each other
+    cannot meet (under no limit they do: test_embedded_cluster_takes_its_size_from_the_flags)."""
+    with cluster.LocalExecutor(1, 2, memory_limit=1) as ex:
+        both = threading.Barrier(2, timeout=2)
+        futures = [ex.submit(both.wait, pure=False) for _ in range(2)]
+        with pytest.raises(threading.BrokenBarrierError):
+            ex.gather(futures)
+
+
+def test_closing_the_local_executor_cancels_queued_tasks():
+    gate = threading.Event()
+    ex = cluster.LocalExecutor(1, 1)
+    running = ex.submit(gate.wait, 30)
+    queued = ex.submit(sum, [1])
+    closer = threading.Thread(target=ex.close)
+    closer.start()
+    _wait(lambda: ex._closed, "close() to begin")
+    gate.set()  # the running task ends after close() began: the queued one must not start
+    closer.join(timeout=30)
+    assert running.result() is True
+    with pytest.raises(RuntimeError, match="cancelled"):
+        queued.result()

@@ -552,8 +552,7 @@ def _affine(gt):
 def _run_jobs(client, jobs, fn=render_tile, extra=()):
     """Yield ``fn(job, *extra)`` as tiles finish, keeping a bounded number in flight (memory stays
     O(in-flight tiles), not O(panorama))."""
-    from distributed import as_completed
-
+    from mosaic.cluster import as_completed
     from mosaic.progress import stage
 
     if not jobs:

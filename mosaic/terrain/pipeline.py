@@ -345,7 +345,7 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
         tile_list = spec.tiles()
         futures = [client.submit(grid_one_tile, str(points_root), spec.to_dict(), ti, settings.fill,
                                  key=f"terrain-tile-{ti[0]}-{ti[1]}-{key}", pure=False) for ti in tile_list]
-        from distributed import as_completed
+        from mosaic.cluster import as_completed
 
         def results():
             with progress.stage("grid", len(futures)) as bar:
