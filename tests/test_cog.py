@@ -232,3 +232,46 @@ def test_sink_from_dask_process_workers(tmp_path):
             c.gather(futures)
     with rasterio.open(target) as ds:
         np.testing.assert_array_equal(ds.read(), img)
+
+
+def _driver_overviews(path, img, **kw):
+    """The COG the driver makes when it computes the overviews itself (the old conversion)."""
+    import rasterio.shutil
+
+    bands, h, w = img.shape
+    ref = CogWriter(path.with_name("ref-" + path.name), w, h, bands, img.dtype, **kw)
+    ref.write((0, 0), img)
+    ref._ds.close()
+    rasterio.shutil.copy(ref.intermediate, path, **ref._options())
+    ref.abort()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rgba", "dem"])
+def test_overviews_built_on_the_intermediate_give_the_drivers_bytes(tmp_path, kind):
+    """Overviews are built once into the intermediate and copied: same bytes as the COG driver
+    computing them (for sizes that halve evenly: 1024 x 2048 and 1200 x 1400 here)."""
+    if kind == "rgba":
+        img, kw = _rgba(1024, 2048, seed=3), {"alpha": True}
+        img[:, 700:] = 0
+    else:
+        yy, xx = np.mgrid[0:1200, 0:1400].astype(np.float32)
+        img = (-2570.0 + 0.01 * xx - 0.02 * yy + np.sin(xx / 7))[None].astype(np.float32)
+        img[:, :300, :300] = -32768.0
+        kw = {"nodata": -32768.0, "crs": geo.site_crs_wkt(),
+              "transform": geo.grid_transform(geo.DEFAULT_SITE_ORIGIN, -35.0, 30.0, 0.1)}
+    ours = write_cog(tmp_path / "ours.tif", img, **kw)
+    ref = _driver_overviews(tmp_path / "driver.tif", img, **kw)
+    assert _md5(ours) == _md5(ref)
+    ok, errors, warnings = validate(ours)
+    assert ok and not warnings, errors
+
+
+def test_odd_sizes_keep_the_drivers_overview_count(tmp_path):
+    img = _rgba(1001, 2002, seed=4)
+    ours = write_cog(tmp_path / "ours.tif", img, alpha=True)
+    ref = _driver_overviews(tmp_path / "driver.tif", img, alpha=True)
+    with rasterio.open(ours) as a, rasterio.open(ref) as b:
+        assert len(a.overviews(1)) == len(b.overviews(1)) == 2
+        np.testing.assert_array_equal(a.read(), b.read())
+    assert validate(ours)[0]
