@@ -573,6 +573,21 @@ def _run_jobs(client, jobs, fn=render_tile, extra=()):
             yield res
 
 
+def _percentile_u16(vals, q) -> float:
+    """``np.percentile(vals.astype(np.float32), q)`` of uint16 values, to the last bit, from their
+    histogram: no float copy to sort. 1.0 for no values."""
+    if vals.size == 0:
+        return 1.0
+    cum = np.cumsum(np.bincount(vals.ravel(), minlength=65536))
+    pos = q / 100.0 * (vals.size - 1)
+    lo = int(np.floor(pos))
+    a = np.float32(np.searchsorted(cum, lo, side="right"))
+    b = np.float32(np.searchsorted(cum, min(lo + 1, vals.size - 1), side="right"))
+    t = np.float32(pos - lo)
+    # numpy's float32 interpolation, from whichever end is nearer.
+    return float(b - (b - a) * (np.float32(1) - t) if t >= 0.5 else a + (b - a) * t)
+
+
 def write_preview(cog_path, out_path, max_width=4096):
     """A JPEG of the panorama at most ``max_width`` wide, read from the COG's overviews;
     transparent pixels black, 16-bit stretched to its 99.9th percentile."""
@@ -589,12 +604,17 @@ def write_preview(cog_path, out_path, max_width=4096):
             w, h = max(1, int(ds.width / f)), max(1, int(ds.height / f))
             a = ds.read(out_shape=(ds.count, h, w), resampling=Resampling.average)
     alpha = a[-1] > 0
-    col = a[:-1].astype(np.float32)
-    if a.dtype != np.uint8:
-        vals = col[:, alpha]
+    col = a[:-1]
+    if a.dtype == np.uint16:
+        # A lookup table stretches 16-bit values straight to 8 bits: no float copy of the
+        # preview (on a 4096-px preview the float arrays took 110 MiB and set the process peak).
+        top = _percentile_u16(col[:, alpha], 99.9)
+        lut = np.clip(np.rint(np.arange(65536, dtype=np.float32) * (255.0 / max(top, 1e-6))), 0, 255)
+        col = lut.astype(np.uint8)[col]
+    elif a.dtype != np.uint8:
+        vals = col[:, alpha].astype(np.float32)
         top = float(np.percentile(vals, 99.9)) if vals.size else 1.0
-        col = col * (255.0 / max(top, 1e-6))
-    col = np.clip(np.rint(col), 0, 255).astype(np.uint8)
+        col = np.clip(np.rint(col.astype(np.float32) * (255.0 / max(top, 1e-6))), 0, 255).astype(np.uint8)
     col[:, ~alpha] = 0
     img = np.moveaxis(col, 0, -1)
     if img.shape[2] == 3:
