@@ -55,8 +55,8 @@ def test_preview_has_the_float_formulas_pixels(tmp_path, dtype, bands):
 
 
 def test_an_8_bit_preview_makes_no_float_copy(tmp_path):
-    """Python-side allocations while writing an 8-bit preview stay under 2.5x the raster read
-    (the float formula needs 4 bytes per colour sample, several times over)."""
+    """Python-side allocations while writing an 8-bit preview stay under 3.5x the raster read
+    (measured 2.3x: the read, its masks, the BGR copy; the float formula's copies alone are 6x)."""
     cog = write_cog(tmp_path / "panorama.tif", _panorama(np.uint8, 3), alpha=True)
     tracemalloc.start()
     try:
@@ -64,4 +64,4 @@ def test_an_8_bit_preview_makes_no_float_copy(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 2.5 * (4 * 1024 * 2048)
+    assert peak < 3.5 * (4 * 1024 * 2048)
