@@ -128,21 +128,27 @@ def ratio_match(da, db, ratio: float, cand_a=None, cand_b=None) -> tuple[np.ndar
 def _segment_candidates(p0, p1, pts, width):
     """Pairs (i, j), sorted, with pts[j] within ``width`` of the segment p0[i]-p1[i].
 
-    Each segment is covered by discs of radius ``1.5 width`` spaced ``width`` apart; one
-    sparse KD-tree join finds their neighbours (no Python loop over keypoints), and the exact
-    distance to the segment filters them.
+    Each segment is covered by discs of radius ``1.12 width`` spaced at most ``width`` apart
+    (a point within ``width`` of the segment is within sqrt(1 + 1/4) width of the nearest disc
+    centre, or within ``width`` of an end); one sparse KD-tree join finds their neighbours (no
+    Python loop over keypoints), and the exact distance to the segment filters them. The join's
+    hits, not the tree, are the cost: radius 1.5 width gave 1.8x as many (navcam_360: 3.5 M hits
+    for 1.0 M candidates over 25 pairs; 1.2 -> 0.7 s).
     """
     from scipy.spatial import cKDTree
 
-    length = np.linalg.norm(p1 - p0, axis=1)
+    vec = p1 - p0
+    length = np.linalg.norm(vec, axis=1)
     nseg = np.maximum(1, np.ceil(length / width).astype(int))
     owner = np.repeat(np.arange(len(p0)), nseg + 1)
-    frac = np.concatenate([np.arange(n + 1) / n for n in nseg]) if len(p0) else np.zeros(0)
-    samples = p0[owner] + frac[:, None] * (p1 - p0)[owner]
-    hits = cKDTree(samples).sparse_distance_matrix(cKDTree(pts), 1.5 * width, output_type="ndarray")
+    # Sample k of segment i at k / nseg[i] of its length.
+    first = np.concatenate([[0], np.cumsum(nseg + 1)[:-1]])
+    frac = (np.arange(len(owner)) - first[owner]) / nseg[owner]
+    samples = p0[owner] + frac[:, None] * vec[owner]
+    hits = cKDTree(samples).sparse_distance_matrix(cKDTree(pts), 1.12 * width, output_type="ndarray")
     ci, cj = owner[hits["i"]], hits["j"]
-    seg = p1[ci] - p0[ci]
-    L2 = np.maximum(np.einsum("ij,ij->i", seg, seg), 1e-12)
+    seg = vec[ci]
+    L2 = np.maximum(np.einsum("ij,ij->i", vec, vec), 1e-12)[ci]
     t = np.clip(np.einsum("ij,ij->i", pts[cj] - p0[ci], seg) / L2, 0, 1)
     d = np.linalg.norm(pts[cj] - (p0[ci] + t[:, None] * seg), axis=1)
     keep = d <= width
@@ -164,7 +170,7 @@ def _kabsch(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def rotation_residuals(rot, da, db, baseline, max_parallax, tol):
     """Inlier mask(s) of matches under rotation(s) ``rot`` (M,3,3) or (3,3): d_b ~ R d_a, up to
     ``tol`` (radians) across the epipolar direction and [-tol, max_parallax + tol] along it."""
-    pred = np.einsum("...ij,nj->...ni", rot, da)
+    pred = da @ np.swapaxes(rot, -1, -2)  # R d_a; matmul is 5x faster than the einsum here
     e = db - pred
     t = baseline[None, :] - (db @ baseline)[:, None] * db
     tn = np.linalg.norm(t, axis=1)
@@ -203,6 +209,10 @@ def _epipolar_rotations(da, db, baseline, idx_sets):
     return rot
 
 
+#: RANSAC hypotheses scored at once.
+_CHUNK = 32
+
+
 def verify_rotation(da, db, baseline, max_parallax, tol, max_angle, iterations, rng):
     """RANSAC on a rotation between two ray bundles; returns (inlier mask, R).
 
@@ -221,9 +231,16 @@ def verify_rotation(da, db, baseline, max_parallax, tol, max_angle, iterations, 
     rots = rots[np.isfinite(angle) & (angle <= max_angle)]
     if len(rots) == 0:
         return np.zeros(n, bool), np.eye(3)
-    inl = rotation_residuals(rots, da, db, baseline, max_parallax, tol)
-    best = int(np.argmax(inl.sum(axis=1)))
-    mask, rot = inl[best], rots[best]
+    best, most = 0, -1
+    # Scored in chunks of hypotheses: the (chunk, n, 3) temporaries stay in cache (500 at once
+    # streamed ~8 MB arrays through memory, 2x slower); the first best wins, as argmax.
+    for c0 in range(0, len(rots), _CHUNK):
+        counts = rotation_residuals(rots[c0:c0 + _CHUNK], da, db, baseline, max_parallax, tol).sum(axis=1)
+        k = int(np.argmax(counts))
+        if counts[k] > most:
+            best, most = c0 + k, int(counts[k])
+    rot = rots[best]
+    mask = rotation_residuals(rot, da, db, baseline, max_parallax, tol)
     for _ in range(2):
         if mask.sum() < 3:
             break
