@@ -8,6 +8,7 @@ every process: 3.6 CPU-ms a call, measured). Off Linux the figures are 0.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 
@@ -31,6 +32,20 @@ def _rss(pid: int) -> int:
             return int(f.read().split()[1]) * PAGE
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return 0
+
+
+def trim_freed() -> bool:
+    """Give memory that is free but still held by the C allocator back to the system (glibc's
+    ``malloc_trim``, all arenas); False where there is no glibc. Large native work in threads
+    (SIFT's pyramids, image decodes) leaves freed memory in per-thread arenas that the process
+    keeps resident, and would otherwise count towards every later stage's peak."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # this process's own symbols: glibc's, on Linux
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
 
 
 def tree_rss(pid: int | None = None) -> int:

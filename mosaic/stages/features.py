@@ -14,6 +14,7 @@ import io
 
 import numpy as np
 
+from ..memory import trim_freed
 from ..workspace import Workspace, digest, resumable
 from . import code_key, upstream_key
 
@@ -189,6 +190,9 @@ def run(ws: Workspace, config, client) -> dict:
     # Per-frame records: a killed run's finished frames are not detected again.
     results, resumed = resumable(ws, client, "features", key, [
         (rec["id"], detect, (rec, str(ws.path("features", f"{rec['id']}.npz")), options)) for rec in frames])
+    # The tasks' decodes and SIFT pyramids were freed into per-thread malloc arenas; on the local
+    # executor they would stay resident through the render (boat: see docs/benchmarks.md).
+    trim_freed()
     counts = [r["keypoints"] for r in results]
     report = {"frames": len(results), "keypoints": int(sum(counts)),
               "keypoints_min": int(min(counts)) if counts else 0,
