@@ -79,7 +79,6 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     """One frame's features (a dask task: carries a path in, writes a path out)."""
     import cv2
 
-    from calib.labels import read_frame, read_image
     from ..atomic import write_bytes
 
     cv2.setNumThreads(1)
@@ -90,9 +89,7 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     s = (working_scale(w, h, options["photo_megapixels"]) if refine else
          working_scale(w, h, options["work_megapixels"], options["min_scale"]))
     rs = max(float(options["refine_scale"]), s) if refine else s
-    arr, r = _decode_reduced(record, rs)
-    if arr is None:
-        arr, r = read_image(read_frame(record["path"])), 1
+    arr, r = frame_pixels(record, rs)
     gray, valid = to_gray8(arr, options["stretch_percentiles"])
     rw = gray.shape[1]
     fine = None
@@ -159,6 +156,19 @@ def sample_patches(image: np.ndarray, centres: np.ndarray, radius: int) -> np.nd
     out = cv2.remap(image, mx.reshape(n, k * k), my.reshape(n, k * k), cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(n, k, k)
+
+
+def frame_pixels(record: dict, scale: float) -> tuple[np.ndarray, int]:
+    """A frame's pixels for work at ``scale`` of its size: (array, r), the frame reduced by the
+    integer factor r. JPEG photos decode at 1/2, 1/4 or 1/8 (grey) where ``scale`` allows, every
+    other frame at full size (r = 1). The stage reads pixels only here: a cache of decoded frames
+    (the input validation's) feeds it by answering this call."""
+    arr, r = _decode_reduced(record, scale)
+    if arr is None:
+        from calib.labels import read_frame, read_image
+
+        arr, r = read_image(read_frame(record["path"])), 1
+    return arr, r
 
 
 def _decode_reduced(record: dict, scale: float):
