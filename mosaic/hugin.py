@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from calib.rotation import azel_to_vector, vector_to_azel
 
@@ -100,11 +99,39 @@ def fit_lens(model, width: int, height: int, grid: int = 24) -> HuginLens:
         return (hugin_project(dirs, unpack(p), width, height) - pix).ravel()
 
     p0 = np.array([fov_h, 0, 0, 0, 0, 0, float(az) - 180.0, float(el), roll0])
-    sol = least_squares(resid, p0, x_scale=[1, 0.01, 0.01, 0.01, 1, 1, 0.1, 0.1, 0.1], method="lm")
-    lens = unpack(sol.x)
+    p, r = _least_squares(resid, p0, np.array([1, 0.01, 0.01, 0.01, 1, 1, 0.1, 0.1, 0.1]))
+    lens = unpack(p)
     lens.yaw = (lens.yaw + 180.0) % 360.0 - 180.0
-    lens.rms_px = float(np.sqrt(np.mean(sol.fun**2)))
+    lens.rms_px = float(np.sqrt(np.mean(r**2)))
     return lens
+
+
+def _least_squares(resid, p0, scale, iterations=100):
+    """Levenberg-Marquardt on a small dense problem (the 9 Hugin parameters, ~1000 residuals),
+    forward-difference Jacobian with steps of 1e-6 ``scale`` (each parameter's typical size).
+    Written out because ``scipy.optimize`` costs a stitch 0.13-0.29 s to import (measured on 2
+    busy cores) for this one fit, more than the fits of all frames together."""
+    p, r = np.asarray(p0, float), resid(p0)
+    cost, lam = float(r @ r), 1e-3
+    steps = 1e-6 * scale
+    for _ in range(iterations):
+        jac = np.stack([(resid(p + h * e) - r) / h for h, e in zip(steps, np.eye(len(p)))], axis=1)
+        a, g = jac.T @ jac, jac.T @ r
+        damp = np.maximum(np.diag(a), 1e-12)
+        while True:
+            dp = -np.linalg.solve(a + lam * np.diag(damp), g)
+            new = resid(p + dp)
+            new_cost = float(new @ new)
+            if new_cost < cost or lam > 1e10:
+                break
+            lam *= 10
+        if not new_cost < cost:
+            break
+        done = cost - new_cost <= 1e-14 * cost or np.all(np.abs(dp) <= 1e-10 * scale)
+        p, r, cost, lam = p + dp, new, new_cost, max(lam / 10, 1e-12)
+        if done:
+            break
+    return p, r
 
 
 def pto_text(frames, pano_width: int, pano_height: int, control_points=(), window=None) -> str:
