@@ -31,16 +31,25 @@ print("status", status, "used", used, "size %dx%d" % (pano.shape[1], pano.shape[
 """
 
 
+def opencv_command(images, out) -> list[str]:
+    """The command that stitches ``images`` with cv2.Stitcher (PANORAMA) into the JPEG ``out``."""
+    return [measure.sys.executable, "-c", _CV2_STITCH, str(out), *map(str, images)]
+
+
+def opencv_result(stdout: str, n_images: int) -> dict:
+    """Frames used and output size from the command's output."""
+    m = re.search(r"status (\d+) used (-?\d+) size (\d+)x(\d+)", stdout)
+    used, w, h = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else (0, 0, 0)
+    return {"tool": "cv2.Stitcher", "frames_used": used, "frames": n_images, "output": f"{w}x{h}",
+            "output_mp": w * h / 1e6}
+
+
 def opencv_stitcher(images, runs: int = 3) -> dict:
     images = [str(p) for p in images]
     with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "cv2.jpg")
-        cmd = [measure.sys.executable, "-c", _CV2_STITCH, out, *images]
+        cmd = opencv_command(images, Path(tmp) / "cv2.jpg")
         wall, peak, last = measure.repeat(lambda: measure.run(cmd), runs)
-    m = re.search(r"status (\d+) used (-?\d+) size (\d+)x(\d+)", last.stdout)
-    used, w, h = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else (0, 0, 0)
-    return {"tool": "cv2.Stitcher", "wall_s": wall, "peak_mib": peak / 2**20, "frames_used": used,
-            "frames": len(images), "output": f"{w}x{h}", "output_mp": w * h / 1e6}
+    return {**opencv_result(last.stdout, len(images)), "wall_s": wall, "peak_mib": peak / 2**20}
 
 
 HUGIN_TOOLS = ("pto_gen", "cpfind", "cpclean", "autooptimiser", "pano_modify", "nona", "enblend")
