@@ -257,10 +257,17 @@ def _observations(feats, pair_matches, n_frames):
     pair_matches = [pm[:4] for pm in pair_matches]
     obs_f, obs_k, obs_p = build_tracks(list(range(n_frames)), [len(f["xy"]) for f in feats], pair_matches)
     xy = np.zeros((len(obs_f), 2))
-    for f in np.unique(obs_f):
-        m = obs_f == f
+    for f, m in enumerate(by_frame(obs_f, n_frames)):
         xy[m] = feats[f]["xy"][obs_k[m]]
     return obs_f, obs_p, xy
+
+
+def by_frame(frame_of, n: int) -> list[np.ndarray]:
+    """Indices of the observations of each frame 0..n-1, from one sort: a mask per frame would
+    scan every observation once per frame, O(frames x observations)."""
+    order = np.argsort(frame_of, kind="stable")
+    bounds = np.searchsorted(np.asarray(frame_of)[order], np.arange(n + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(n)]
 
 
 def observation_sigma(scale):
@@ -281,18 +288,20 @@ def _unused_reason(tried, n_obs):
 def _finish(recs, bundle, cam_of, frame_scale, models_out, reasons, extra=None):
     r = bundle.residuals()[0] * bundle.sigma[:, None]
     entries, rms_all = [], []
+    kept = np.flatnonzero(bundle.keep)
+    of_cam = by_frame(bundle.f[kept], len(bundle.cams))
     for i, rec in enumerate(recs):
         ci = cam_of.get(i)
         if ci is None:
             entries.append(solution_io.frame_entry(rec, models_out[i], False, reason=reasons[i]))
             continue
-        m = (bundle.f == ci) & bundle.keep
-        if m.sum() < MIN_OBSERVATIONS:
-            entries.append(solution_io.frame_entry(rec, models_out[i], False, n=int(m.sum()),
+        m = kept[of_cam[ci]]
+        if len(m) < MIN_OBSERVATIONS:
+            entries.append(solution_io.frame_entry(rec, models_out[i], False, n=len(m),
                                                    reason="tie points rejected as outliers"))
             continue
         rms_all.append(r[m])
-        entries.append(solution_io.frame_entry(rec, bundle.cams[ci].model(), True, _rms(r[m]), int(m.sum()),
+        entries.append(solution_io.frame_entry(rec, bundle.cams[ci].model(), True, _rms(r[m]), len(m),
                                                **(extra(ci) if extra else {})))
     allr = np.concatenate(rms_all) if rms_all else np.zeros((0, 2))
     kept_points = np.unique(bundle.p[bundle.keep])
@@ -319,8 +328,7 @@ def _adjust_posed(recs, feats, scale, pair_matches, tried, config):
         return entries, {"frames": n, "frames_used": 0, "rms_px": None, "tie_points": 0, "observations": 0,
                          "iterations": 0, "outliers_removed": 0}
     origins, dirs = np.zeros((len(xy), 3)), np.zeros((len(xy), 3))
-    for k, cam in enumerate(cams):
-        m = fidx == k
+    for cam, m in zip(cams, by_frame(fidx, len(cams))):
         origins[m], dirs[m] = cam.model().backproject(xy[m])
     good = np.isfinite(dirs).all(1)
     origin = np.mean([np.asarray(recs[i]["pivot"]) for i in solved], axis=0)
@@ -384,8 +392,7 @@ def _adjust_photos(recs, feats, scale, pair_matches, homographies, h_inliers, tr
                         rot_sigma=1e-6 if i == root else np.pi) for i in solved]
     fidx = np.array([cam_of[f] for f in obs_f], dtype=int)
     dirs = np.zeros((len(xy), 3))
-    for k, cam in enumerate(cams):
-        m = fidx == k
+    for cam, m in zip(cams, by_frame(fidx, len(cams))):
         dirs[m] = cam.model().backproject(xy[m])[1]
     npts = int(obs_p.max()) + 1
     pd = np.zeros((npts, 3))
