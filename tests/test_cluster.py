@@ -206,10 +206,16 @@ def test_local_executor_memory_limit_runs_one_task_at_a_time():
 
 
 def test_closing_the_local_executor_cancels_queued_tasks():
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        return gate.wait(30)
+
     ex = cluster.LocalExecutor(1, 1)
-    running = ex.submit(gate.wait, 30)
+    running = ex.submit(hold)
     queued = ex.submit(sum, [1])
+    assert started.wait(30)  # close() would cancel it too if it had not started yet
     closer = threading.Thread(target=ex.close)
     closer.start()
     _wait(lambda: ex._closed, "close() to begin")
