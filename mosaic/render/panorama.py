@@ -461,7 +461,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     (``extent`` metres, ``ground_z``). ``resolution``: degrees per pixel (metres for vertical),
     default the finest input pixel. ``range_m``: render far-field directions (None) or points at
     that distance from the rover origin. ``gains``: solve per-frame gains (or pass an array).
-    ``client``: a dask client; None starts the embedded default. ``parts_dir``: a folder that
+    ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the local default. ``parts_dir``: a folder that
     keeps each finished tile (tasks write it there; the caller keys the folder by its inputs), so
     a run killed mid-render and started again renders only the missing tiles. Returns paths and stats.
     """
