@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from mosaic.terrain import fuse as fusemod
 from mosaic.terrain import grid as gridmod
 from mosaic.terrain import ortho
 from mosaic.terrain.disparity import MatchSettings, disparity
@@ -43,8 +44,8 @@ def test_fill_is_exact_on_a_plane():
     rr, cc = np.mgrid[0:96, 0:96]
     lines = (rr % 9 == 0) | (cc % 9 == 0)
     col, row = cc[lines] + 0.5, rr[lines] + 0.5
-    g = gridmod.grid_tile(spec, (0, 0), _points(col, row, _plane(col - 0.5, row - 0.5)),
-                          gridmod.FuseSettings(fill=8, pointing_sigma_deg=0.0))
+    g = fusemod.grid_tile(spec, (0, 0), _points(col, row, _plane(col - 0.5, row - 0.5)),
+                          fusemod.FuseSettings(fill=8, pointing_sigma_deg=0.0))
     inner = (slice(0, 91), slice(0, 91))  # the last sampled row and column close the holes
     assert np.isfinite(g["height"][inner]).all()
     assert g["filled"][inner].sum() == 10 * 10 * 8 * 8
@@ -60,8 +61,8 @@ def test_no_fill_across_a_step():
     keep = ~((cc >= 40) & (cc < 46))  # a 6-cell-wide empty band from top to bottom
     height = np.where(cc >= 46, 0.3, 0.0) * (rr < 48)  # the step exists in the upper half only
     col, row = cc[keep] + 0.5, rr[keep] + 0.5
-    g = gridmod.grid_tile(spec, (0, 0), _points(col, row, height[keep]),
-                          gridmod.FuseSettings(fill=8, pointing_sigma_deg=0.0))
+    g = fusemod.grid_tile(spec, (0, 0), _points(col, row, height[keep]),
+                          fusemod.FuseSettings(fill=8, pointing_sigma_deg=0.0))
     band = (slice(None), slice(40, 46))
     upper, lower = g["height"][band][:48], g["height"][band][48:]
     assert np.isnan(upper[1:-1]).all()        # across the step: nodata
@@ -83,12 +84,12 @@ def test_fusion_rejects_an_injected_spike():
     wild = rng.choice(np.flatnonzero(~patch), 40, replace=False)
     height[wild] += 2.0                           # and isolated wild samples
     pts = _points(col, row, height)
-    g = gridmod.grid_tile(spec, (0, 0), pts, gridmod.FuseSettings(fill=0, pointing_sigma_deg=0.0))
+    g = fusemod.grid_tile(spec, (0, 0), pts, fusemod.FuseSettings(fill=0, pointing_sigma_deg=0.0))
     r, c = np.mgrid[0:96, 0:96]
     err = np.abs(g["height"] - _plane(c, r))
     assert np.nanmax(err) < 0.02 and np.isnan(g["height"][50:55, 30:35]).all()
     # Without the neighbourhood test the patch survives (the injection is a real blunder).
-    off = gridmod.grid_tile(spec, (0, 0), pts, gridmod.FuseSettings(fill=0, outlier_m=np.inf, pointing_sigma_deg=0.0))
+    off = fusemod.grid_tile(spec, (0, 0), pts, fusemod.FuseSettings(fill=0, outlier_m=np.inf, pointing_sigma_deg=0.0))
     assert np.nanmax(np.abs(off["height"] - _plane(c, r))) > 1.0
 
 

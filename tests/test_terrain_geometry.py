@@ -8,6 +8,7 @@ import pytest
 from calib.meta import FrameMeta
 from calib.models import CAHV
 from calib.rotation import axis_angle
+from mosaic.terrain import fuse as fusemod
 from mosaic.terrain import grid as gridmod
 from mosaic.terrain.rectify import rectify_image, rectify_pair, remap_maps, to_rectified
 from mosaic.terrain.stereo_pairs import find_pairs, side
@@ -212,12 +213,12 @@ def test_grid_tile_trimmed_weighted_mean():
     """A cell's height is the 1/sigma^2-weighted mean of its samples near their weighted median;
     its brightness likewise; its sigma is the samples' own error plus their spread."""
     spec = gridmod.GridSpec(gridmod.Affine(0.1, 0, 0, 0, -0.1, 0), 32, 32, tile=32, halo=8)
-    fuse = gridmod.FuseSettings(fill=0, pointing_sigma_deg=0.0)
+    fuse = fusemod.FuseSettings(fill=0, pointing_sigma_deg=0.0)
     # Cell (5, 5): three samples of one pair, sigma 1, 2 and 2 cm; (6, 5) holds neighbours.
     pts = _points([5.2, 5.7, 5.5, 6.5, 4.5, 5.5, 5.5], [5.5, 5.5, 5.2, 5.5, 5.5, 6.5, 4.5],
                   [1.00, 1.02, 1.01, 1.0, 1.0, 1.0, 1.0], [0.2, 0.7, 0.4, 0.5, 0.5, 0.5, 0.5])
     pts[4, :3] = [0.01, 0.02, 0.02]
-    g = gridmod.grid_tile(spec, (0, 0), pts, fuse)
+    g = fusemod.grid_tile(spec, (0, 0), pts, fuse)
     w = 1.0 / (np.array([0.01, 0.02, 0.02]) ** 2 + fuse.sigma_floor ** 2)  # the floor adds in quadrature
     assert g["height"][5, 5] == pytest.approx(np.dot(w, [1.0, 1.02, 1.01]) / w.sum(), rel=1e-6)
     assert g["value"][5, 5] == pytest.approx(np.dot(w, [0.2, 0.7, 0.4]) / w.sum(), rel=1e-5)

@@ -13,7 +13,7 @@ neither stereo nor gridding, and an upgrade of any module a stage runs redoes it
 3. stereo, one task per pair (``stereo.process_pair``): rectify, match, triangulate, bucket the
    points by output tile; a pair that yields nothing is reported by name and left out;
 4. gains (``ortho.solve_gains``): one brightness gain per pair from the overlaps of their orthos;
-5. grid, one task per output tile (``grid.grid_tile``): robust fusion, honest holes, sigma; each
+5. grid, one task per output tile (``fuse.grid_tile``): robust fusion, honest holes, sigma; each
    tile's arrays are saved in the workspace;
 6. products: ``dem.tif`` (float32, nodata -32768, metres above the IAU 2015 Mars sphere),
    ``dem_sigma.tif`` (float32, each valid cell's predicted 1-sigma height error, m),
@@ -41,6 +41,7 @@ import numpy as np
 
 from calib.errors import InputError
 
+from . import fuse as fusemod
 from . import grid as gridmod
 from . import ortho
 from .stereo import StereoSettings, process_pair, site_offset
@@ -54,7 +55,7 @@ OUTPUTS = ("dem.tif", "dem_sigma.tif", "ortho.tif", "solution.json", "report.jso
 #: The code each stage runs: a change to any of it re-runs the stage.
 STEREO_CODE = ("calib", "mosaic.geo", "mosaic.terrain.stereo", "mosaic.terrain.rectify", "mosaic.terrain.relative",
                "mosaic.terrain.disparity", "mosaic.terrain.triangulate", "mosaic.terrain.grid", "mosaic.terrain.ortho")
-GRID_CODE = ("mosaic.terrain.grid", "mosaic.terrain.ortho")
+GRID_CODE = ("mosaic.terrain.fuse", "mosaic.terrain.grid", "mosaic.terrain.ortho")
 PRODUCTS_CODE = ("mosaic.terrain.pipeline", "mosaic.cog", "mosaic.webtiles", "mosaic.webmap", "mosaic.stac",
                  "mosaic.solution")
 
@@ -75,7 +76,7 @@ class TerrainSettings:
     jump_m: float = 0.10           # a gap whose sides differ by more than max(3 sigma, jump_m) stays open
     outlier_m: float = 0.5         # neighbourhood test: samples this far (+ 3 sigma) from the local median go
     block_m: float = 0.2           # block of the neighbourhood test (m)
-    max_cell_sigma: float = 0.5    # m: a cell whose samples leave it less certain than this stays empty
+    max_cell_sigma: float = 0.25   # m: a cell whose samples leave it less certain than this stays empty
     pointing_sigma_deg: float = 0.4  # per-axis 1-sigma pointing error of the labels' models
     block: int = 5                 # SGBM block (px)
     max_dt: float = 1.0            # s, clock difference of a pair
@@ -84,17 +85,19 @@ class TerrainSettings:
     def stereo(self) -> StereoSettings:
         return StereoSettings(**{k: getattr(self, k) for k in StereoSettings.__dataclass_fields__})
 
-    def fuse(self, pointing_sigma_deg: float) -> gridmod.FuseSettings:
-        return gridmod.FuseSettings(fill=self.fill, jump_m=self.jump_m, outlier_m=self.outlier_m,
+    def fuse(self, pointing_sigma_deg: float) -> fusemod.FuseSettings:
+        return fusemod.FuseSettings(fill=self.fill, jump_m=self.jump_m, outlier_m=self.outlier_m,
                                     block_m=self.block_m, max_sigma=self.max_cell_sigma,
                                     pointing_sigma_deg=pointing_sigma_deg)
 
     def halo(self) -> int:
-        """Cells a tile reads beyond its edges: the widest gap, and the 3 x 3 blocks of the test."""
-        return max(self.fill + 1, 2 * max(1, int(round(self.block_m / self.gsd))))
+        """Cells a tile reads beyond its edges: the widest gap and the 3 x 3 blocks of the test.
+        The points are bucketed with it, so it does not shrink below the default fill's: a
+        narrower fill then changes the grid stage only."""
+        return max(max(self.fill, 16) + 1, 2 * max(1, int(round(self.block_m / self.gsd))))
 
 
-def grid_one_tile(points_root: str, spec: dict, tile_index, fuse: gridmod.FuseSettings, gains, dest: str) -> dict:
+def grid_one_tile(points_root: str, spec: dict, tile_index, fuse: fusemod.FuseSettings, gains, dest: str) -> dict:
     """One output tile, saved into ``dest`` (an .npz of height, value, sigma, filled) when any
     point falls in it; returns its counts."""
     from mosaic import atomic
@@ -103,7 +106,7 @@ def grid_one_tile(points_root: str, spec: dict, tile_index, fuse: gridmod.FuseSe
     pts = gridmod.load_points(points_root, tile_index)
     if pts.shape[1] == 0:
         return {"tile": list(tile_index), "cells": 0, "filled": 0}
-    a = gridmod.grid_tile(g, tile_index, pts, fuse, gains)
+    a = fusemod.grid_tile(g, tile_index, pts, fuse, gains)
     with atomic.atomic_path(dest) as tmp, open(tmp, "wb") as f:
         np.savez(f, **a)
     valid = np.isfinite(a["height"])

@@ -106,7 +106,8 @@ def process_pair(pair, index: int, points_root: str, spec: dict, origin, setting
                  median_range_m=float(np.median(pts.range)) if len(pts) else None,
                  relative_orientation=None if relative is None else relative.to_dict(), right_model=mr.to_dict())
     if len(pts) == 0:
-        why = "no valid disparity" if len(m) == 0 else "no match triangulates within the range and error limits"
+        why = "no valid disparity" + ("" if len(m) == 0 else
+                                      f" ({len(m)} matches, none within the range and error limits)")
         return dict(stats, skipped=why, seconds=time.perf_counter() - t0)
     site = pts.xyz + site_offset(left)
     east, north = local_level_to_map(site[:, 0], site[:, 1], origin)
