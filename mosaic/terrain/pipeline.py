@@ -66,7 +66,7 @@ class TerrainSettings:
     radius: float = 20.0           # metres around the rover
     min_range: float = 1.0         # nearest depth matched: the disparity search reaches f b / min_range
     max_range: float | None = None  # farthest range kept (None: capped by max_sigma only)
-    max_sigma: float = 1.0         # m: points whose predicted error along the ray exceeds this are dropped
+    max_sigma: float = 2.0         # m: points whose predicted error along the ray exceeds this are dropped
     min_angle_deg: float = 0.3     # triangulation angle limit
     lr_tolerance: float = 1.5      # px, left-right check
     max_pixels: int = 4_000_000    # rectified image area cap
@@ -77,7 +77,7 @@ class TerrainSettings:
     outlier_m: float = 0.5         # neighbourhood test: samples this far (+ 3 sigma) from the local median go
     block_m: float = 0.2           # block of the neighbourhood test (m)
     max_cell_sigma: float = 0.25   # m: a cell whose samples leave it less certain than this stays empty
-    pointing_sigma_deg: float = 0.4  # per-axis 1-sigma pointing error of the labels' models
+    pointing_sigma_deg: float = 0.45  # per-axis 1-sigma pointing error of the labels' models (one per pointing)
     block: int = 5                 # SGBM block (px)
     max_dt: float = 1.0            # s, clock difference of a pair
     refine_pair: bool = True       # correct the right eye's rotation from sparse matches

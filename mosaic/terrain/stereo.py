@@ -28,7 +28,7 @@ from .triangulate import triangulate
 class StereoSettings:
     min_range: float = 1.0          # nearest depth matched: the search reaches f b / min_range
     max_range: float | None = None  # farthest range kept (None: capped by max_sigma only)
-    max_sigma: float = 1.0          # m: points whose predicted error along the ray exceeds this go
+    max_sigma: float = 2.0          # m: points whose predicted error along the ray exceeds this go
     min_angle_deg: float = 0.3      # triangulation angle limit
     lr_tolerance: float = 1.5       # px, left-right check
     max_pixels: int = 4_000_000     # rectified image area cap
