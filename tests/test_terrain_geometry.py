@@ -224,7 +224,7 @@ def test_grid_tile_trimmed_weighted_mean():
     assert g["value"][5, 5] == pytest.approx(np.dot(w, [0.2, 0.7, 0.4]) / w.sum(), rel=1e-5)
     z = np.dot(w, [1.0, 1.02, 1.01]) / w.sum()
     spread2 = np.dot(w, (np.array([1.0, 1.02, 1.01]) - z) ** 2) / w.sum()
-    assert g["sigma"][5, 5] == pytest.approx(np.sqrt(3 / w.sum() + spread2), rel=1e-4)
+    assert g["sigma"][5, 5] == pytest.approx(np.sqrt(3 / w.sum() + spread2 / 3), rel=1e-4)
     assert np.isnan(g["height"][20, 20]) and not g["filled"].any()
 
 

@@ -24,7 +24,12 @@ Filters, each removing what the matcher cannot vouch for:
   match is refined by a few 1-D Gauss-Newton steps minimising the zero-mean SSD between the left
   window and the bilinearly shifted right one (``refine``), which removes the bias;
 - validity: pixels outside either input image (the rectified masks) are dropped, with a margin
-  of half a block, so that fill values never take part in a match.
+  of half a block, so that fill values never take part in a match;
+- depth edges: a match whose disparity differs by more than ``edge_jump`` (relative) from the
+  one ``edge_rows`` rows above or below is dropped. Windows that straddle a depth edge (a rock's
+  or a crest's outline) match a mix of both sides; on far terrain, where a disparity is ten
+  pixels, such a match misplaces its point by metres. Measured against the true disparity on a
+  1/8-scale pair: 3.6 % of the matches go, and with them a third of those more than 10 % off.
 
 Every match carries a confidence: ``sigma``, the standard deviation of its disparity predicted
 by the least-squares fit of ``refine`` (the window's residual variance over its summed squared
@@ -49,6 +54,8 @@ class MatchSettings:
     min_texture: float = 2.0
     refine_window: int = 7
     refine_iterations: int = 3
+    edge_rows: int = 3          # depth-edge test: rows apart...
+    edge_jump: float = 0.08     # ...and the relative disparity change that marks an edge
 
 
 @dataclass
@@ -175,7 +182,25 @@ def disparity(left, right, valid_left, valid_right, max_disparity: float,
         disp, sigma = refine(left, right, disp, s.refine_window, s.refine_iterations)
     else:
         sigma = np.where(ok, 0.5, np.nan).astype(np.float32)  # SGBM's 1/16 px steps, locked to integers
+    if s.edge_rows > 0:
+        edge = depth_edges(disp, s.edge_rows, s.edge_jump)
+        disp[edge] = np.nan
+        sigma[edge] = np.nan
     return Matches(disp, sigma, (lo, hi))
+
+
+def depth_edges(disp, rows: int, jump: float) -> np.ndarray:
+    """Matches whose disparity differs by more than ``jump`` of itself from the match ``rows``
+    rows above or below (where there is one)."""
+    k = int(rows)
+    edge = np.zeros(disp.shape, bool)
+    if k < 1 or disp.shape[0] <= k:
+        return edge
+    with np.errstate(invalid="ignore"):
+        step = np.abs(disp[k:] - disp[:-k]) > jump * np.maximum(np.fmin(disp[k:], disp[:-k]), 1.0)
+    edge[k:] |= step
+    edge[:-k] |= step
+    return edge
 
 
 #: The least-squares precision of ``refine`` undershoots the disparity error by about this factor:

@@ -11,9 +11,9 @@ Fusion (``fuse``), each step removing what the one before cannot vouch for:
 1. neighbourhood test: each cell's median height votes once in its ``block_m`` block; the median
    of the 3 x 3 blocks around a sample is its reference (where fewer than ``MIN_VOTES`` of them
    hold data, as in sparsely sampled far terrain, that of blocks twice as wide, and so on), and a
-   sample further from it than ``outlier_m`` plus 3 of its sigmas is dropped (a wrong match lands
-   metres off its neighbours; a rock narrower than the 3 blocks and taller than ``outlier_m`` is
-   rare);
+   sample further from it than ``outlier_m`` or 3 of its sigmas, whichever is larger, is dropped
+   (a wrong match lands metres off its neighbours; a rock narrower than the 3 blocks and taller
+   than ``outlier_m`` is rare);
 2. per cell, a trimmed, weighted mean: the samples within 3 robust spreads (or 3 of their own
    sigmas, or the cell's relief on the local slope) of the cell's weighted median, weighted by
    1 / sigma^2, so one near, well-triangulated sample outweighs many far ones;
@@ -26,7 +26,7 @@ Fusion (``fuse``), each step removing what the one before cannot vouch for:
 Each cell's predicted 1-sigma height error (``dem_sigma.tif``) combines the samples' own error
 (the mean of their variances over the number of pairs that saw the cell: one pair's samples in a
 cell share matching windows, so they do not average down), the spread of the samples the cell
-kept, and the pointing uncertainty of the models, which tilts a pair's whole surface about the
+kept (as the standard error of their mean), and the pointing uncertainty of the models, which tilts a pair's whole surface about the
 mast: distance from the rover times ``pointing_sigma_deg``. A filled cell takes its sides' sigma
 plus half their difference. A cell whose samples leave it less certain than ``max_sigma`` stays
 empty.
@@ -52,6 +52,7 @@ class FuseSettings:
     max_sigma: float = 0.25        # m: a cell whose samples leave it less certain than this stays empty
     pointing_sigma_deg: float = 0.3  # per-axis uncertainty of the models' pointing (for the sigma)
     sigma_floor: float = 0.001     # m: no sample is better than this
+    relief_slope: float = 0.0      # slope assumed under a sample's horizontal error beyond the one measured
 
 
 def _group_starts(keys_sorted, n):
@@ -208,10 +209,13 @@ def fuse(cells_hw, cell, height, value, su, se, sn, pair, gsd: float, settings: 
     ref, g_col, g_row = neighbourhood_reference(sorted_median(cell, height, n).reshape(h, w), block)
     ref, g_col, g_row = ref.ravel(), g_col.ravel(), g_row.ravel()
     # Columns run east, rows south: the gradient in height per metre east and north.
-    sig = (np.asarray(su, np.float32)[order] - (g_col[cell] / gsd).astype(np.float32) * np.asarray(se, np.float32)[order]
-           + (g_row[cell] / gsd).astype(np.float32) * np.asarray(sn, np.float32)[order])
-    sig = np.hypot(sig, np.float32(s.sigma_floor))
-    keep = np.abs(height - ref[cell]) <= s.outlier_m + 3.0 * sig
+    se, sn = np.asarray(se, np.float32)[order], np.asarray(sn, np.float32)[order]
+    sig = (np.asarray(su, np.float32)[order] - (g_col[cell] / gsd).astype(np.float32) * se
+           + (g_row[cell] / gsd).astype(np.float32) * sn)
+    # Relief the neighbourhood cannot show (a slope narrower than its blocks, or one the samples
+    # misplace) still turns the horizontal error into height: ``relief_slope`` of it.
+    sig = np.sqrt(sig * sig + np.float32(s.relief_slope ** 2) * (se * se + sn * sn) + np.float32(s.sigma_floor ** 2))
+    keep = np.abs(height - ref[cell]) <= np.maximum(s.outlier_m, 3.0 * sig)
     cell, height, sig, pair_i, value = cell[keep], height[keep], sig[keep], pair_i[keep], value[keep]
     # 2. Trimmed weighted mean around the weighted median.
     wt = 1.0 / (sig.astype(np.float64) ** 2)
@@ -233,8 +237,11 @@ def fuse(cells_hw, cell, height, value, su, se, sn, pair, gsd: float, settings: 
     for p in np.unique(pair_i):
         npairs += np.bincount(cell[pair_i == p], minlength=n) > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        # Mean sample variance (n / sum 1/sigma^2) over the pairs that saw the cell.
+        # The samples' own error: their mean variance (n / sum 1/sigma^2) over the pairs that saw
+        # the cell (one pair's samples in a cell share matching windows: that part does not
+        # average down); their scatter, which does, as the standard error of their mean.
         rand2 = cnt / (sw * np.maximum(npairs, 1))
+        spread2 = spread2 / np.maximum(cnt, 1)
         sigma = np.sqrt(rand2 + spread2)
     # Samples that disagree by metres (two surfaces, or a wrong match the tests could not outvote)
     # make no height worth a cell.

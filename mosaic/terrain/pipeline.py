@@ -74,7 +74,7 @@ class TerrainSettings:
     tile: int = 512                # output tile (cells): a grid task holds one tile's points
     fill: int = 16                 # widest gap filled (cells)
     jump_m: float = 0.10           # a gap whose sides differ by more than max(3 sigma, jump_m) stays open
-    outlier_m: float = 0.5         # neighbourhood test: samples this far (+ 3 sigma) from the local median go
+    outlier_m: float = 0.5         # neighbourhood test: samples this far (or 3 sigma) from the local median go
     block_m: float = 0.2           # block of the neighbourhood test (m)
     max_cell_sigma: float = 0.25   # m: a cell whose samples leave it less certain than this stays empty
     pointing_sigma_deg: float = 0.45  # per-axis 1-sigma pointing error of the labels' models (one per pointing)
