@@ -66,8 +66,9 @@ def test_no_fill_across_a_step():
     band = (slice(None), slice(40, 46))
     upper, lower = g["height"][band][:48], g["height"][band][48:]
     assert np.isnan(upper[1:-1]).all()        # across the step: nodata
-    # Flat: filled, exactly (beyond the diagonals' reach of the step, which also refuse a cell).
-    assert np.isfinite(lower[10:]).all() and np.abs(lower[10:]).max() < 1e-6
+    # Flat: filled, exactly (beyond the diagonals' reach of the step, which also refuse a cell,
+    # and of the grid's edge, where the band is open and no hole).
+    assert np.isfinite(lower[10:-6]).all() and np.abs(lower[10:-6]).max() < 1e-6
 
 
 def test_fusion_rejects_an_injected_spike():
@@ -89,8 +90,26 @@ def test_fusion_rejects_an_injected_spike():
     err = np.abs(g["height"] - _plane(c, r))
     assert np.nanmax(err) < 0.02 and np.isnan(g["height"][50:55, 30:35]).all()
     # Without the neighbourhood test the patch survives (the injection is a real blunder).
-    off = fusemod.grid_tile(spec, (0, 0), pts, fusemod.FuseSettings(fill=0, outlier_m=np.inf, pointing_sigma_deg=0.0))
+    off = fusemod.grid_tile(spec, (0, 0), pts, fusemod.FuseSettings(fill=0, outlier_m=np.inf, gross_m=np.inf,
+                                                                   pointing_sigma_deg=0.0))
     assert np.nanmax(np.abs(off["height"] - _plane(c, r))) > 1.0
+
+
+def test_fusion_rejects_a_patch_that_fills_its_own_neighbourhood():
+    """A 70 x 70 cm patch of wrong matches 20 m below the ground (a near-field corner matched far
+    out) is its own 3 x 3-block neighbourhood; the widest neighbourhood's median still shows it."""
+    spec = _spec()
+    rr, cc = np.mgrid[0:96, 0:96]
+    col, row = cc.ravel() + 0.5, rr.ravel() + 0.5
+    height = _plane(col - 0.5, row - 0.5)
+    patch = (col >= 10) & (col < 45) & (row >= 10) & (row < 45)
+    height[patch] -= 20.0
+    pts = _points(col, row, height, sigma=0.05)
+    r, c = np.mgrid[0:96, 0:96]
+    g = fusemod.grid_tile(spec, (0, 0), pts, fusemod.FuseSettings(fill=0, pointing_sigma_deg=0.0))
+    assert np.isnan(g["height"][10:45, 10:45]).all() and np.nanmax(np.abs(g["height"] - _plane(c, r))) < 1e-5
+    off = fusemod.grid_tile(spec, (0, 0), pts, fusemod.FuseSettings(fill=0, gross_m=np.inf, pointing_sigma_deg=0.0))
+    assert np.nanmax(np.abs(off["height"] - _plane(c, r))) > 19.0
 
 
 def _texture(h, w, seed=0):

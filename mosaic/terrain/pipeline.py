@@ -75,6 +75,7 @@ class TerrainSettings:
     fill: int = 16                 # widest gap filled (cells)
     jump_m: float = 0.10           # a gap whose sides differ by more than max(3 sigma, jump_m) stays open
     outlier_m: float = 0.5         # neighbourhood test: samples this far (or 3 sigma) from the local median go
+    gross_m: float = 5.0           # ...and samples this far from the median of the widest neighbourhood (4.8 m)
     block_m: float = 0.2           # block of the neighbourhood test (m)
     max_cell_sigma: float = 0.25   # m: a cell whose samples leave it less certain than this stays empty
     pointing_sigma_deg: float = 0.45  # per-axis 1-sigma pointing error of the labels' models (one per pointing)
@@ -87,7 +88,7 @@ class TerrainSettings:
 
     def fuse(self, pointing_sigma_deg: float) -> fusemod.FuseSettings:
         return fusemod.FuseSettings(fill=self.fill, jump_m=self.jump_m, outlier_m=self.outlier_m,
-                                    block_m=self.block_m, max_sigma=self.max_cell_sigma,
+                                    gross_m=self.gross_m, block_m=self.block_m, max_sigma=self.max_cell_sigma,
                                     pointing_sigma_deg=pointing_sigma_deg)
 
     def halo(self) -> int:
