@@ -371,3 +371,23 @@ def test_no_valid_cell_exits_2_with_nothing_written(scene, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no valid DEM cell" in err[0] and "NLF_0100" in err[0]
     assert not [p.name for p in out.iterdir() if p.name != "work"]
+
+
+def test_one_run_starts_one_cluster(stereo_run, tmp_path, monkeypatch):
+    """Registration shares the terrain run's dask client (stitch's stages, not stitch itself):
+    a run with --register asks mosaic.cluster for one client, and registers into OUT/work."""
+    from mosaic import cluster
+    from mosaic.terrain.pipeline import terrain
+
+    calls = []
+    real = cluster.client
+
+    def counting(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cluster, "client", counting)
+    report = terrain([stereo_run[0].parent / "frames"], tmp_path, gsd=0.08, radius=4.0, web=False, register=True)
+    assert len(calls) == 1
+    assert report["solution"]["frames"] == 4 and "register" in report["stages"]
+    assert (tmp_path / "work" / "registration" / "adjust" / "solution.json").exists()
