@@ -1,7 +1,8 @@
-"""dem_sigma.tif is honest and the DEM clean on mosaic synth's navcam-stereo scene (1/16 scale,
-cached), with the default options (registration included), scored by ``mosaic eval``: in every
-band of distance from the rover at least 85 % of the cells lie within 2 sigma of the truth and the
-median sigma is 0.5-3 times the median error (a constant sigma fails that in some band)."""
+"""dem_sigma.tif is honest and the DEM clean on the committed navcam-stereo sample (mosaic synth,
+1/8 scale, with its truth), with the default options (registration included), scored by
+``mosaic eval``: in every band of distance from the rover at least 85 % of the cells lie within
+2 sigma of the truth and the median sigma is 0.5-3 times the median error (a constant sigma fails
+that in some band). At 1/16 scale the sigma is too pessimistic (docs/terrain.md, Limits)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 
 import pytest
 
-from synth_cache import scene
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 def run(tmp_path_factory):
     from mosaic.cli import main
 
-    src = scene("navcam-stereo", scale=16)
+    src = REPO / "sample_tiles" / "navcam_stereo"
     out = tmp_path_factory.mktemp("sigma") / "site"
     assert main(["-q", "terrain", str(src), "-o", str(out), "--gsd", "0.05", "--radius", "12", "--no-web"]) == 0
     return src, out
@@ -30,7 +31,7 @@ def test_sigma_is_honest_in_every_band(run, capsys):
     src, out = run
     assert main(["eval", str(out), "--truth", str(src), "--json", str(out / "eval.json")]) == 0
     table = capsys.readouterr().out
-    assert "honest in every band" in table and "blunders (> 1 m off)" in table
+    assert "sigma (dem_sigma.tif): honest in every band" in table and "blunders (> 1 m off)" in table
     d = json.loads((out / "eval.json").read_text())["dem"]
     bands = {(b["from_m"], b["to_m"]): b for b in d["bins"]}
     assert {(0.0, 5.0), (5.0, 10.0), (10.0, 20.0)} <= set(bands)
@@ -45,6 +46,6 @@ def test_dem_is_clean(run):
 
     src, out = run
     d = evaluate(out, src)["dem"]
-    assert d["blunders"]["fraction"] <= 1e-4, d["blunders"]
-    assert d["coverage_10m"] >= 0.85
-    assert d["bins"][0]["median_abs_m"] < 0.03
+    assert d["blunders"]["cells"] == 0 and d["max_abs_m"] < 1.0, d["blunders"]
+    assert d["coverage_10m"] >= 0.9
+    assert d["bins"][0]["median_abs_m"] < 0.015

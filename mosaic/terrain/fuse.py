@@ -259,8 +259,7 @@ def fuse(cells_hw, cell, height, value, su, se, sn, pair, gsd: float, settings: 
     z[vague] = np.nan
     shape = (h, w)
     return {"height": z.reshape(shape), "value": v.reshape(shape), "sigma": sigma.reshape(shape),
-            "n": cnt.reshape(shape), "pairs": npairs.reshape(shape),
-            "random": np.sqrt(rand2).reshape(shape), "spread": np.sqrt(spread2).reshape(shape)}
+            "n": cnt.reshape(shape), "pairs": npairs.reshape(shape)}
 
 
 #: Directions a gap is bridged along: row, column and the two diagonals (row step, column step).
