@@ -30,8 +30,16 @@ from calib.rotation import matrix_to_rotvec
 
 from .atomic import write_json
 
-#: Distance bins (metres from the rover) for the DEM error.
-DEM_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
+#: Distance bands (metres from the rover) for the DEM figures.
+DEM_BANDS = (0.0, 5.0, 10.0, 20.0, math.inf)
+#: A DEM cell further than this from the truth is a blunder (m).
+BLUNDER_M = 1.0
+#: Radius of the disc around the rover whose coverage is reported (m).
+COVER_RADIUS_M = 10.0
+#: dem_sigma.tif is honest in a band when this share of cells lies within 2 sigma of the truth
+#: and the median sigma is within these factors of the median true error.
+SIGMA_WITHIN_2 = 0.85
+SIGMA_RATIO = (0.5, 3.0)
 
 
 def _solution_path(path: Path) -> Path:
@@ -126,47 +134,113 @@ def pointing_errors(solution: dict, truth: dict) -> dict:
 OFFSET_RADIUS_M = 10.0
 
 
-def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
-    """Error of a DEM against the truth DEM on the truth's grid, by distance from the rover."""
+def _read_grid(path, what):
+    """(values float64 with NaN for nodata, transform, crs) of band 1 of a raster."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            return ds.read(1, masked=True).astype(np.float64).filled(np.nan), ds.transform, ds.crs
+    except rasterio.errors.RasterioIOError as e:
+        raise InputError(path, f"cannot read {what}: {e}") from None
+
+
+def sample_bilinear(grid, transform, east, north) -> np.ndarray:
+    """Bilinear values of ``grid`` (NaN = no data) at map points; NaN where a neighbour is missing."""
+    from scipy import ndimage
+
+    col, row = ~transform @ (np.asarray(east, float), np.asarray(north, float))
+    coords = [np.ravel(row) - 0.5, np.ravel(col) - 0.5]
+    have = np.isfinite(grid)
+    v = ndimage.map_coordinates(np.where(have, grid, 0.0), coords, order=1, cval=0.0)
+    # Any missing corner pulls the weight below 1: such samples are not truth.
+    w = ndimage.map_coordinates(have.astype(np.float64), coords, order=1, cval=0.0)
+    return np.where(w > 1 - 1e-9, v, np.nan).reshape(np.shape(east))
+
+
+def sigma_check(err, sigma) -> dict:
+    """Is a predicted 1-sigma honest for these errors? Share within 2 sigma, and the ratio of
+    median sigma to median |error| (a constant sigma fails it in some band)."""
+    a, s = np.abs(err), np.asarray(sigma)
+    within = float(np.mean(a <= 2 * s))
+    med_err, med_s = float(np.median(a)), float(np.median(s))
+    ratio = med_s / med_err if med_err > 0 else math.inf
+    return {"n": int(a.size), "within_2sigma": within, "median_sigma_m": med_s, "median_abs_m": med_err,
+            "ratio": ratio, "honest": bool(within >= SIGMA_WITHIN_2 and SIGMA_RATIO[0] <= ratio <= SIGMA_RATIO[1])}
+
+
+def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin, sigma_path=None) -> dict:
+    """Error of a DEM against the truth DEM, cell by cell on the DEM's own grid (the truth sampled
+    bilinearly at each valid cell's centre): by band of distance from the rover, the blunder share
+    (cells more than ``BLUNDER_M`` off), coverage of the ``COVER_RADIUS_M`` disc, and, given a
+    ``sigma_path`` (dem_sigma.tif), whether its sigma is honest in every band."""
+    from . import geo
+
+    truth, t_transform, t_crs = _read_grid(truth_dem_path, "truth DEM")
+    dem, transform, _ = _read_grid(dem_path, "DEM")
+    rows, cols = np.mgrid[0:dem.shape[0], 0:dem.shape[1]]
+    east, north = transform @ (cols + 0.5, rows + 0.5)
+    re, rn = geo.local_level_to_map(rover_site_xy[0], rover_site_xy[1], origin)
+    dist = np.hypot(east - float(re), north - float(rn))
+    ref = sample_bilinear(truth, t_transform, east, north)
+    known = np.isfinite(ref)
+    ok = known & np.isfinite(dem)
+    diff = dem - ref
+    sigma = None
+    if sigma_path is not None:
+        sigma, s_transform, _ = _read_grid(sigma_path, "DEM sigma")
+        if sigma.shape != dem.shape or s_transform != transform:
+            raise InputError(sigma_path, "not on the DEM's grid")
+    disc = known & (dist < COVER_RADIUS_M)
+    out = {"valid_cells": int(np.isfinite(dem).sum()), "compared_cells": int(ok.sum()),
+           "coverage_10m": float((ok & disc).sum() / max(disc.sum(), 1)), "bins": []}
+    if not ok.any():
+        return out
+    a = np.abs(diff[ok])
+    blunders = int((a > BLUNDER_M).sum())
+    out.update(median_abs_m=float(np.median(a)), p90_abs_m=float(np.percentile(a, 90)),
+               p99_abs_m=float(np.percentile(a, 99)), max_abs_m=float(a.max()),
+               blunders={"threshold_m": BLUNDER_M, "cells": blunders, "fraction": blunders / a.size},
+               vertical_bias_m=float(np.median(diff[ok])))
+    if sigma is not None:
+        out["sigma"] = dict(sigma_check(diff[ok], sigma[ok]), path=str(sigma_path),
+                            missing=int((ok & ~(sigma > 0)).sum()))
+    for lo, hi in zip(DEM_BANDS[:-1], DEM_BANDS[1:]):
+        band = known & (dist >= lo) & (dist < hi)
+        sel = ok & band
+        if not sel.any():
+            continue
+        ab = np.abs(diff[sel])
+        b = {"from_m": lo, "to_m": None if math.isinf(hi) else hi, "n": int(sel.sum()),
+             "coverage": float(sel.sum() / band.sum()), "median_abs_m": float(np.median(ab)),
+             "p90_abs_m": float(np.percentile(ab, 90)), "blunder_fraction": float(np.mean(ab > BLUNDER_M))}
+        if sigma is not None:
+            b["sigma"] = sigma_check(diff[sel], sigma[sel])
+        out["bins"].append(b)
+    if sigma is not None:
+        out["sigma"]["honest_in_every_band"] = bool(out["sigma"]["honest"]
+                                                    and all(b["sigma"]["honest"] for b in out["bins"]))
+    out["horizontal_offset_m"] = _horizontal_offset(dem_path, truth, t_transform, t_crs, rover_site_xy, origin)
+    return out
+
+
+def _horizontal_offset(dem_path, truth, transform, crs, rover_site_xy, origin) -> dict:
+    """Least-squares shift s (m) and bias c with dem(p) ~ truth(p - s) + c, on the truth's grid."""
     import rasterio
     from rasterio.warp import Resampling, reproject
     from scipy import ndimage
 
     from . import geo
 
-    with rasterio.open(truth_dem_path) as t:
-        truth = t.read(1, masked=True).astype(np.float64).filled(np.nan)
-        transform, crs = t.transform, t.crs
-    try:
-        src = rasterio.open(dem_path)
-    except rasterio.errors.RasterioIOError as e:
-        raise InputError(dem_path, f"cannot read DEM: {e}") from None
-    with src:
+    with rasterio.open(dem_path) as src:
         solved = np.full(truth.shape, np.nan)
         reproject(rasterio.band(src, 1), solved, src_nodata=src.nodata, dst_transform=transform, dst_crs=crs,
                   dst_nodata=np.nan, resampling=Resampling.bilinear)
     rows, cols = np.mgrid[0:truth.shape[0], 0:truth.shape[1]]
-    east = transform.c + transform.a * (cols + 0.5)
-    north = transform.f + transform.e * (rows + 0.5)
+    east, north = transform @ (cols + 0.5, rows + 0.5)
     re, rn = geo.local_level_to_map(rover_site_xy[0], rover_site_xy[1], origin)
     dist = np.hypot(east - float(re), north - float(rn))
-    diff = solved - truth
-    ok = np.isfinite(diff)
-    out = {"valid_cells": int(ok.sum()), "truth_cells": int(np.isfinite(truth).sum()), "bins": []}
-    if not ok.any():
-        return out
-    for lo, hi in zip(DEM_BINS[:-1], DEM_BINS[1:]):
-        sel = ok & (dist >= lo) & (dist < hi)
-        cover = np.isfinite(truth) & (dist >= lo) & (dist < hi)
-        if not sel.any():
-            continue
-        a = np.abs(diff[sel])
-        out["bins"].append({"from_m": lo, "to_m": None if math.isinf(hi) else hi, "n": int(sel.sum()),
-                            "coverage": float(sel.sum() / max(cover.sum(), 1)),
-                            "median_abs_m": float(np.median(a)), "p90_abs_m": float(np.percentile(a, 90))})
-    a = np.abs(diff[ok])
-    out.update(median_abs_m=float(np.median(a)), p90_abs_m=float(np.percentile(a, 90)))
-    # Horizontal offset s (pixels) and vertical bias c: solved(p) ~ truth(p - s) + c, solved by
+    ok = np.isfinite(solved - truth)
     # Gauss-Newton on the truth's gradients, re-sampling the shifted truth at each step. Robust:
     # only cells within OFFSET_RADIUS_M of the rover (far stereo is noise at the metre level) and
     # Huber weights, so a few wild cells cannot drag the estimate by metres.
@@ -176,6 +250,8 @@ def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
     near = ok & (dist < OFFSET_RADIUS_M)
     if near.sum() < 100:
         near = ok
+    if not near.any():
+        return {"east": math.nan, "north": math.nan, "total": math.nan}
     for _ in range(10):
         shifted = ndimage.shift(filled, s, order=1, mode="nearest")
         g_row, g_col = np.gradient(shifted)
@@ -188,10 +264,7 @@ def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin) -> dict:
         s += step[:2]
         if np.abs(step[:2]).max() < 1e-3:
             break
-    out["horizontal_offset_m"] = {"east": float(s[1] * gsd), "north": float(-s[0] * gsd),
-                                  "total": float(np.hypot(*s) * gsd)}
-    out["vertical_bias_m"] = float(np.median(diff[ok]))
-    return out
+    return {"east": float(s[1] * gsd), "north": float(-s[0] * gsd), "total": float(np.hypot(*s) * gsd)}
 
 
 def evaluate(out, truth, dem=None) -> dict:
@@ -209,7 +282,9 @@ def evaluate(out, truth, dem=None) -> dict:
         rover = scene.get("rover", {}).get("position_site", [0.0, 0.0, 0.0])
         so = scene.get("site_origin")
         origin = geo.SiteOrigin(so["lat"], so["lon"], so["elev"]) if so else geo.DEFAULT_SITE_ORIGIN
-        result["dem"] = dict(dem_errors(dem, tdir / "dem.tif", rover[:2], origin), path=str(dem))
+        sigma = dem.with_name("dem_sigma.tif")
+        result["dem"] = dict(dem_errors(dem, tdir / "dem.tif", rover[:2], origin,
+                                        sigma_path=sigma if sigma.is_file() else None), path=str(dem))
     return result
 
 
@@ -230,16 +305,45 @@ def format_table(result) -> str:
     d = result.get("dem")
     if d:
         lines.append("")
-        lines.append(f"DEM {d['path']}: {d['valid_cells']} cells compared")
-        lines.append(f"{'distance m':<14} {'n':>9} {'cover':>6} {'median |dz| m':>14} {'p90 |dz| m':>11}")
-        for b in d["bins"]:
-            rng = f"{b['from_m']:g}-{'' if b['to_m'] is None else format(b['to_m'], 'g')}"
-            lines.append(f"{rng:<14} {b['n']:9d} {b['coverage']:6.2f} {b['median_abs_m']:14.4f} {b['p90_abs_m']:11.4f}")
-        if "horizontal_offset_m" in d:
-            h = d["horizontal_offset_m"]
-            lines.append(f"horizontal offset {h['total']:.4f} m (east {h['east']:.4f}, north {h['north']:.4f}); "
-                         f"vertical bias {d['vertical_bias_m']:.4f} m")
+        lines.extend(format_dem(d))
     return "\n".join(lines)
+
+
+def format_dem(d) -> list[str]:
+    """The DEM figures as table lines: error and coverage by distance band, blunders, sigma check."""
+    lines = [f"DEM {d.get('path', '')}: {d['valid_cells']} valid cells, {d['compared_cells']} compared with the truth"]
+    if not d["bins"]:
+        return lines
+    sig = "sigma" in d
+    head = f"{'distance m':<10} {'cells':>9} {'cover':>6} {'median |dz|':>12} {'p90 |dz|':>10} {'> 1 m':>9}"
+    if sig:
+        head += f" {'median sigma':>13} {'<= 2 sigma':>11} {'sigma/|dz|':>10} honest"
+    lines.append(head)
+    rows = [(f"{b['from_m']:g}-{'' if b['to_m'] is None else format(b['to_m'], 'g')}", b) for b in d["bins"]]
+    rows.append(("all", dict(d, n=d["compared_cells"], coverage=None, blunder_fraction=d["blunders"]["fraction"])))
+    for name, b in rows:
+        cover = "" if b["coverage"] is None else f"{100 * b['coverage']:5.1f}%"
+        line = (f"{name:<10} {b['n']:9d} {cover:>6} {100 * b['median_abs_m']:9.2f} cm {100 * b['p90_abs_m']:7.2f} cm "
+                f"{100 * b['blunder_fraction']:8.4f}%")
+        if sig:
+            s = b["sigma"]
+            line += (f" {100 * s['median_sigma_m']:10.2f} cm {100 * s['within_2sigma']:10.1f}% {s['ratio']:10.2f} "
+                     f"{'yes' if s['honest'] else 'NO'}")
+        lines.append(line)
+    bl = d["blunders"]
+    lines.append(f"blunders (> {bl['threshold_m']:g} m off): {bl['cells']} cells, {100 * bl['fraction']:.4f}% "
+                 f"(worst {d['max_abs_m']:.3f} m, p99 {d['p99_abs_m']:.3f} m); "
+                 f"{100 * d['coverage_10m']:.1f}% of the {COVER_RADIUS_M:g} m disc valid")
+    if sig:
+        lines.append(f"sigma ({Path(d['sigma']['path']).name}): "
+                     + ("honest in every band" if d["sigma"]["honest_in_every_band"] else "NOT honest in every band")
+                     + f" (needs >= {100 * SIGMA_WITHIN_2:g}% within 2 sigma and median sigma "
+                       f"{SIGMA_RATIO[0]:g}-{SIGMA_RATIO[1]:g}x the median |dz|)")
+    h = d.get("horizontal_offset_m")
+    if h:
+        lines.append(f"horizontal offset {h['total']:.4f} m (east {h['east']:.4f}, north {h['north']:.4f}); "
+                     f"vertical bias {d['vertical_bias_m']:.4f} m")
+    return lines
 
 
 def add_arguments(p):

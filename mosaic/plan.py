@@ -140,9 +140,9 @@ def terrain_plan(inputs, gsd=0.02, radius=20.0, site_origin=None, solution=None,
     import numpy as np
 
     settings = pipeline.TerrainSettings(gsd=float(gsd), radius=float(radius))
-    centre = np.median([pipeline._site_offset(p.left) for p in pairs], axis=0)
+    centre = np.median([pipeline.site_offset(p.left) for p in pairs], axis=0)
     spec = gridmod.grid_spec(origin, centre[0], centre[1], settings.radius, settings.gsd,
-                             tile=settings.tile, halo=max(settings.fill, 1))
+                             tile=settings.tile, halo=settings.halo())
     cells = spec.width * spec.height
     pair_mp = [p.left.width * p.left.height / 1e6 for p in pairs]
     threads = _threads(workers, threads_per_worker) if not scheduler else None

@@ -43,7 +43,8 @@ def write_map(out_dir, center_lonlat, zooms, layers, title: str = "Jezero mosaic
     """Write ``out_dir/index.html`` and ``out_dir/leaflet/``; return the page's path.
 
     ``layers``: (name, url template relative to out_dir[, options]) tuples or dicts with ``name``,
-    ``url`` and optional ``opacity``, ``visible``. ``marker``: ((lon, lat), label) or None.
+    ``url`` and optional ``opacity``, ``visible`` and ``legend`` ({"title", "stops": [[css colour,
+    label], ...]}: a colour key shown while the layer is on). ``marker``: ((lon, lat), label) or None.
     ``zoom``: the initial zoom (default two levels below the shallowest, capped at the deepest,
     so the whole map roughly fills an 800-1000 px window).
     """

@@ -11,6 +11,7 @@ Layout under ``out_dir``::
 
     tiles/{z}/{x}/{y}.png        the orthoimage (gray or RGB, + alpha: 0 outside the data)
     hillshade/{z}/{x}/{y}.png    shaded relief of the DEM (gray + alpha), when a DEM is given
+    sigma/{z}/{x}/{y}.png        the DEM's predicted error on a colour ramp (RGB + alpha), when given
 
 Zoom levels follow the data: the deepest level is the one whose tile pixels (in ground metres at
 the map's latitude) are nearest the source GSD; the shallowest is the deepest level at which the
@@ -26,8 +27,9 @@ PNG encoding included.)
 API::
 
     write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hillshade_dem=None,
-                dem_transform=None, dem_crs=None, nodata=None) -> TileSet
+                dem_transform=None, dem_crs=None, nodata=None, sigma=None) -> TileSet
     hillshade(dem, transform, nodata=None, azimuth=315, altitude=45) -> (2, h, w) uint8 gray+alpha
+    sigma_colours(sigma, nodata=None) -> (4, h, w) uint8 RGBA; SIGMA_LEGEND (the ramp's stops)
     zoom_range(transform, crs, width, height) -> (zmin, zmax)
     tile_matrix_set() -> morecantile.TileMatrixSet
 
@@ -189,6 +191,29 @@ def hillshade(dem: np.ndarray, transform, nodata=None, azimuth: float = 315.0, a
     return np.stack([gray, alpha])
 
 
+#: The sigma ramp: (metres, RGB) stops, logarithmic in between; below the first and above the last
+#: the end colours hold. Blue = centimetre-good, yellow = a decimetre, red = half a metre.
+SIGMA_STOPS = ((0.005, (43, 90, 200)), (0.02, (40, 170, 160)), (0.1, (245, 215, 60)), (0.5, (205, 40, 35)))
+#: The same, for the map's legend: {"title", "stops": [[css colour, label], ...]}.
+SIGMA_LEGEND = {"title": "DEM 1-sigma error",
+                "stops": [[f"rgb{c}", f"{100 * m:g} cm"] for m, c in SIGMA_STOPS]}
+
+
+def sigma_colours(sigma: np.ndarray, nodata=None) -> np.ndarray:
+    """RGBA (4, h, w) uint8 of a sigma raster on ``SIGMA_STOPS`` (alpha 0 on voids)."""
+    s = np.asarray(sigma, np.float64)
+    void = ~np.isfinite(s) | (s <= 0)
+    if nodata is not None:
+        void |= s == nodata
+    x = np.log(np.clip(np.where(void, SIGMA_STOPS[0][0], s), SIGMA_STOPS[0][0], SIGMA_STOPS[-1][0]))
+    knots = np.log([m for m, _ in SIGMA_STOPS])
+    rgb = np.stack([np.interp(x, knots, [c[k] for _, c in SIGMA_STOPS]) for k in range(3)])
+    out = np.zeros((4,) + s.shape, np.uint8)
+    out[:3] = np.where(void, 0, np.round(rgb)).astype(np.uint8)
+    out[3] = np.where(void, 0, 255)
+    return out
+
+
 def _tile_png(path: Path, tile: np.ndarray) -> None:
     """Write a (bands, 256, 256) uint8 gray+alpha or RGBA tile."""
     mode = {2: "LA", 4: "RGBA"}[tile.shape[0]]
@@ -310,11 +335,13 @@ def _render_layer(bands8: np.ndarray, alpha, transform, crs, folder: Path, zooms
 
 
 def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hillshade_dem=None,
-                dem_transform=None, dem_crs=None, nodata=None, dem_nodata=None, threads: int | None = None) -> TileSet:
-    """Write ``out_dir/tiles/{z}/{x}/{y}.png`` (and ``out_dir/hillshade/...`` from a DEM).
+                dem_transform=None, dem_crs=None, nodata=None, dem_nodata=None, threads: int | None = None,
+                sigma=None) -> TileSet:
+    """Write ``out_dir/tiles/{z}/{x}/{y}.png`` (and ``out_dir/hillshade/...`` from a DEM, and
+    ``out_dir/sigma/...`` from a sigma raster).
 
     ``hillshade_dem`` is an array on the ortho's grid (or ``dem_transform``/``dem_crs``) or a
-    GeoTIFF path. Each layer folder is built beside its target and renamed into place, so a failed
+    GeoTIFF path; ``sigma`` a GeoTIFF path of the DEM's sigma (``dem_sigma.tif``). Each layer folder is built beside its target and renamed into place, so a failed
     run leaves the previous tiles intact. Returns the zooms, the lon/lat bounds and URL templates.
     """
     out_dir = Path(out_dir)
@@ -342,6 +369,10 @@ def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hills
             dem, dt, dc, dn = np.asarray(hillshade_dem), dem_transform or transform, dem_crs or crs, dem_nodata
         hs = hillshade(dem, dt, nodata=dn)
         layers.append(("hillshade", hs[:1], hs[1], dt, dc))
+    if sigma is not None:
+        with rasterio.open(sigma) as ds:
+            rgba = sigma_colours(ds.read(1), ds.nodata)
+            layers.append(("sigma", rgba[:3], rgba[3], ds.transform, ds.crs))
     result = TileSet(zooms=zooms, bounds_lonlat=tuple(float(v) for v in bounds))
     for name, b8, al, tr, cr in layers:
         final = out_dir / name

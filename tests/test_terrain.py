@@ -231,8 +231,12 @@ def test_web_outputs(stereo_run):
     assert item["properties"]["ssys:targets"] == ["Mars"]
     assert "Mars" in item["properties"]["proj:wkt2"]
     assert item["properties"]["proj:shape"] == [report["grid"]["height"], report["grid"]["width"]]
-    assert {"dem", "ortho", "tiles", "map"} <= set(item["assets"])
-    assert "leaflet" in (out / "index.html").read_text().lower()
+    assert {"dem", "dem_sigma", "ortho", "tiles", "map", "sigma_tiles"} <= set(item["assets"])
+    sigma = item["assets"]["dem_sigma"]
+    assert sigma["href"] == "dem_sigma.tif" and "uncertainty" in sigma["roles"] and "cloud-optimized" in sigma["type"]
+    page = (out / "index.html").read_text()
+    assert "leaflet" in page.lower() and "DEM error (1 sigma)" in page and "sigma/{z}/{x}/{y}.png" in page
+    assert list((out / "sigma").glob("*/*/*.png"))
     sol = json.loads((out / "solution.json").read_text())
     assert len(sol["frames"]) == 4 and all(f["frame"] == "LOCAL_LEVEL" for f in sol["frames"])
 
@@ -261,7 +265,7 @@ def test_cogs_validate(stereo_run):
     rio = str(rio) if rio.exists() else shutil.which("rio")
     if rio is None:
         pytest.skip("rio (rasterio CLI) not installed")
-    for name in ("dem.tif", "ortho.tif"):
+    for name in ("dem.tif", "dem_sigma.tif", "ortho.tif"):
         res = subprocess.run([rio, "cogeo", "validate", str(out / name)], capture_output=True, text=True)
         assert res.returncode == 0 and "is a valid cloud optimized GeoTIFF" in res.stdout, res.stdout + res.stderr
 
@@ -281,20 +285,109 @@ def test_process_cluster_gives_the_same_bytes(stereo_run, tmp_path):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
 
 
-def test_rerun_resumes_from_the_points_stage(stereo_run, tmp_path):
-    """With the point files kept, a second run skips the stereo stage and gives the same DEM."""
+def test_rerun_skips_finished_work_and_only_finished_work(stereo_run, tmp_path, monkeypatch):
+    """An unchanged rerun skips stereo, gridding and products (the DEM keeps its bytes and its
+    mtime); a grid option redoes the grid only, a stereo option the stereo, and so does a change
+    to the code of any module the stage runs."""
+    from mosaic.terrain import pipeline
     from mosaic.terrain.pipeline import terrain
 
-    out, _ = stereo_run
-    frames = out.parent / "frames"
-    first = terrain([frames], tmp_path, gsd=0.08, radius=4.0, web=False, keep_points=True)
-    dem1 = (tmp_path / "dem.tif").read_bytes()
-    assert (tmp_path / "work" / "stages" / "terrain-points.json").exists()
-    second = terrain([frames], tmp_path, gsd=0.08, radius=4.0, web=False, keep_points=True)
-    assert second["pairs"] == first["pairs"]
-    assert second["stages"]["points"]["seconds"] < first["stages"]["points"]["seconds"]
-    assert (tmp_path / "dem.tif").read_bytes() == dem1
-    # A changed setting is a different key: the stage runs again.
-    third = terrain([frames], tmp_path, gsd=0.08, radius=4.0, web=False, min_range=1.5)
-    assert third["stages"]["points"]["seconds"] > second["stages"]["points"]["seconds"]
-    assert not list((tmp_path / "work" / "points").glob("*/*/*.npy"))  # cleaned without keep_points
+    frames = stereo_run[0].parent / "frames"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "stereo_extra.py").write_text("VERSION = 1\n")
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setattr(pipeline, "STEREO_CODE", pipeline.STEREO_CODE + ("stereo_extra",))
+    out = tmp_path / "out"
+
+    def run(**kw):
+        rep = terrain([frames], out, gsd=0.08, radius=4.0, web=False, register=False, keep_points=True, **kw)
+        return {k: rep["stages"][k]["skipped"] for k in ("points", "grid", "products")}
+
+    assert run() == {"points": False, "grid": False, "products": False}
+    dem = out / "dem.tif"
+    before = (dem.read_bytes(), dem.stat().st_mtime_ns)
+    assert run() == {"points": True, "grid": True, "products": True}
+    assert (dem.read_bytes(), dem.stat().st_mtime_ns) == before
+    assert run(fill=4) == {"points": True, "grid": False, "products": False}
+    assert run(fill=4, min_range=1.5) == {"points": False, "grid": False, "products": False}
+    (code / "stereo_extra.py").write_text("VERSION = 2\n")  # an upgrade of the stereo code
+    assert run(fill=4, min_range=1.5) == {"points": False, "grid": False, "products": False}
+    assert run(fill=4, min_range=1.5) == {"points": True, "grid": True, "products": True}
+    # Without keep_points the points go, and a later grid option has to redo the stereo.
+    terrain([frames], out, gsd=0.08, radius=4.0, web=False, register=False, fill=4, min_range=1.5)
+    assert not list((out / "work" / "points").glob("*/*/*.npy"))
+    assert run(fill=5, min_range=1.5) == {"points": False, "grid": False, "products": False}
+
+
+def test_outputs_carry_sigma_and_balanced_ortho(stereo_run):
+    """dem_sigma.tif lies on the DEM's grid with a positive sigma exactly where the DEM has a
+    height; the report holds a gain per pair whose mean log is 0."""
+    out, report = stereo_run
+    (dem,), t, nodata, _ = _read(out / "dem.tif")
+    (sig,), ts, snodata, _ = _read(out / "dem_sigma.tif")
+    assert ts == t and sig.shape == dem.shape
+    have = dem != nodata
+    assert np.all(sig[have] > 0) and np.all(sig[~have] == snodata)
+    assert 0.001 < np.median(sig[have]) < 0.2
+    gains = report["gains"]["gains"]
+    assert len(gains) == 2 and abs(np.log(gains).sum()) < 1e-6
+
+
+def _flatten_right(folder, index):
+    """Make one pair's right frame a flat grey: nothing in it can be matched."""
+    (right,) = folder.glob(f"NRF_*NCAM0000{index}_*.png")
+    img = cv2.imread(str(right), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(right), np.full_like(img, 128))
+
+
+def test_pair_without_valid_disparity_is_named_and_left_out(scene, tmp_path, caplog):
+    from mosaic.terrain.pipeline import terrain
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    write_pair(frames, scene, 0.0, -30.0, index=0)
+    write_pair(frames, scene, 60.0, -30.0, index=1)
+    _flatten_right(frames, 1)
+    with caplog.at_level("WARNING", logger="mosaic"):
+        report = terrain([frames], tmp_path / "out", gsd=0.08, radius=4.0, web=False, register=False)
+    bad = [p for p in report["pairs"] if p.get("skipped")]
+    assert len(bad) == 1 and bad[0]["skipped"].startswith("no valid disparity")
+    assert report["stages"]["points"]["pairs_left_out"] == [bad[0]["id"]]
+    lines = [r.getMessage() for r in caplog.records if bad[0]["id"] in r.getMessage()]
+    assert len(lines) == 1 and "no valid disparity" in lines[0]
+    assert (tmp_path / "out" / "dem.tif").exists() and report["cells"] > 0
+
+
+def test_no_valid_cell_exits_2_with_nothing_written(scene, tmp_path, capsys):
+    from mosaic.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    write_pair(frames, scene, 0.0, -30.0, index=0)
+    _flatten_right(frames, 0)
+    out = tmp_path / "out"
+    rc = main(["-q", "terrain", str(frames), "-o", str(out), "--gsd", "0.08", "--radius", "4", "--no-register"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no valid DEM cell" in err[0] and "NLF_0100" in err[0]
+    assert not [p.name for p in out.iterdir() if p.name != "work"]
+
+
+def test_one_run_starts_one_cluster(stereo_run, tmp_path, monkeypatch):
+    """Registration shares the terrain run's dask client (stitch's stages, not stitch itself):
+    a run with --register asks mosaic.cluster for one client, and registers into OUT/work."""
+    from mosaic import cluster
+    from mosaic.terrain.pipeline import terrain
+
+    calls = []
+    real = cluster.client
+
+    def counting(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cluster, "client", counting)
+    report = terrain([stereo_run[0].parent / "frames"], tmp_path, gsd=0.08, radius=4.0, web=False, register=True)
+    assert len(calls) == 1
+    assert report["solution"]["frames"] == 4 and "register" in report["stages"]
+    assert (tmp_path / "work" / "registration" / "adjust" / "solution.json").exists()

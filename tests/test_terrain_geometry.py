@@ -8,6 +8,7 @@ import pytest
 from calib.meta import FrameMeta
 from calib.models import CAHV
 from calib.rotation import axis_angle
+from mosaic.terrain import fuse as fusemod
 from mosaic.terrain import grid as gridmod
 from mosaic.terrain.rectify import rectify_image, rectify_pair, remap_maps, to_rectified
 from mosaic.terrain.stereo_pairs import find_pairs, side
@@ -200,28 +201,31 @@ def test_bucket_puts_edge_points_in_neighbours():
     assert all(5 not in v for v in b.values())  # outside grid and halo
 
 
-def test_grid_tile_weights_and_fill():
+def _points(col, row, height, value=None, sigma=0.01, pair=0):
+    """POINT_FIELDS rows for samples on vertical rays (error straight up: sigma in height)."""
+    n = len(col)
+    value = np.full(n, 0.5) if value is None else value
+    return np.array([col, row, height, value, np.full(n, sigma), np.zeros(n), np.zeros(n), np.full(n, pair)],
+                    np.float32)
+
+
+def test_grid_tile_trimmed_weighted_mean():
+    """A cell's height is the 1/sigma^2-weighted mean of its samples near their weighted median;
+    its brightness likewise; its sigma is the samples' own error plus their spread."""
     spec = gridmod.GridSpec(gridmod.Affine(0.1, 0, 0, 0, -0.1, 0), 32, 32, tile=32, halo=8)
-    # Two samples in cell (5, 5): sigma 0.01 (weight 1e4) and 0.02 (weight 2500).
-    col = [5.2, 5.7]
-    row = [5.5, 5.5]
-    height = [1.0, 2.0]
-    value = [0.2, 0.7]
-    sigma = [0.01, 0.02]
-    # A row of samples with one-cell gaps, far from the others.
-    for c in range(10, 30, 2):
-        col.append(c + 0.5)
-        row.append(20.5)
-        height.append(3.0)
-        value.append(0.5)
-        sigma.append(0.05)
-    pts = np.array([col, row, height, value, sigma], np.float32)
-    z, v, s = gridmod.grid_tile(spec, (0, 0), pts, fill=4)
-    assert z[5, 5] == pytest.approx((1.0 * 1e4 + 2.0 * 2500) / 12500, rel=1e-6)
-    assert v[5, 5] == pytest.approx((0.2 * 1e4 + 0.7 * 2500) / 12500, rel=1e-6)
-    assert s[5, 5] == pytest.approx(12500 ** -0.5, rel=1e-6)
-    assert np.all(z[20, 11:29:2] == pytest.approx(3.0))  # gaps bridged
-    assert np.isnan(z[20, 2]) and np.isnan(z[28, 20]) and np.isnan(z[0, 31])  # no far extrapolation
+    fuse = fusemod.FuseSettings(fill=0, pointing_sigma_deg=0.0)
+    # Cell (5, 5): three samples of one pair, sigma 1, 2 and 2 cm; (6, 5) holds neighbours.
+    pts = _points([5.2, 5.7, 5.5, 6.5, 4.5, 5.5, 5.5], [5.5, 5.5, 5.2, 5.5, 5.5, 6.5, 4.5],
+                  [1.00, 1.02, 1.01, 1.0, 1.0, 1.0, 1.0], [0.2, 0.7, 0.4, 0.5, 0.5, 0.5, 0.5])
+    pts[4, :3] = [0.01, 0.02, 0.02]
+    g = fusemod.grid_tile(spec, (0, 0), pts, fuse)
+    w = 1.0 / (np.array([0.01, 0.02, 0.02]) ** 2 + fuse.sigma_floor ** 2)  # the floor adds in quadrature
+    assert g["height"][5, 5] == pytest.approx(np.dot(w, [1.0, 1.02, 1.01]) / w.sum(), rel=1e-6)
+    assert g["value"][5, 5] == pytest.approx(np.dot(w, [0.2, 0.7, 0.4]) / w.sum(), rel=1e-5)
+    z = np.dot(w, [1.0, 1.02, 1.01]) / w.sum()
+    spread2 = np.dot(w, (np.array([1.0, 1.02, 1.01]) - z) ** 2) / w.sum()
+    assert g["sigma"][5, 5] == pytest.approx(np.sqrt(3 / w.sum() + spread2 / 3), rel=1e-4)
+    assert np.isnan(g["height"][20, 20]) and not g["filled"].any()
 
 
 def test_relative_orientation_recovers_the_observable_rotation(realdata):
@@ -271,7 +275,7 @@ def test_unrectifiable_pair_is_skipped_not_fatal(tmp_path):
     skipped, the run goes on."""
     from calib.instruments import instrument
     from mosaic.geo import DEFAULT_SITE_ORIGIN
-    from mosaic.terrain.pipeline import TerrainSettings, process_pair
+    from mosaic.terrain.stereo import StereoSettings, process_pair
     from mosaic.terrain.stereo_pairs import StereoPair
 
     left_model = instrument("NAVCAM_RIGHT").model(0.0, -30.0, downsample=16)
@@ -279,5 +283,5 @@ def test_unrectifiable_pair_is_skipped_not_fatal(tmp_path):
     pair = StereoPair(_frame("NLF_x", "NAVCAM_LEFT", 1.0, 0.0, left_model),
                       _frame("NRF_x", "NAVCAM_RIGHT", 1.0, 0.0, right_model))
     spec = gridmod.grid_spec(DEFAULT_SITE_ORIGIN, 0.0, 0.0, 5.0, 0.05)
-    stats = process_pair(pair, str(tmp_path), spec.to_dict(), DEFAULT_SITE_ORIGIN, TerrainSettings())
+    stats = process_pair(pair, 0, str(tmp_path), spec.to_dict(), DEFAULT_SITE_ORIGIN, StereoSettings())
     assert stats["points"] == 0 and "not to the right" in stats["skipped"]

@@ -13,8 +13,8 @@ from synth_cache import scene
 @pytest.mark.slow
 def test_register_improves_pointing_and_dem(tmp_path):
     src = scene("navcam-stereo", scale=16)
-    plain = terrain([src], tmp_path / "plain", gsd=0.05, radius=8.0, web=False)
-    reg = terrain([src], tmp_path / "reg", gsd=0.05, radius=8.0, web=False, register=True)
+    plain = terrain([src], tmp_path / "plain", gsd=0.05, radius=8.0, web=False, register=False)
+    reg = terrain([src], tmp_path / "reg", gsd=0.05, radius=8.0, web=False)  # registration is the default
     assert "solution" not in plain and reg["solution"]["frames"] == 10
     before = evaluate(tmp_path / "plain", src / "truth", dem=tmp_path / "plain" / "dem.tif")
     after = evaluate(tmp_path / "reg", src / "truth", dem=tmp_path / "reg" / "dem.tif")

@@ -37,12 +37,12 @@ def test_dem_error_by_distance(synth_run):
     scene, out = synth_run
     result = evaluate(out, scene)
     bins = {(b["from_m"], b["to_m"]): b for b in result["dem"]["bins"]}
-    for near in ((0.0, 2.0), (2.0, 5.0)):
-        assert bins[near]["median_abs_m"] <= 0.02, bins[near]
-        assert bins[near]["coverage"] > 0.8
+    assert bins[(0.0, 5.0)]["median_abs_m"] <= 0.02, bins[(0.0, 5.0)]
+    assert bins[(0.0, 5.0)]["coverage"] > 0.8
     for far in ((5.0, 10.0), (10.0, 20.0)):
         assert bins[far]["median_abs_m"] <= 0.10, bins[far]
     assert abs(result["dem"]["vertical_bias_m"]) < 0.01
+    assert result["dem"]["blunders"]["fraction"] <= 1e-4
 
 
 def test_ortho_lands_on_truth_albedo(synth_run):
@@ -75,7 +75,7 @@ def test_products_are_valid(synth_run):
     from mosaic.cog import validate
 
     _, out = synth_run
-    for name in ("dem.tif", "ortho.tif"):
+    for name in ("dem.tif", "dem_sigma.tif", "ortho.tif"):
         ok, errors, _ = validate(out / name)
         assert ok, errors
     report = json.loads((out / "report.json").read_text())

@@ -19,11 +19,27 @@ def task_key(stage: str, name: str, key: str) -> str:
     return f"{stage}-{name}-{key[:10]}"
 
 
-def code_key(module_name: str) -> str:
-    """A hash of a stage module's source: a changed algorithm re-runs its stage on the next run."""
+def code_key(*names: str) -> str:
+    """A hash of the source of the named modules, a package's standing for every module under it:
+    a changed algorithm anywhere a stage runs re-runs that stage on the next run.
+
+    ``code_key(__name__)`` hashes one stage module; ``code_key("calib", "mosaic.terrain.grid")``
+    hashes the whole ``calib`` package and one module. Names are hashed with their files' paths
+    relative to the package, so moving code between modules counts as a change too."""
     import hashlib
     import importlib.util
+    from pathlib import Path
 
-    spec = importlib.util.find_spec(module_name)
-    with open(spec.origin, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+    h = hashlib.sha256()
+    for name in sorted(set(names)):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"code_key: no module named {name!r}")
+        files = [Path(spec.origin)]
+        if spec.submodule_search_locations:  # a package: every .py file under it
+            files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.py"))
+        root = Path(spec.origin).parent
+        for f in files:
+            h.update(f"{name}:{f.relative_to(root) if f.is_relative_to(root) else f.name}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]

@@ -1,23 +1,26 @@
-"""Build a georeferenced DEM and orthoimage of the site from stereo frames.
+"""Build a georeferenced DEM, its error map and an orthoimage of the site from stereo frames.
 
-Finds the left/right frames taken together, rectifies each pair the JPL way (one shared linear
-model per pair), matches them with OpenCV's semi-global matcher, triangulates, and grids the
-points of all pairs into a DEM (float32, metres above the IAU 2015 Mars sphere) and an
-orthoimage on the same north-up grid in the site map projection
-(+proj=eqc +lat_ts=18.4663 +lon_0=0 +R=3396190). Writes into OUT: dem.tif and ortho.tif (COGs),
-tiles/ and hillshade/ ({z}/{x}/{y}.png, Mars tile matrix set), item.json (STAC), index.html
-(Leaflet map that opens from disk) and report.json.
+Adjusts the frames' pointing with mosaic stitch's registration (unless --no-register), finds the
+left/right frames taken together, rectifies each pair the JPL way (one shared linear model per
+pair), matches them with OpenCV's semi-global matcher (mirrored left-right check), triangulates,
+and fuses the points of all pairs robustly into a DEM (float32, metres above the IAU 2015 Mars
+sphere), its predicted 1-sigma error per cell, and an orthoimage (pairs balanced by a gain each)
+on the same north-up grid in the site map projection (+proj=eqc +lat_ts=18.4663 +lon_0=0
++R=3396190). Writes into OUT: dem.tif, dem_sigma.tif and ortho.tif (COGs), tiles/, hillshade/ and
+sigma/ ({z}/{x}/{y}.png, Mars tile matrix set), item.json (STAC), index.html (Leaflet map that
+opens from disk) and report.json. A rerun with the same inputs and options skips what is done.
 
 Example:
 
     mosaic terrain frames/ -o site/ --gsd 0.02 --radius 15
     mosaic terrain NLF_*.png NRF_*.png -o site/ --site-origin 18.44463,77.45089,-2569.91
     mosaic terrain scene/ -o site/ --solution pano/solution.json   # models adjusted by mosaic stitch
-    mosaic terrain scene/ -o site/ --register    # adjust the pointing first, then map
+    mosaic terrain scene/ -o site/ --no-register  # map with the labels' pointing as it is
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 
@@ -35,11 +38,12 @@ def add_arguments(p) -> None:
                         "default: from the labels, else the landing site 18.44463,77.45089,-2569.91")
     p.add_argument("--solution", metavar="JSON",
                    help="solution.json whose adjusted models replace the labels' (e.g. from mosaic stitch)")
-    p.add_argument("--register", action="store_true",
+    p.add_argument("--register", action=argparse.BooleanOptionalAction, default=True,
                    help="first adjust the frames' pointing with mosaic stitch's registration and use it "
-                        "(without --solution; recommended: label pointing is off by up to a degree)")
+                        "(default; not with --solution): label pointing is off by up to a degree")
     p.add_argument("--min-range", type=float, default=1.0, metavar="METRES", help="nearest range matched")
-    p.add_argument("--max-range", type=float, default=60.0, metavar="METRES", help="farthest range kept")
+    p.add_argument("--max-range", type=float, default=None, metavar="METRES",
+                   help="farthest range kept (default: no fixed limit; points are capped by their expected error)")
     p.add_argument("--no-pair-refinement", action="store_true",
                    help="use the models' relative orientation of each pair as given (no SIFT fit)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler to use (default: embedded)")
@@ -65,6 +69,8 @@ def run(args) -> int:
         print(json.dumps(report, indent=1, default=str))
     else:
         pts = report["stages"]["points"]["points"]
+        done = [k for k in ("points", "grid") if report["stages"][k].get("skipped")]
         print(f"{report['stages']['pairs']['pairs']} stereo pairs, {pts} points, "
-              f"{100 * report['coverage']:.1f}% of the grid covered, {report['seconds']:.1f} s -> {args.out}")
+              f"{100 * report['coverage']:.1f}% of the grid covered, {report['seconds']:.1f} s -> {args.out}"
+              + (f" ({' and '.join('stereo' if k == 'points' else k for k in done)} unchanged: skipped)" if done else ""))
     return 0

@@ -1,18 +1,11 @@
-"""DEM and orthoimage gridding: points bucketed by output tile, merged per cell by quality.
+"""The DEM's grid and the point files: what each pair's points are bucketed into.
 
 The grid is north-up in the site map CRS (``mosaic.geo``), ``gsd`` metres per cell, covering a
 square of ``radius`` around the rover, cut into square tiles of ``tile`` cells. Every pair's points
-are written into one small file per tile they touch (the tile plus a halo, so hole filling at a
-tile's edge sees its neighbours' points); a tile then reads only its own files, so a whole 360°
-pan grids in memory proportional to one tile.
-
-Merging: a cell's height and brightness are the inverse-variance weighted means of its samples,
-weight 1 / sigma^2 with sigma the sample's expected range error (r^2 sigma_d / (f b)), so one
-near, well-triangulated sample outweighs many far ones and pairs of different cameras combine
-consistently. Cells left empty between samples (far terrain is sampled ever more sparsely along
-the line of sight) are filled when they lie in a gap at most ``fill`` cells wide (closings of the
-sampled cells along rows, columns and diagonals), from the nearest samples; nothing is
-extrapolated past the data's outer edge.
+are written into one small file per tile they touch (the tile plus a halo, so the neighbourhood
+test and the hole fill at a tile's edge see their neighbours' points); a tile then reads only its
+own files, so a whole 360-degree pan grids in memory proportional to one tile. How a tile's points
+become heights is ``fuse``'s business.
 """
 
 from __future__ import annotations
@@ -25,8 +18,9 @@ import numpy as np
 from affine import Affine
 
 #: Fields a point file holds, all float32: column and row in grid cells (continuous, cell (0, 0)
-#: spans [0, 1)), height above the site origin (m, up), brightness, range sigma (m).
-POINT_FIELDS = ("col", "row", "height", "value", "sigma")
+#: spans [0, 1)), height above the site origin (m, up), brightness, the 1-sigma error along the
+#: ray as a vector (up, east, north; m) and the index of the pair.
+POINT_FIELDS = ("col", "row", "height", "value", "su", "se", "sn", "pair")
 
 
 @dataclass(frozen=True)
@@ -136,76 +130,3 @@ def load_points(root, tile_index) -> np.ndarray:
     if not files:
         return np.zeros((len(POINT_FIELDS), 0), np.float32)
     return np.concatenate([np.load(f) for f in files], axis=1)
-
-
-def _fill(values: list[np.ndarray], weight: np.ndarray, fill: int):
-    """Fill gaps between samples, at most ``fill`` cells wide, by normalised convolution.
-
-    A cell is in a gap when samples lie on both sides of it along a row, a column or a diagonal
-    within ``fill`` cells (morphological closings with line elements in four directions): that
-    bridges the gaps between samples (far terrain comes in lines of samples, ever further apart
-    along the line of sight, and disks do not close dotted lines) without growing the data past
-    its outer edge. Values come from the nearest scale (sigma 1, 2, 4... cells) whose Gaussian
-    window holds samples, weighted by that window only (never by filled cells).
-    """
-    import cv2
-
-    have0 = (weight > 0).astype(np.float32)
-    have = weight > 0
-    out = [v.copy() for v in values]
-    if fill < 1 or have.all() or not have.any():
-        return out, have
-    n = int(fill) + 2  # a line of n cells spans a gap of up to ``fill`` between two samples
-    lines = (np.ones((1, n), np.uint8), np.ones((n, 1), np.uint8), np.eye(n, dtype=np.uint8),
-             np.fliplr(np.eye(n, dtype=np.uint8)).copy())
-    h8 = have.astype(np.uint8)
-    gaps = np.zeros_like(have)
-    for line in lines:
-        gaps |= cv2.morphologyEx(h8, cv2.MORPH_CLOSE, line, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-    gaps &= ~have
-    sigma = 1.0
-    while gaps.any() and sigma <= max(fill, 1):
-        k = int(2 * math.ceil(3 * sigma) + 1)
-        support = cv2.GaussianBlur(have0, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
-        todo = gaps & (support > 1e-3)
-        if todo.any():
-            for v in out:
-                s = cv2.GaussianBlur(np.where(have, v, 0).astype(np.float32), (k, k), sigma,
-                                     borderType=cv2.BORDER_CONSTANT)
-                v[todo] = s[todo] / support[todo]
-            have = have | todo
-            gaps &= ~todo
-        sigma *= 2
-    return out, have
-
-
-def grid_tile(spec: GridSpec, tile_index, points: np.ndarray, fill: int | None = None):
-    """Gridded (height, value, sigma) float32 arrays for one tile, NaN where empty."""
-    row0, col0, rows, cols = spec.window(tile_index)
-    halo = spec.halo
-    fill = halo if fill is None else min(fill, halo)
-    h, w = rows + 2 * halo, cols + 2 * halo
-    col, row, height, value, sigma = points
-    c = np.floor(col - col0 + halo).astype(np.int64)
-    r = np.floor(row - row0 + halo).astype(np.int64)
-    ok = (c >= 0) & (r >= 0) & (c < w) & (r < h) & np.isfinite(height) & (sigma > 0)
-    cell = r[ok] * w + c[ok]
-    wt = 1.0 / np.square(sigma[ok].astype(np.float64))
-    sw = np.bincount(cell, wt, h * w)
-    sz = np.bincount(cell, wt * height[ok], h * w)
-    sv = np.bincount(cell, wt * value[ok], h * w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (sz / sw).reshape(h, w)
-        v = (sv / sw).reshape(h, w)
-        s = (1.0 / np.sqrt(sw)).reshape(h, w)
-    weight = sw.reshape(h, w)
-    (z, v, s), have = _fill([z, v, s], weight, fill)
-    inner = (slice(halo, halo + rows), slice(halo, halo + cols))
-    nan = ~have[inner]
-    outs = []
-    for a in (z, v, s):
-        a = a[inner].astype(np.float32)
-        a[nan] = np.nan
-        outs.append(a)
-    return tuple(outs)
-
