@@ -18,6 +18,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -220,7 +221,7 @@ def dry_run(args) -> None:
     from . import plan
 
     if args.command == "stitch":
-        p = plan.stitch_plan(args.inputs, stitch_config(args))
+        p = plan.stitch_plan(args.inputs, stitch_config(args), out=args.out)
     else:
         p = plan.terrain_plan(args.inputs, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                               solution=args.solution, workers=getattr(args, "workers", None),
@@ -241,21 +242,31 @@ def _logging(verbose: int, quiet: bool) -> None:
         logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     root.setLevel(level)
     log.setLevel(level)
-    # dask's scheduler and workers log every start, connection and close at INFO (its own config
-    # sets each logger's level on import): shown only with -vv.
+    # dask's scheduler and workers log every start and connection at INFO, and a failed task as
+    # "Compute Failed" with its traceback, then the cancelled ones, at WARNING and ERROR (through
+    # their own stderr handler): a run that fails says so in one line of ours instead. Shown with -vv.
     for h in root.handlers:
         for f in [f for f in h.filters if isinstance(f, _DaskChatter)]:
             h.removeFilter(f)
         if verbose < 2:
             h.addFilter(_DaskChatter())
+    if verbose < 2:
+        # distributed sets its loggers up when imported: before that through dask's config, after it directly.
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+        if "distributed" in sys.modules:
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        elif "dask" in sys.modules:
+            sys.modules["dask"].config.set({"logging.distributed": "critical"})
     progress.set_quiet(quiet)
 
 
 class _DaskChatter(logging.Filter):
-    """Drops dask's (``distributed.*``) records below WARNING."""
+    """Drops the records of dask's and its event loop's loggers (below CRITICAL)."""
+
+    NAMES = ("distributed", "tornado", "asyncio", "bokeh")
 
     def filter(self, record):
-        return record.levelno >= logging.WARNING or not record.name.startswith("distributed")
+        return record.levelno >= logging.CRITICAL or not record.name.startswith(self.NAMES)
 
 
 def main(argv=None) -> int:
@@ -274,6 +285,8 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from .atomic import OutputError
+
     try:
         if args.print_config:
             print_config(args, subs[args.command])
@@ -284,14 +297,47 @@ def main(argv=None) -> int:
         rc = args._run(args)
         return int(rc or 0)
     except InputError as e:
-        print(f"mosaic {args.command}: error: {e}", file=sys.stderr)
+        print(f"mosaic {args.command}: error: {_input_line(e)}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"mosaic {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mosaic: interrupted", file=sys.stderr)
         return 130
-    except Exception:
-        log.exception("mosaic %s: internal error", args.command)
+    except Exception as e:
+        print(f"mosaic {args.command}: internal error: {_one_line(e)} ({_traceback_note(args)})", file=sys.stderr)
         return 1
+
+
+def _input_line(e: InputError) -> str:
+    """The error's line; one that names no file (a command-line value) starts with its field."""
+    if e.path is None:
+        return f"{e.field}: {e.problem}" if e.field else e.problem
+    return str(e)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _traceback_note(args) -> str:
+    """Where the traceback of an internal error went: the debug log (-v), else a file."""
+    import tempfile
+    import traceback
+
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("mosaic %s: internal error", args.command, exc_info=True)
+        return "traceback above"
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"mosaic-{args.command}-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"mosaic {' '.join(sys.argv[1:])}\n\n")
+            f.write(traceback.format_exc())
+    except OSError:
+        return "run again with -v for the traceback"
+    return f"traceback in {path}; please report it"
 
 
 if __name__ == "__main__":

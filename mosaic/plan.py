@@ -55,22 +55,32 @@ def _threads(workers, threads_per_worker=None) -> int:
     return max(1, (workers or 1) * (threads_per_worker or usable_cpus()))
 
 
-def stitch_plan(inputs, config) -> dict:
-    """The plan of ``mosaic stitch inputs`` with ``config`` (a StitchConfig)."""
-    from calib.errors import InputError
-    from calib.labels import discover
-
+def output_plan(records, config) -> dict | None:
+    """The renderer's plan (size, tiles, bytes) of the panorama of ``records`` (ingest records)
+    at their reported camera models; None when nothing is rendered or no frame has a model.
+    Raises InputError when the panorama would exceed ``config.max_megapixels``."""
     from .render.panorama import plan as render_plan
     from .stitch import render_options
+
+    posed = [r for r in records if r["model"] is not None]
+    if not posed or not config.render:
+        return None
+    sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
+                       "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
+    return render_plan(sol, **render_options(config))
+
+
+def stitch_plan(inputs, config, out=None) -> dict:
+    """The plan of ``mosaic stitch inputs -o out`` with ``config`` (a StitchConfig): the labels
+    are checked as the run checks them (mosaic.preflight), the pixels are not read."""
+    from . import preflight
     from .stages.features import working_scale
     from .stages.ingest import frame_record
     from .stages.pairs import pairs_from_models
-    from .stitch import _inputs
 
-    paths = _inputs(inputs)
-    metas = sorted(discover(paths), key=lambda m: (m.id, str(m.image)))
-    if not metas:
-        raise InputError(paths[0], "no frames found in the inputs")
+    paths = preflight.resolve_inputs(inputs, out)
+    metas = preflight.frames(paths, out)
+    preflight.check_frames(metas)
     records = [frame_record(m, config.hfov) for m in metas]
     posed = [r for r in records if r["model"] is not None]
     photos = [r for r in records if r["model"] is None]
@@ -81,11 +91,7 @@ def stitch_plan(inputs, config) -> dict:
         return working_scale(r["width"], r["height"], config.work_megapixels, getattr(config, "min_scale", 0.0))
 
     work_mp = sum(r["width"] * r["height"] * scale(r) ** 2 for r in records) / 1e6
-    out = None
-    if posed and config.render:
-        sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
-                           "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
-        out = render_plan(sol, **render_options(config))
+    out = output_plan(records, config)
     threads = _threads(config.workers, getattr(config, "threads_per_worker", None)) if not config.scheduler else None
     par = threads or 1
     seconds = {"features": (len(records) * STITCH_S_PER_FRAME + work_mp * STITCH_S_PER_WORK_MP) / par,

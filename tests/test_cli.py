@@ -144,15 +144,25 @@ def test_quiet_and_verbose(pan):
     assert rc == 0
 
 
-def test_internal_error_is_exit_1(monkeypatch, tmp_path, caplog):
+def test_internal_error_is_exit_1_in_one_line(monkeypatch, tmp_path, capsys, caplog):
+    import re
+
     import mosaic.info
 
     def broken(args):
-        raise RuntimeError("boom")
+        raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setattr(mosaic.info, "run", broken)
+    capsys.readouterr()
     assert main(["info", str(tmp_path)]) == 1
-    assert "internal error" in caplog.text and "boom" in caplog.text
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert line.startswith("mosaic info: internal error: RuntimeError: boom (traceback in ")
+    kept = Path(re.search(r"traceback in (\S+);", line).group(1))
+    assert "Traceback" in kept.read_text() and "raise RuntimeError" in kept.read_text()
+    kept.unlink()
+    # -v: the traceback goes to the debug log instead of a file.
+    assert main(["-v", "info", str(tmp_path)]) == 1
+    assert "traceback above" in capsys.readouterr().err and "Traceback" in caplog.text
 
 
 def test_end_to_end_every_command(pan, stereo, tmp_path):
@@ -239,8 +249,8 @@ def test_stitch_resolution_and_size_limit(pan, tmp_path, capsys):
     out = tmp_path / "big"
     rc = main(["stitch", str(pan), "-o", str(out), "--resolution", "0.01", "--max-megapixels", "100"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "max_pixels" in err[0], err
-    assert not (out / "panorama.tif").exists() and not (out / "solution.json").exists()
+    assert rc == 2 and len(err) == 1 and "max_megapixels" in err[0], err
+    assert not out.exists()  # refused in the checks: no folder, no workspace, no features
 
 
 def test_binary_config_is_exit_2_for_stitch(pan, tmp_path, capsys):
