@@ -143,24 +143,52 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _FULL_TEXT = ("no space left on device", "disk quota exceeded", "free disk space available is")
 
 
-def disk_full(exc: BaseException) -> OSError | BaseException | None:
-    """The error in ``exc``'s chain that says the device (or the quota) is full, else None.
-    GDAL's errors arrive as rasterio exceptions with the cause only in their text."""
+#: A write that fails with less than this free on the output's device (or 2 % of a small device)
+#: failed for want of space.
+FULL_MARGIN = 16 * 2**20
+_WRITE_TEXT = ("write failed", "write error", "failed to write", "short write")
+
+
+def _chain(exc):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            return exc
-        if any(t in str(exc).lower() for t in _FULL_TEXT):
-            return exc
+        yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def disk_full(exc: BaseException, folder=None) -> BaseException | None:
+    """The error in ``exc``'s chain that says the device (or the quota) is full, else None.
+
+    GDAL reports a full disk as "Write failed" (libtiff prints the errno to stderr, not into the
+    exception), and a task's error crosses dask as a plain Exception holding only its repr: so a
+    failed write with ``folder`` given counts as a full disk when that folder's device has less
+    than FULL_MARGIN free. Call it before the failed run's temporary files are removed."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return e
+        if any(t in str(e).lower() for t in _FULL_TEXT):
+            return e
+    if folder is not None:
+        import shutil
+
+        for e in _chain(exc):
+            if any(t in str(e).lower() for t in _WRITE_TEXT) or (isinstance(e, OSError) and e.errno == errno.EIO):
+                try:
+                    usage = shutil.disk_usage(folder)
+                except OSError:
+                    return None
+                free = usage.free
+                if free < min(FULL_MARGIN, max(64 * 1024, usage.total // 50)):
+                    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free // 1024} KiB free)")
     return None
 
 
 def full_message(exc: BaseException) -> str:
     """``exc`` (a disk_full error) as the cause part of an OutputError line."""
     if isinstance(exc, OSError) and exc.errno in _FULL:
-        what = os.strerror(exc.errno).lower()
+        what = exc.strerror or os.strerror(exc.errno)
+        what = what[:1].lower() + what[1:]
         return f"{what} (writing {exc.filename})" if exc.filename else what
     return str(exc).splitlines()[0] if str(exc).strip() else "no space left on device"
 
@@ -225,6 +253,12 @@ class Products:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and not isinstance(exc, OutputError):
+            full = disk_full(exc, self.folder)  # now: the staged files still take their space
+            if full is not None:
+                self.discard()
+                raise OutputError(self.folder, f"{full_message(full)}; the folder keeps the products of the "
+                                               "earlier run, if any (nothing of this run was published)") from exc
         self.discard()
         return False

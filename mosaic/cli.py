@@ -15,10 +15,12 @@ size, estimated time and memory) without computing anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -261,9 +263,9 @@ def _logging(verbose: int, quiet: bool) -> None:
 
 
 class _DaskChatter(logging.Filter):
-    """Drops the records of dask's and its event loop's loggers (below CRITICAL)."""
+    """Drops the records of dask's, its event loop's and GDAL's (rasterio) loggers below CRITICAL."""
 
-    NAMES = ("distributed", "tornado", "asyncio", "bokeh")
+    NAMES = ("distributed", "tornado", "asyncio", "bokeh", "rasterio")
 
     def filter(self, record):
         return record.levelno >= logging.CRITICAL or not record.name.startswith(self.NAMES)
@@ -294,7 +296,8 @@ def main(argv=None) -> int:
         if getattr(args, "dry_run", False):
             dry_run(args)
             return 0
-        rc = args._run(args)
+        with _c_library_noise_filtered(getattr(args, "verbose", 0) == 0):
+            rc = args._run(args)
         return int(rc or 0)
     except InputError as e:
         print(f"mosaic {args.command}: error: {_input_line(e)}", file=sys.stderr)
@@ -308,6 +311,62 @@ def main(argv=None) -> int:
     except Exception as e:
         print(f"mosaic {args.command}: internal error: {_one_line(e)} ({_traceback_note(args)})", file=sys.stderr)
         return 1
+
+
+#: Lines that C libraries print on the process's stderr by themselves (libtiff's "_tiffWriteProc:
+#: No space left on device." per failed strip, libjpeg's "Premature end of JPEG file", libpng's and
+#: GDAL's and OpenCV's messages): the error they lead to reaches the user as one line of ours.
+_C_NOISE = re.compile(rb"^(_?tiff\w*|TIFF\w*|libpng (error|warning)|(ERROR|Warning) \d+|\[ ?(WARN|ERROR|INFO):\d+@"
+                      rb"|Premature end of JPEG file|Corrupt JPEG data|Invalid SOS parameters|Bogus marker length"
+                      rb"|Not a JPEG file|JPEG datastream contains no image|Warning: unknown JFIF revision)")
+
+
+@contextlib.contextmanager
+def _c_library_noise_filtered(active: bool = True):
+    """Route the process's stderr (fd 2, where C libraries write) through a filter that drops
+    _C_NOISE lines, for the block. Python's own writes go straight to the terminal through a new
+    ``sys.stderr`` on a copy of the old fd, so progress bars still see a terminal. Not done under
+    a test runner's capture (no real fd 2 behind sys.stderr) or with -v."""
+    import threading
+
+    try:
+        real = active and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+    old_stderr = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, closefd=False, encoding=old_stderr.encoding,
+                      errors=old_stderr.errors)
+    for h in logging.getLogger().handlers:
+        if getattr(h, "stream", None) is old_stderr:
+            h.setStream(sys.stderr)
+
+    def pump():
+        with open(r, "rb", closefd=True) as src:
+            for line in src:
+                if not _C_NOISE.match(line):
+                    os.write(saved, line)
+
+    t = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)  # closes the pipe's last writer here: the pump reads to its end
+        t.join(timeout=5)
+        sys.stderr.flush()
+        for h in logging.getLogger().handlers:
+            if getattr(h, "stream", None) is sys.stderr:
+                h.setStream(old_stderr)
+        sys.stderr = old_stderr
+        os.close(saved)
 
 
 def _input_line(e: InputError) -> str:

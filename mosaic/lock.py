@@ -157,3 +157,16 @@ def held(out, force: bool = False, command: str = "mosaic"):
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def output_folder(out, force: bool = False, command: str = "mosaic"):
+    """Check, create and hold the output folder ``out`` for the block: what a command that writes
+    into a folder (``mosaic batch``'s terrain jobs, say) wraps its run in."""
+    from . import atomic
+
+    atomic.check_output_dir(out)
+    check(out, force=force)
+    atomic.output_dir(out)
+    with held(out, force=force, command=command) as path:
+        yield path

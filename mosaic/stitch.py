@@ -1,10 +1,21 @@
 """Stitch frames into a panorama: register them (features, pairs, matches, bundle adjustment) and render.
 
-Inputs are image files, labels or folders (Mars frames with their labels/records, or plain photos).
-Writes OUT/solution.json (adjusted camera models in LOCAL_LEVEL, residuals, statistics),
-OUT/report.json (time, counts and peak memory per stage) and, once rendering is available,
-OUT/panorama.tif and OUT/preview.jpg. Intermediate artefacts live in OUT/work/; a stage whose
-inputs and options are unchanged is skipped, so an interrupted run resumes.
+Inputs are image files, labels or folders (Mars frames with their labels/records, or plain photos);
+the output folder, even inside an input folder, is never read as input. Every input is checked
+before any work: a bad one stops the run with one line naming the file (exit status 2). Writes:
+
+  OUT/panorama.tif    the panorama, a Cloud Optimized GeoTIFF (equirectangular full sphere by default)
+  OUT/preview.jpg     the panorama at most 4096 pixels wide
+  OUT/index.html      a 360-degree viewer over the preview: open it in a browser, or `mosaic view OUT`
+  OUT/quality.png     which frame fills each pixel, the seams, and the residual per frame
+  OUT/panorama.pto    a Hugin project of the solved panorama (with control points)
+  OUT/solution.json   the adjusted camera models (LOCAL_LEVEL), residuals, statistics
+  OUT/report.json     time, counts and peak memory per stage
+
+The products appear together when the run ends (a failed run, or a full disk, leaves the earlier
+run's set as it was). Intermediate artefacts live in OUT/work/; a stage whose inputs and options
+are unchanged is skipped, so an interrupted run resumes. One run writes into a folder at a time
+(OUT/.mosaic.lock names it); a second refuses (exit status 2).
 
 Examples:
 
@@ -99,8 +110,10 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
             atomic.output_dir(out)
             with lock.held(out, force=force, command="stitch"):
                 return _run(checked, out, config, client, force)
+        except atomic.OutputError:
+            raise
         except Exception as e:
-            full = atomic.disk_full(e)
+            full = atomic.disk_full(e, out)
             if full is None:
                 raise
             raise atomic.OutputError(out, f"{atomic.full_message(full)}; the folder keeps the products of the "
@@ -263,7 +276,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="workers of the embedded cluster")
     p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
     p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
-    p.add_argument("--force", action="store_true", help="recompute every stage (drop OUT/work)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every stage (drop OUT/work), and take over a lock left by another host")
     p.add_argument("--no-render", action="store_true", help="stop after solution.json")
     p.add_argument("--projection", choices=PROJECTIONS, help=f"output projection (default {d.projection})")
     p.add_argument("--resolution", type=float, metavar="DEG",
