@@ -260,3 +260,31 @@ def test_binary_config_is_exit_2_for_stitch(pan, tmp_path, capsys):
     assert main(["stitch", str(pan), "-o", str(tmp_path / "o"), "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.toml" in err[0] and "not valid TOML" in err[0]
+
+
+def test_view_says_when_it_cannot_open_a_browser(tmp_path):
+    """Without a browser to open (BROWSER names one that fails), `mosaic view` says so and how
+    to open the page instead of serving in silence."""
+    from PIL import Image
+
+    out = tmp_path / "pan"
+    out.mkdir()
+    Image.new("RGB", (64, 32), (90, 60, 40)).save(out / "preview.jpg")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(PYTHONPATH=str(REPO), BROWSER="false")
+    proc = subprocess.Popen([sys.executable, "-m", "mosaic", "view", str(out), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    import select
+
+    def line(timeout=60.0):
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        return proc.stdout.readline() if ready else ""
+
+    try:
+        serving = line()
+        said = line(20.0)  # nothing comes (the old silence) within this: the test fails, not hangs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    url = serving.split(" at ", 1)[1].split()[0]
+    assert said.startswith("view: could not open a browser here") and url in said, said
