@@ -288,3 +288,16 @@ def test_view_says_when_it_cannot_open_a_browser(tmp_path):
         proc.wait(timeout=30)
     url = serving.split(" at ", 1)[1].split()[0]
     assert said.startswith("view: could not open a browser here") and url in said, said
+
+
+def test_getting_started_shows_the_commands_make_demo_runs():
+    """docs/getting-started.md lists the Makefile's demo commands exactly (with .venv/bin and out/)."""
+    make = (REPO / "Makefile").read_text()
+    recipe = make.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    commands = [ln.strip().replace("$(BIN)", ".venv/bin").replace("$(OUT)", "out")
+                for ln in recipe.splitlines() if ln.strip().startswith("$(BIN)/mosaic")]
+    assert len(commands) == 3, recipe
+    guide = (REPO / "docs" / "getting-started.md").read_text()
+    shown = [" ".join(ln.split("#")[0].split()) for ln in guide.splitlines()]
+    for c in commands:
+        assert " ".join(c.split()) in shown, c
