@@ -130,13 +130,10 @@ def decode(frame, scale: float, grey: bool = False, cache: PixelCache | None = C
         hit = cache.get(path, scale, grey)
         if hit is not None:
             return hit
+    from calib.labels.raster import require_bytes
+
     suffix = Path(path).suffix.lower()
-    try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise InputError(path, f"cannot read image: {e.strerror or e}") from None
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)")
+    require_bytes(path)
     if suffix in (".jpg", ".jpeg"):
         out = _jpeg(path, width, height, scale, grey)
     elif suffix == ".png":

@@ -184,16 +184,18 @@ def output_under_a_file(d, t):
     return ["-o", str(f / "out")], f / "out"
 
 
-def config_unknown_option(d, t):
+def _config(t, text):
     c = t / "opts.toml"
-    c.write_text("[stitch]\nmax_keypionts = 10\n")
+    c.write_text(text)
     return ["--config", str(c)], c
+
+
+def config_unknown_option(d, t):
+    return _config(t, "[stitch]\nmax_keypionts = 10\n")
 
 
 def config_not_toml(d, t):
-    c = t / "opts.toml"
-    c.write_text("[stitch\nhfov = \n")
-    return ["--config", str(c)], c
+    return _config(t, "[stitch\nhfov = \n")
 
 
 def hfov_out_of_range(d, t):
@@ -239,15 +241,11 @@ def resolution_too_fine(d, t):
 
 
 def config_value_of_wrong_type(d, t):
-    c = t / "opts.toml"
-    c.write_text('[stitch]\nresolution = "fine"\n')
-    return ["--config", str(c)], c
+    return _config(t, '[stitch]\nresolution = "fine"\n')
 
 
 def config_value_out_of_range(d, t):
-    c = t / "opts.toml"
-    c.write_text("[stitch]\nworkers = 0\nmin_scale = 0.5\n")
-    return ["--config", str(c)], c
+    return _config(t, "[stitch]\nworkers = 0\nmin_scale = 0.5\n")
 
 
 def output_folder_holds_the_inputs(d, t):
