@@ -253,6 +253,10 @@ def _logging(verbose: int, quiet: bool) -> None:
         if verbose < 2:
             h.addFilter(_DaskChatter())
     if verbose < 2:
+        import warnings
+
+        # GDAL reads our untransformed tile parts and says so once per file.
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
         # distributed sets its loggers up when imported: before that through dask's config, after it directly.
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
         if "distributed" in sys.modules:

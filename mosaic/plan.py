@@ -66,12 +66,12 @@ def output_plan(records, config) -> dict | None:
     """The renderer's plan (size, tiles, bytes) of the panorama of ``records`` (ingest records)
     at their reported camera models; None when nothing is rendered or no frame has a model.
     Raises InputError when the panorama would exceed ``config.max_megapixels``."""
-    from .render.panorama import plan as render_plan
-    from .stitch import render_options
-
     posed = [r for r in records if r["model"] is not None]
     if not posed or not config.render:
         return None
+    from .render.panorama import plan as render_plan
+    from .stitch import render_options
+
     sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
                        "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
     return render_plan(sol, **render_options(config))

@@ -94,7 +94,7 @@ def check_frames(metas) -> None:
     if posed and len(posed) < len(metas):
         bare = next(m for m in metas if m.model is None)
         raise InputError(bare.source, f"has no camera model, unlike {posed[0].source}: plain photos cannot be "
-                                      "stitched together with rover frames")
+                                      "used together with rover frames")
 
 
 def check_output_size(records, config) -> dict | None:
@@ -127,25 +127,33 @@ def check_output_size(records, config) -> dict | None:
                          field="resolution") from None
 
 
-def check_pixels(metas, config) -> int:
+#: Without a features stage to feed (``mosaic terrain``'s check), pixels are proven at this scale:
+#: a JPEG's whole entropy stream decodes at 1/8 size, and nothing is kept.
+PROOF_SCALE = 0.125
+
+
+def check_pixels(metas, config=None) -> int:
     """Decode every frame's pixels (``mosaic.pixels.decode``) at the scale features reads them,
-    on a few threads; InputError for the first frame, in order, that is not whole. Returns how
-    many frames' pixels were kept for the stages."""
+    on a few threads; InputError for the first frame, in order, that is not whole. The pixels of
+    the frames a stage reads from the cache (``kept_for_stages``) stay there; returns how many."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import pixels
     from .cluster import usable_cpus
-    from .stages.features import CONFIG_FIELDS, reads_reduced_jpeg, scales
+    from .stages.features import CONFIG_FIELDS, scales
 
-    options = config.key_of(*CONFIG_FIELDS)
+    options = config.key_of(*CONFIG_FIELDS) if config is not None else None
 
     def one(m):
         rec = {"image": m.image, "width": m.width, "height": m.height, "path": m.source,
                "model": None if m.model is None else True}
         if m.extra.get("raw_layout") is not None:
             return pixels.decode(m, 1.0)
+        if options is None:
+            return pixels.decode(rec, PROOF_SCALE, cache=None)
         _, scale, _ = scales(rec, options)
-        return pixels.decode(rec, scale, grey=reads_reduced_jpeg(rec))
+        keep = kept_for_stages(rec)
+        return pixels.decode(rec, scale, grey=keep, cache=pixels.CACHE if keep else None)
 
     before = len(pixels.CACHE)
     with ThreadPoolExecutor(max_workers=min(len(metas), usable_cpus(), 8), thread_name_prefix="check") as pool:
@@ -159,8 +167,19 @@ def check_pixels(metas, config) -> int:
     return len(pixels.CACHE) - before
 
 
-def check(inputs, out, config) -> Checked:
-    """Every check above, in order; returns what they found (see ``Checked``)."""
+def kept_for_stages(record) -> bool:
+    """Whether a stage of this process reads the frame's checked pixels from mosaic.pixels.CACHE:
+    today the features stage's JPEG photos (decoded grey at a DCT reduction, the same bytes). The
+    others are decoded, proven whole and dropped, until their readers take them too (keeping
+    pixels nobody reads would only raise the run's peak memory)."""
+    from .stages.features import reads_reduced_jpeg
+
+    return reads_reduced_jpeg(record)
+
+
+def check(inputs, out, config=None) -> Checked:
+    """Every check above, in order; returns what they found (see ``Checked``). Without a
+    StitchConfig (``mosaic terrain``) the output size is not checked here and no pixels are kept."""
     from .stages.ingest import frame_record
 
     t0 = time.perf_counter()
@@ -168,7 +187,8 @@ def check(inputs, out, config) -> Checked:
     metas = frames(paths, out)
     check_frames(metas)
     t1 = time.perf_counter()
-    check_output_size([frame_record(m, config.hfov) for m in metas], config)
+    if config is not None:
+        check_output_size([frame_record(m, config.hfov) for m in metas], config)
     t2 = time.perf_counter()
     kept = check_pixels(metas, config)
     t3 = time.perf_counter()

@@ -247,6 +247,9 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) ->
         produced = render_panorama(solution, products.dir, client=client, parts_dir=ws.root / "render" / key,
                                    **options)
     counts = produced if isinstance(produced, dict) else {}
+    # The renderer wrote into the staging folder; the products' paths are OUT's once published.
+    counts = json.loads(json.dumps(counts, default=str).replace(json.dumps(str(products.dir))[1:-1],
+                                                                json.dumps(str(out))[1:-1]))
     ws.mark_done("render", key, counts)
     # The tiles live on in panorama.tif; other keys' folders are stale.
     shutil.rmtree(ws.root / "render", ignore_errors=True)

@@ -515,3 +515,17 @@ def test_a_failure_on_a_worker_is_one_line_without_dask_noise(frames, tmp_path):
     assert "distributed" not in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "panorama.tif").exists()
     Path(re.search(r"traceback in (\S+);", lines[0]).group(1)).unlink()
+
+
+def test_terrain_refuses_a_truncated_image_before_any_work(tmp_path, capsys):
+    """mosaic terrain runs the same checks (labels, camera models, every image whole) first."""
+    from synth_cache import QUICK_STEREO
+
+    inputs = tmp_path / "in"
+    shutil.copytree(scene("navcam-stereo", keep=QUICK_STEREO), inputs)
+    bad = sorted(inputs.glob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    rc, lines = _run(["-q", "terrain", str(inputs), "-o", str(tmp_path / "t"), "--gsd", "0.1", "--radius", "6"],
+                     capsys)
+    assert rc == 2 and len(lines) == 1 and str(bad) in lines[0] and "truncated" in lines[0], lines
+    assert not (tmp_path / "t").exists()
