@@ -114,7 +114,11 @@ def held(out, force: bool = False, command: str = "mosaic"):
     out = Path(out)
     path = out / NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            raise FolderLocked(out, f"{NAME} belongs to another user (a {_owner_text(_read(path) or {})}); "
+                                    "this user cannot take it over") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
