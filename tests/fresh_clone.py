@@ -116,7 +116,8 @@ def main(argv=None) -> int:
         rc, secs, log = _run(["make", "test"], clone, env, tmp / "test.log")
         summary = next((ln.strip("= ") for ln in reversed(log.splitlines())
                         if re.search(r"\d+ (passed|failed|error)", ln)), "no pytest summary")
-        tool_skips = sum(1 for ln in log.splitlines() if ln.startswith("SKIPPED") and "not installed" in ln)
+        tool_skips = sum(1 for ln in log.splitlines()
+                         if ln.startswith("SKIPPED") and re.search(r"not installed|on PATH", ln))
         parts.append(f"make test: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {secs:.0f} s ({summary}; "
                      f"{tool_skips} skip line(s) naming a missing tool)")
         if rc != 0:

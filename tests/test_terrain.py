@@ -195,7 +195,7 @@ def test_georeferencing(stereo_run):
     gsd = transform.a
     ul_e, ul_n = local_level_to_map(ROVER_XYZ[0] + 8.0, ROVER_XYZ[1] - 8.0, DEFAULT_SITE_ORIGIN)
     lr_e, lr_n = local_level_to_map(ROVER_XYZ[0] - 8.0, ROVER_XYZ[1] + 8.0, DEFAULT_SITE_ORIGIN)
-    (x0, y0), (x1, y1) = transform * (0, 0), transform * (w, h)
+    (x0, y0), (x1, y1) = transform @ (0, 0), transform @ (w, h)
     assert abs(x0 - ul_e) <= gsd and abs(y0 - ul_n) <= gsd
     assert abs(x1 - lr_e) <= 2 * gsd and abs(y1 - lr_n) <= 2 * gsd
     # Heights are above the Mars sphere: the site origin's elevation plus the terrain's.
