@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -61,7 +62,11 @@ def measure_set(name: str, work: Path) -> dict | None:
     else:
         p = plan.terrain_plan(inputs)
     text = plan.format_plan(p)
+    load0 = os.getloadavg()[0]
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     m = measure.run([sys.executable, "-m", "mosaic", "-q", command, *map(str, inputs), "-o", str(out)], cwd=REPO)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
     if m.returncode != 0:
         raise RuntimeError(f"{name}: the run failed: {m.stderr.strip()[-2000:]}")
     report = json.loads((out / "report.json").read_text())
@@ -69,6 +74,7 @@ def measure_set(name: str, work: Path) -> dict | None:
               for k, v in report.get("stages", {}).items() if isinstance(v, dict)}
     return {"name": name, "command": command, "inputs": [str(i) for i in inputs], "plan": p, "text": text,
             "dry_run": _command_line(command, inputs, f"out/{name}"), "wall_s": m.wall_s, "peak_mib": m.peak_mib,
+            "cpu_s": cpu_s, "load": (load0 + os.getloadavg()[0]) / 2,
             "stages_s": stages, "report": report}
 
 
@@ -109,14 +115,15 @@ def _fmt(s: float) -> str:
 
 
 def table(rows) -> str:
-    lines = ["| set | estimate | run | ratio | est. peak | run peak | ratio | per stage (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | estimate | run | ratio | run CPU | load | est. peak | run peak | ratio | per stage (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["plan"]
         est, peak = p["estimate_total_seconds"], p["estimate_peak_bytes"] / 2**20
         per = ("estimate " + ", ".join(f"{k} {v:.1f}" for k, v in p["estimate_seconds"].items()) +
                "; run " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items()))
-        lines.append(f"| {r['name']} | {_fmt(est)} | {_fmt(r['wall_s'])} | {est / r['wall_s']:.2f} | {peak:.0f} MiB "
+        lines.append(f"| {r['name']} | {_fmt(est)} | {_fmt(r['wall_s'])} | {est / r['wall_s']:.2f} | "
+                     f"{r['cpu_s']:.1f} s | {r['load']:.1f} | {peak:.0f} MiB "
                      f"| {r['peak_mib']:.0f} MiB | {peak / r['peak_mib']:.2f} | {per} |")
     return "\n".join(lines)
 
@@ -136,7 +143,8 @@ def guide_block(rows, load: str) -> str:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages_s"].items() if isinstance(v, (int, float)))
         est = r["plan"]["estimate_total_seconds"]
         notes.append(f"{what}: estimated {_fmt(est)} and {r['plan']['estimate_peak_bytes'] / 2**20:.0f} MiB, "
-                     f"measured {_fmt(r['wall_s'])} ({stages}) and {r['peak_mib']:.0f} MiB peak "
+                     f"measured {_fmt(r['wall_s'])} ({stages}; {r['cpu_s']:.1f} CPU-s at load "
+                     f"{r['load']:.1f}) and {r['peak_mib']:.0f} MiB peak "
                      f"(estimate / run: {est / r['wall_s']:.2f} in time, "
                      f"{r['plan']['estimate_peak_bytes'] / 2**20 / r['peak_mib']:.2f} in memory)")
     if notes:
@@ -182,6 +190,10 @@ def main(argv=None) -> int:
     worst = max((max(r["plan"]["estimate_total_seconds"] / r["wall_s"], r["wall_s"] / r["plan"]["estimate_total_seconds"])
                  for r in rows), default=1.0)
     print(f"\nworst time ratio (either way): {worst:.2f} (goal: <= 2)")
+    busy = max((r["load"] for r in rows), default=0.0)
+    if busy > (os.cpu_count() or 1):
+        print(f"note: load average up to {busy:.1f} on {os.cpu_count()} CPUs: the runs shared the machine, so "
+              "their wall times overstate an idle run (compare CPU seconds)")
     if args.write_docs:
         write_guide(guide_block(rows, load))
         print(f"rewrote the example in {GUIDE.relative_to(REPO)}")
