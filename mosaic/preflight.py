@@ -64,8 +64,9 @@ def resolve_inputs(inputs, out=None) -> list[str]:
     return sorted(set(paths))
 
 
-def frames(paths, out=None) -> list:
-    """Every frame of the inputs, the output folder's contents left out; sorted by id."""
+def frames(paths, out=None, require: bool = True) -> list:
+    """Every frame of the inputs, the output folder's contents left out; sorted by id. None at all
+    is bad input unless ``require`` is off (the command then says what it needed)."""
     from calib.labels import discover
 
     exclude = [out] if out is not None else []
@@ -74,7 +75,7 @@ def frames(paths, out=None) -> list:
     if not keep:
         raise InputError(out, "every input lies inside the output folder (the outputs of a run are never its inputs)")
     metas = discover(keep, exclude=exclude)
-    if not metas:
+    if not metas and require:
         raise InputError(keep[0], "no frames found in the inputs")
     return sorted(metas, key=lambda m: (m.id, str(m.image)))
 
@@ -156,6 +157,8 @@ def check_pixels(metas, config=None) -> int:
         return pixels.decode(rec, scale, grey=keep, cache=pixels.CACHE if keep else None)
 
     before = len(pixels.CACHE)
+    if not metas:
+        return 0
     with ThreadPoolExecutor(max_workers=min(len(metas), usable_cpus(), 8), thread_name_prefix="check") as pool:
         results = pool.map(one, metas)
         try:
@@ -179,12 +182,13 @@ def kept_for_stages(record) -> bool:
 
 def check(inputs, out, config=None) -> Checked:
     """Every check above, in order; returns what they found (see ``Checked``). Without a
-    StitchConfig (``mosaic terrain``) the output size is not checked here and no pixels are kept."""
+    StitchConfig (``mosaic terrain``) the output size is not checked here, no pixels are kept, and
+    finding no frames is left to the command (which names what it needed: stereo pairs)."""
     from .stages.ingest import frame_record
 
     t0 = time.perf_counter()
     paths = resolve_inputs(inputs, out)
-    metas = frames(paths, out)
+    metas = frames(paths, out, require=config is not None)
     check_frames(metas)
     t1 = time.perf_counter()
     if config is not None:

@@ -54,9 +54,10 @@ def _maxrss_bytes() -> int:
     return int(max(own, kids) * 1024)
 
 
-#: What ``mosaic stitch`` writes into OUT, published as one set (atomic.Products).
-PRODUCTS = ("panorama.tif", "preview.jpg", "index.html", "quality.png", "panorama.pto", "solution.json",
-            "report.json")
+#: What ``mosaic stitch`` writes into OUT, published as one set (atomic.Products): the rendered
+#: products, then the solution and the report.
+RENDERED = ("panorama.tif", "preview.jpg", "index.html", "quality.png", "panorama.pto")
+PRODUCTS = RENDERED + ("solution.json", "report.json")
 
 
 def _finished(ws: Workspace, stage: str):
@@ -134,6 +135,10 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
     # sit inside an input folder, and a frame rewritten in place must change the ingest key.
     if not ws.exists("inputs.json") or ws.read_json("inputs.json") != checked.files:
         ws.write_json(checked.files, "inputs.json")
+    if not log.isEnabledFor(logging.DEBUG):
+        # The embedded scheduler and workers log every connection at INFO.
+        for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     t0 = time.perf_counter()
     cluster = (contextlib.nullcontext(client) if client is not None else
                dask_client(config.scheduler, workers=config.workers, threads_per_worker=config.threads_per_worker,
@@ -161,7 +166,7 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
                                       for k, v in made.items()}
         elif same:
             # Not rendered this time, but the earlier products show this very solution.
-            for name in PRODUCTS[:5]:
+            for name in RENDERED:
                 products.keep(name)
         if same:
             products.keep("solution.json")  # an unchanged output keeps its mtime
