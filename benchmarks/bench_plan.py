@@ -33,6 +33,10 @@ GUIDE = REPO / "docs" / "user-guide.md"
 BEGIN, END = "<!-- bench_plan: begin -->", "<!-- bench_plan: end -->"
 
 
+#: Each set's output folder in the documented command (the README's names).
+OUT_NAMES = {"navcam360": "out/navcam_360", "terrain": "out/navcam_stereo"}
+
+
 def _inputs(name):
     if name == "navcam360":
         return [REPO / "sample_tiles" / "navcam_360"], "stitch"
@@ -73,7 +77,7 @@ def measure_set(name: str, work: Path) -> dict | None:
     stages = {k: round(v.get("wall_s", v.get("seconds", 0.0)), 2)  # stitch's report, terrain's
               for k, v in report.get("stages", {}).items() if isinstance(v, dict)}
     return {"name": name, "command": command, "inputs": [str(i) for i in inputs], "plan": p, "text": text,
-            "dry_run": _command_line(command, inputs, f"out/{name}"), "wall_s": m.wall_s, "peak_mib": m.peak_mib,
+            "dry_run": _command_line(command, inputs, OUT_NAMES.get(name, f"out/{name}")), "wall_s": m.wall_s, "peak_mib": m.peak_mib,
             "cpu_s": cpu_s, "load": (load0 + os.getloadavg()[0]) / 2,
             "stages_s": stages, "report": report}
 
@@ -135,20 +139,19 @@ def guide_block(rows, load: str) -> str:
     if main:
         parts += ["```", f"$ {main['dry_run']}", main["text"], "```", ""]
     notes = []
-    for name, what in (("navcam360", "The real run on the same"), ("boat", "OpenCV's six boat photos"),
+    for name, what in (("navcam360", "the sample pan above"), ("boat", "OpenCV's six boat photos (10 MP)"),
                        ("budapest", "the six budapest photos"), ("terrain", "`mosaic terrain sample_tiles/navcam_stereo`")):
         r = by.get(name)
         if not r:
             continue
-        stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages_s"].items() if isinstance(v, (int, float)))
-        est = r["plan"]["estimate_total_seconds"]
-        notes.append(f"{what}: estimated {_fmt(est)} and {r['plan']['estimate_peak_bytes'] / 2**20:.0f} MiB, "
-                     f"measured {_fmt(r['wall_s'])} ({stages}; {r['cpu_s']:.1f} CPU-s at load "
-                     f"{r['load']:.1f}) and {r['peak_mib']:.0f} MiB peak "
-                     f"(estimate / run: {est / r['wall_s']:.2f} in time, "
-                     f"{r['plan']['estimate_peak_bytes'] / 2**20 / r['peak_mib']:.2f} in memory)")
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items() if isinstance(v, (int, float)) and v >= 0.05)
+        est, est_mib = r["plan"]["estimate_total_seconds"], r["plan"]["estimate_peak_bytes"] / 2**20
+        notes.append(f"- {what}: estimated {_fmt(est)} and {est_mib:.0f} MiB; the run {_fmt(r['wall_s'])} "
+                     f"({stages} s; {r['cpu_s']:.1f} CPU-s at load {r['load']:.1f}) and {r['peak_mib']:.0f} MiB: "
+                     f"estimate / run {est / r['wall_s']:.2f} in time, {est_mib / r['peak_mib']:.2f} in memory")
     if notes:
-        parts.append(f"({'; '.join(notes)}. Measured on {load}.)")
+        parts += [f"Estimates beside the runs ({load}; a busy machine stretches the runs' wall time):", ""]
+        parts += notes
     parts.append(END)
     return "\n".join(parts)
 
@@ -181,8 +184,7 @@ def main(argv=None) -> int:
                 print(f"{name}: skipped (no ../shared/peerdata)", file=sys.stderr)
                 continue
             rows.append(r)
-    load = (f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
-            f"{time.strftime('%Y-%m-%d')}")
+    load = f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}"
     print(table(rows))
     print(f"\n{load}\nconstants the runs suggest (thread-seconds; mosaic/plan.py):")
     for r in rows:

@@ -45,12 +45,12 @@ DECODE_BYTES_PER_PX = 8
 #: render: bytes per output pixel beyond the tiles in flight (COG writer and overviews, preview).
 RENDER_BYTES_PER_OUTPUT_PX = 55
 # Terrain: benchmarks/bench_plan.py on sample_tiles/navcam_stereo (5 pairs of 640 x 480, a 2001 x
-# 2001 grid at 2 cm; 2 threads on 2 shared cores): points 14.4 s and the rest 21.8 s at load ~8,
-# 19.7 s in all at load ~4.
+# 2001 grid at 2 cm; 2 threads on 2 shared cores): points 7.4 s, grid and web 9.4 s, 18.6 s in all
+# at load ~6 (the runs suggest 9.7 thread-s per pair-megapixel and 2.8e-6 s per cell).
 #: stereo: seconds per pair per megapixel of the left frame (rectify, SGBM twice, triangulate).
-TERRAIN_S_PER_PAIR_MP = 20.0
+TERRAIN_S_PER_PAIR_MP = 12.0
 #: gridding, tiles and hillshade: seconds per DEM cell.
-TERRAIN_S_PER_CELL = 5.3e-6
+TERRAIN_S_PER_CELL = 3.5e-6
 #: a pair task's memory per megapixel of the left frame, bytes.
 TERRAIN_BYTES_PER_PAIR_MP = 490 * 2**20
 
