@@ -274,11 +274,17 @@ def test_view_says_when_it_cannot_open_a_browser(tmp_path):
     env.update(PYTHONPATH=str(REPO), BROWSER="false")
     proc = subprocess.Popen([sys.executable, "-m", "mosaic", "view", str(out), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    import select
+    import queue
+    import threading
+
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
 
     def line(timeout=60.0):
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        return proc.stdout.readline() if ready else ""
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            return ""
 
     try:
         serving = line()
