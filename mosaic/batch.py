@@ -5,6 +5,8 @@ which is one ``stitch`` job written to ``OUT/<subfolder>``. One dask client (the
 cluster, or ``--scheduler``/``MOSAIC_SCHEDULER``) is started once and handed to every job, so a
 cluster's workers stay warm across jobs. Every job's workspace resumes as ``mosaic stitch`` and
 ``mosaic terrain`` do, so re-running a batch after a crash redoes only what had not finished.
+Each job locks its output folder as ``mosaic stitch`` does (mosaic.lock): a folder another run is
+writing into makes that job ``bad-input`` with a line naming the owner, and the other jobs run.
 At the end ``OUT/batch-summary.json`` lists each job (status ``ok``, ``bad-input`` or
 ``failed``, seconds, the error line, key numbers) and the same table is printed.
 
@@ -186,9 +188,11 @@ def run_job(job: Job, client) -> dict:
             row["result"] = {"frames": s.get("frames"), "frames_used": s.get("frames_used"),
                              "rms_px": s.get("rms_px"), "panorama": res.get("panorama")}
         else:
+            from .lock import output_folder
             from .terrain.pipeline import terrain
 
-            rep = terrain(job.inputs, job.out, client=client, force=force, **opts)
+            with output_folder(job.out, force=force, command="terrain"):  # stitch() locks its own
+                rep = terrain(job.inputs, job.out, client=client, force=force, **opts)
             row["result"] = {"pairs": rep["stages"]["pairs"]["pairs"], "points": rep["stages"]["points"]["points"],
                              "coverage": rep.get("coverage")}
     except InputError as e:
@@ -245,7 +249,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("jobs", metavar="JOBS", help="jobs TOML file, or a folder whose subfolders are stitch jobs")
     p.add_argument("-o", "--out", required=True, help="folder for batch-summary.json and default job outputs")
     p.add_argument("--hfov", type=float, help="stitch jobs: horizontal field of view (deg) of plain photos")
-    p.add_argument("--force", action="store_true", help="recompute every job from scratch")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every job from scratch, and take over job folders locked by another host")
     p.add_argument("--scheduler", metavar="ADDRESS", help="use this dask scheduler (default: an embedded local cluster)")
     p.add_argument("--workers", type=int, help="workers of the embedded cluster")
     p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")

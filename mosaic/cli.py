@@ -15,9 +15,12 @@ size, estimated time and memory) without computing anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -220,7 +223,7 @@ def dry_run(args) -> None:
     from . import plan
 
     if args.command == "stitch":
-        p = plan.stitch_plan(args.inputs, stitch_config(args))
+        p = plan.stitch_plan(args.inputs, stitch_config(args), out=args.out)
     else:
         p = plan.terrain_plan(args.inputs, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                               solution=args.solution, workers=getattr(args, "workers", None),
@@ -241,21 +244,35 @@ def _logging(verbose: int, quiet: bool) -> None:
         logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     root.setLevel(level)
     log.setLevel(level)
-    # dask's scheduler and workers log every start, connection and close at INFO (its own config
-    # sets each logger's level on import): shown only with -vv.
+    # dask's scheduler and workers log every start and connection at INFO, and a failed task as
+    # "Compute Failed" with its traceback, then the cancelled ones, at WARNING and ERROR (through
+    # their own stderr handler): a run that fails says so in one line of ours instead. Shown with -vv.
     for h in root.handlers:
         for f in [f for f in h.filters if isinstance(f, _DaskChatter)]:
             h.removeFilter(f)
         if verbose < 2:
             h.addFilter(_DaskChatter())
+    if verbose < 2:
+        import warnings
+
+        # GDAL reads our untransformed tile parts and says so once per file.
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+        # distributed sets its loggers up when imported: before that through dask's config, after it directly.
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+        if "distributed" in sys.modules:
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        elif "dask" in sys.modules:
+            sys.modules["dask"].config.set({"logging.distributed": "critical"})
     progress.set_quiet(quiet)
 
 
 class _DaskChatter(logging.Filter):
-    """Drops dask's (``distributed.*``) records below WARNING."""
+    """Drops the records of dask's, its event loop's and GDAL's (rasterio) loggers below CRITICAL."""
+
+    NAMES = ("distributed", "tornado", "asyncio", "bokeh", "rasterio")
 
     def filter(self, record):
-        return record.levelno >= logging.WARNING or not record.name.startswith("distributed")
+        return record.levelno >= logging.CRITICAL or not record.name.startswith(self.NAMES)
 
 
 def main(argv=None) -> int:
@@ -274,6 +291,8 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from .atomic import OutputError
+
     try:
         if args.print_config:
             print_config(args, subs[args.command])
@@ -281,17 +300,107 @@ def main(argv=None) -> int:
         if getattr(args, "dry_run", False):
             dry_run(args)
             return 0
-        rc = args._run(args)
+        with _c_library_noise_filtered(getattr(args, "verbose", 0) == 0):
+            rc = args._run(args)
         return int(rc or 0)
     except InputError as e:
-        print(f"mosaic {args.command}: error: {e}", file=sys.stderr)
+        print(f"mosaic {args.command}: error: {_input_line(e)}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"mosaic {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mosaic: interrupted", file=sys.stderr)
         return 130
-    except Exception:
-        log.exception("mosaic %s: internal error", args.command)
+    except Exception as e:
+        print(f"mosaic {args.command}: internal error: {_one_line(e)} ({_traceback_note(args)})", file=sys.stderr)
         return 1
+
+
+#: Lines that C libraries print on the process's stderr by themselves (libtiff's "_tiffWriteProc:
+#: No space left on device." per failed strip, libjpeg's "Premature end of JPEG file", libpng's and
+#: GDAL's and OpenCV's messages): the error they lead to reaches the user as one line of ours.
+_C_NOISE = re.compile(rb"^(_?tiff\w*|TIFF\w*|libpng (error|warning)|(ERROR|Warning) \d+|\[ ?(WARN|ERROR|INFO):\d+@"
+                      rb"|Premature end of JPEG file|Corrupt JPEG data|Invalid SOS parameters|Bogus marker length"
+                      rb"|Not a JPEG file|JPEG datastream contains no image|Warning: unknown JFIF revision)")
+
+
+@contextlib.contextmanager
+def _c_library_noise_filtered(active: bool = True):
+    """Route the process's stderr (fd 2, where C libraries write) through a filter that drops
+    _C_NOISE lines, for the block. Python's own writes go straight to the terminal through a new
+    ``sys.stderr`` on a copy of the old fd, so progress bars still see a terminal. Not done under
+    a test runner's capture (no real fd 2 behind sys.stderr) or with -v."""
+    import threading
+
+    try:
+        real = active and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+    old_stderr = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, closefd=False, encoding=old_stderr.encoding,
+                      errors=old_stderr.errors)
+    for h in logging.getLogger().handlers:
+        if getattr(h, "stream", None) is old_stderr:
+            h.setStream(sys.stderr)
+
+    def pump():
+        with open(r, "rb", closefd=True) as src:
+            for line in src:
+                if not _C_NOISE.match(line):
+                    os.write(saved, line)
+
+    t = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)  # closes the pipe's last writer here: the pump reads to its end
+        t.join(timeout=5)
+        sys.stderr.flush()
+        for h in logging.getLogger().handlers:
+            if getattr(h, "stream", None) is sys.stderr:
+                h.setStream(old_stderr)
+        sys.stderr = old_stderr
+        os.close(saved)
+
+
+def _input_line(e: InputError) -> str:
+    """The error's line; one that names no file (a command-line value) starts with its field."""
+    if e.path is None:
+        return f"{e.field}: {e.problem}" if e.field else e.problem
+    return str(e)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _traceback_note(args) -> str:
+    """Where the traceback of an internal error went: the debug log (-v), else a file."""
+    import tempfile
+    import traceback
+
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("mosaic %s: internal error", args.command, exc_info=True)
+        return "traceback above"
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"mosaic-{args.command}-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"mosaic {' '.join(sys.argv[1:])}\n\n")
+            f.write(traceback.format_exc())
+    except OSError:
+        return "run again with -v for the traceback"
+    return f"traceback in {path}; please report it"
 
 
 if __name__ == "__main__":

@@ -30,6 +30,81 @@ def read_toml(path, what: str = "config") -> dict:
         raise InputError(path, f"not valid TOML: {e}") from None
 
 
+#: Allowed range of each numeric option: (low, high, low is allowed, high is allowed); None: open.
+RANGES = {
+    "hfov": (0, 180, False, False),
+    "work_megapixels": (0, None, False, None), "photo_megapixels": (0, None, False, None),
+    "min_scale": (0, 1, True, True), "refine_scale": (0, 1, True, True),
+    "photo_keypoints": (1, None, True, None), "max_keypoints": (1, None, True, None),
+    "border_px": (0, None, True, None),
+    "margin_deg": (0, 90, True, True), "min_overlap": (0, 1, True, True), "neighbours": (1, None, True, None),
+    "ratio": (0, 1, False, True), "ransac_px": (0, None, False, None), "ransac_iterations": (1, None, True, None),
+    "min_depth_m": (0, None, False, None), "min_inliers": (2, None, True, None), "seed": (0, 2**32 - 1, True, True),
+    "prior_deg": (0, None, False, None), "loss_px": (0, None, False, None), "outlier_px": (0, None, False, None),
+    "max_iterations": (1, None, True, None),
+    "workers": (1, None, True, None), "threads_per_worker": (1, None, True, None),
+    "resolution": (0, None, False, None), "max_megapixels": (0, None, False, None),
+}
+#: Options whose value is one of a few names.
+CHOICES = {"feature": FEATURES, "projection": PROJECTIONS, "loss": ("huber", "cauchy")}
+_KINDS = {"float": "a number", "int": "an integer", "str": "text", "bool": "true or false", "tuple": "a list"}
+
+
+def _range_text(lo, hi, lo_in, hi_in) -> str:
+    if hi is None:
+        return "positive" if lo == 0 and not lo_in else (f"at least {lo}" if lo_in else f"more than {lo}")
+    if lo_in and hi_in:
+        return f"between {lo} and {hi}"
+    if not lo_in and not hi_in:
+        return f"between {lo} and {hi}, both excluded"
+    return f"between {lo} and {hi}, {lo if not lo_in else hi} excluded"
+
+
+def _check_field(name: str, annotation: str, value) -> None:
+    """Type and range of one StitchConfig value; InputError naming the option otherwise.
+
+    The kind comes from the field's annotation ("float | None" and the like): a config file can
+    hold any TOML value, and ``resolution = "fine"`` must be a one-line error, not a traceback.
+    """
+    import math
+
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return
+        raise InputError(None, "must be given", field=name)
+    kind = kinds[0]
+    ok = {"float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "str": isinstance(value, str), "bool": isinstance(value, bool),
+          "tuple": isinstance(value, (list, tuple))}[kind]
+    if not ok:
+        raise InputError(None, f"expected {_KINDS[kind]}, got {value!r}", field=name)
+    if kind == "float" and not math.isfinite(value):
+        raise InputError(None, f"expected a finite number, got {value!r}", field=name)
+    if name in CHOICES and value not in CHOICES[name]:
+        noun = "feature type" if name == "feature" else name
+        raise InputError(None, f"unknown {noun} {value!r} (expected one of {', '.join(CHOICES[name])})", field=name)
+    if name in RANGES:
+        lo, hi, lo_in, hi_in = RANGES[name]
+        if (lo is not None and (value < lo or (value == lo and not lo_in))) or \
+                (hi is not None and (value > hi or (value == hi and not hi_in))):
+            raise InputError(None, f"must be {_range_text(lo, hi, lo_in, hi_in)}, got {value!r}", field=name)
+    if name == "stretch_percentiles":
+        nums = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        if len(value) != 2 or len(nums) != 2 or not 0 <= nums[0] < nums[1] <= 100:
+            raise InputError(None, f"expected [low, high] percentiles with 0 <= low < high <= 100, got {value!r}",
+                             field=name)
+    if name == "memory_limit" and str(value).lower() != "auto":
+        from dask.utils import parse_bytes
+
+        try:
+            if parse_bytes(value) <= 0:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise InputError(None, f"expected a size such as \"4GB\" or \"auto\", got {value!r}", field=name) from None
+
+
 @dataclass(frozen=True)
 class StitchConfig:
     # ingest
@@ -77,24 +152,8 @@ class StitchConfig:
     crop: bool | None = None            #: equirect: the covered window only; None: for plain photos only
 
     def __post_init__(self):
-        if self.feature not in FEATURES:
-            raise InputError(None, f"unknown feature type {self.feature!r} (expected one of {', '.join(FEATURES)})",
-                             field="feature")
-        if self.projection not in PROJECTIONS:
-            raise InputError(None, f"unknown projection {self.projection!r} (expected one of {', '.join(PROJECTIONS)})",
-                             field="projection")
-        if self.resolution is not None and not float(self.resolution) > 0:
-            raise InputError(None, f"must be positive, got {self.resolution!r}", field="resolution")
-        if self.loss not in ("huber", "cauchy"):
-            raise InputError(None, f"unknown loss {self.loss!r} (expected huber or cauchy)", field="loss")
-        if self.hfov is not None and not (0 < float(self.hfov) < 180):
-            raise InputError(None, f"hfov must be between 0 and 180 degrees, got {self.hfov}", field="hfov")
-        for name in ("min_scale", "refine_scale"):
-            if not 0 <= float(getattr(self, name)) <= 1:
-                raise InputError(None, f"must be between 0 and 1, got {getattr(self, name)!r}", field=name)
-        for name in ("work_megapixels", "photo_megapixels", "ratio", "ransac_px", "loss_px", "outlier_px", "prior_deg", "min_depth_m"):
-            if not float(getattr(self, name)) > 0:
-                raise InputError(None, f"must be positive, got {getattr(self, name)!r}", field=name)
+        for f in fields(self):
+            _check_field(f.name, f.type, getattr(self, f.name))
         object.__setattr__(self, "stretch_percentiles", tuple(float(v) for v in self.stretch_percentiles))
 
     @classmethod
@@ -104,7 +163,12 @@ class StitchConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(source, f"unknown stitch option(s): {', '.join(unknown)}")
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except InputError as e:
+            if e.path is not None or source is None:
+                raise
+            raise InputError(source, e.problem, field=e.field) from None
 
     @classmethod
     def from_toml(cls, path, **overrides) -> "StitchConfig":

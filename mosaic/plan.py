@@ -14,22 +14,28 @@ from __future__ import annotations
 
 
 # -- measured constants ---------------------------------------------------------------------------
-# Stitch: `mosaic stitch` of synthetic navcam-360 (10 Navcam frames, seed 1) at 1/8 scale (640 x 480,
-# 25 pairs, 2336 x 1168 output; report.json: features 13.0 s, matches 22.1 s, adjust 17.3 s, render
-# 11.9 s, peak 410 MiB) and at 1/16 (320 x 240, 1184 x 592; peak 243 MiB), embedded cluster of
-# 2 threads on 2 shared cores. Times are per thread (the plan divides by the cluster's threads).
-#: features: seconds per frame (decode, mask, write) and per megapixel at working resolution
-#: (SIFT); also fitted to the 6 boat photos of OpenCV's sample set (14.6 s on 2 threads).
-STITCH_S_PER_FRAME = 1.5
-STITCH_S_PER_WORK_MP = 1.3
+# Stitch: fitted by benchmarks/bench_plan.py (which prints the estimate beside the run and the
+# constants its runs suggest) on sample_tiles/navcam_360 (10 posed frames of 1280 x 960, 25 pairs,
+# 4672 x 2336 x 2 bands out: features 3.0 s, matches 2.0 s, adjust 2.0 s, render 4.0 s, 14.3 s in
+# all) and OpenCV's 6 boat photos (10 MP; features 1.4 s, matches 1.4 s, adjust 1.4 s, render of
+# 10880 x 2688 x 4 bands 14.3 s, 21.1 s in all), an embedded cluster of 2 threads on 2 shared cores
+# (load ~3). Times are per thread (the plan divides the parallel stages by the cluster's threads).
+#: features: seconds per frame (decode, mask, write) and per megapixel at detection resolution (SIFT).
+STITCH_S_PER_FRAME = 0.35
+STITCH_S_PER_WORK_MP = 0.24
 #: matches: seconds per predicted pair (guided ratio matching and verification).
-STITCH_S_PER_PAIR = 1.8
-#: adjust: seconds per frame (serial bundle adjustment; tie points grow with frames).
-STITCH_S_PER_FRAME_ADJUST = 1.7
-#: render: seconds per output megapixel (warp, seams, multi-band blend, COG, preview) and fixed
-#: (gains, start-up); refitted on sample_tiles/navcam_360 (4672 x 2336 in 15.9 s, peak 730 MiB).
-STITCH_S_PER_OUTPUT_MP = 2.9
-STITCH_S_RENDER_FIXED = 3.0
+STITCH_S_PER_PAIR = 0.17
+#: adjust: seconds per frame (serial bundle adjustment).
+STITCH_S_PER_FRAME_ADJUST = 0.21
+#: render: seconds per output megapixel per band (gains, warp, seams, multi-band blend, COG,
+#: preview, quality picture, Hugin project) and fixed.
+STITCH_S_PER_OUTPUT_BAND_MP = 0.22
+STITCH_S_RENDER_FIXED = 1.7
+#: the process: imports, the input checks, starting and closing the cluster.
+STITCH_S_FIXED = 2.9
+#: plain photos' panorama before their focal lengths are solved: this fraction of their pixels
+#: (overlapping photos of a strip; the boat set's window holds 0.47 of them).
+PHOTO_WINDOW_FRACTION = 0.5
 #: process, dask and OpenCV before any data, bytes.
 BASE_BYTES = 100 * 2**20
 #: features: bytes per working-resolution pixel of a frame in flight (grey copy, SIFT scale space).
@@ -38,12 +44,13 @@ FEATURE_BYTES_PER_PX = 240
 DECODE_BYTES_PER_PX = 8
 #: render: bytes per output pixel beyond the tiles in flight (COG writer and overviews, preview).
 RENDER_BYTES_PER_OUTPUT_PX = 55
-# Terrain: benchmarks/bench_terrain.py (docs/terrain.md "Measured"): navcam-stereo at 1/8, 5 pairs,
-# 2 cm grid of 1501 x 1501, stereo 27 s and grid + tiles 12 s on 2 threads, peak 428 MiB.
+# Terrain: benchmarks/bench_plan.py on sample_tiles/navcam_stereo (5 pairs of 640 x 480, a 2001 x
+# 2001 grid at 2 cm; 2 threads on 2 shared cores): points 7.4 s, grid and web 9.4 s, 18.6 s in all
+# at load ~6 (the runs suggest 9.7 thread-s per pair-megapixel and 2.8e-6 s per cell).
 #: stereo: seconds per pair per megapixel of the left frame (rectify, SGBM twice, triangulate).
-TERRAIN_S_PER_PAIR_MP = 35.0
+TERRAIN_S_PER_PAIR_MP = 12.0
 #: gridding, tiles and hillshade: seconds per DEM cell.
-TERRAIN_S_PER_CELL = 5.3e-6
+TERRAIN_S_PER_CELL = 3.5e-6
 #: a pair task's memory per megapixel of the left frame, bytes.
 TERRAIN_BYTES_PER_PAIR_MP = 490 * 2**20
 
@@ -55,49 +62,62 @@ def _threads(workers, threads_per_worker=None) -> int:
     return max(1, (workers or 1) * (threads_per_worker or usable_cpus()))
 
 
-def stitch_plan(inputs, config) -> dict:
-    """The plan of ``mosaic stitch inputs`` with ``config`` (a StitchConfig)."""
-    from calib.errors import InputError
-    from calib.labels import discover
-
+def output_plan(records, config) -> dict | None:
+    """The renderer's plan (size, tiles, bytes) of the panorama of ``records`` (ingest records)
+    at their reported camera models; None when nothing is rendered or no frame has a model.
+    Raises InputError when the panorama would exceed ``config.max_megapixels``."""
+    posed = [r for r in records if r["model"] is not None]
+    if not posed or not config.render:
+        return None
     from .render.panorama import plan as render_plan
     from .stitch import render_options
-    from .stages.features import working_scale
+
+    sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
+                       "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
+    return render_plan(sol, **render_options(config))
+
+
+def stitch_plan(inputs, config, out=None) -> dict:
+    """The plan of ``mosaic stitch inputs -o out`` with ``config`` (a StitchConfig): the labels
+    are checked as the run checks them (mosaic.preflight), the pixels are not read."""
+    from . import preflight
+    from .stages.features import CONFIG_FIELDS, scales
     from .stages.ingest import frame_record
     from .stages.pairs import pairs_from_models
-    from .stitch import _inputs
 
-    paths = _inputs(inputs)
-    metas = sorted(discover(paths), key=lambda m: (m.id, str(m.image)))
-    if not metas:
-        raise InputError(paths[0], "no frames found in the inputs")
+    paths = preflight.resolve_inputs(inputs, out)
+    metas = preflight.frames(paths, out)
+    preflight.check_frames(metas)
     records = [frame_record(m, config.hfov) for m in metas]
     posed = [r for r in records if r["model"] is not None]
     photos = [r for r in records if r["model"] is None]
     pairs = pairs_from_models(posed, config.margin_deg, config.min_overlap) if len(posed) > 1 else []
     # Plain photos are paired after feature detection (similarity ranking): at most this many.
     photo_pairs = min(len(photos) * config.neighbours, len(photos) * (len(photos) - 1) // 2)
-    def scale(r):  # the features stage's working scale (min_scale appeared with large photos)
-        return working_scale(r["width"], r["height"], config.work_megapixels, getattr(config, "min_scale", 0.0))
+    options = config.key_of(*CONFIG_FIELDS)
+
+    def scale(r):  # the features stage's detection scale
+        return scales(r, options)[0]
 
     work_mp = sum(r["width"] * r["height"] * scale(r) ** 2 for r in records) / 1e6
-    out = None
-    if posed and config.render:
-        sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
-                           "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
-        out = render_plan(sol, **render_options(config))
+    out = output_plan(records, config)
     threads = _threads(config.workers, getattr(config, "threads_per_worker", None)) if not config.scheduler else None
     par = threads or 1
-    seconds = {"features": (len(records) * STITCH_S_PER_FRAME + work_mp * STITCH_S_PER_WORK_MP) / par,
+    seconds = {"start": STITCH_S_FIXED,
+               "features": (len(records) * STITCH_S_PER_FRAME + work_mp * STITCH_S_PER_WORK_MP) / par,
                "matches": (len(pairs) + photo_pairs) * STITCH_S_PER_PAIR / par,
                "adjust": len(records) * STITCH_S_PER_FRAME_ADJUST}
+    if out is None and photos and config.render:
+        # Colour photos (3 bands + alpha) in a window of about this many pixels.
+        band_mp = PHOTO_WINDOW_FRACTION * sum(r["width"] * r["height"] for r in photos) / 1e6 * 4
+        seconds["render"] = STITCH_S_RENDER_FIXED + band_mp * STITCH_S_PER_OUTPUT_BAND_MP / par
     # A frame in flight: its decoded pixels (full resolution) and SIFT's scale space (working resolution).
     in_flight = max(r["width"] * r["height"] * (DECODE_BYTES_PER_PX + FEATURE_BYTES_PER_PX * scale(r) ** 2)
                     for r in records)
     memory = BASE_BYTES + min(par, len(records)) * in_flight
     if out is not None:
         npx = out["width"] * out["height"]
-        seconds["render"] = STITCH_S_RENDER_FIXED + npx / 1e6 * STITCH_S_PER_OUTPUT_MP / par
+        seconds["render"] = STITCH_S_RENDER_FIXED + npx / 1e6 * out["bands"] * STITCH_S_PER_OUTPUT_BAND_MP / par
         memory = max(memory, BASE_BYTES + par * out["tile_bytes_estimate"] + npx * RENDER_BYTES_PER_OUTPUT_PX)
     return {
         "command": "stitch", "inputs": paths, "frames": len(records), "with_model": len(posed),
@@ -181,7 +201,8 @@ def format_plan(p: dict) -> str:
         elif not p["render"]:
             lines.append("output: solution.json only (no rendering asked)")
         else:
-            lines.append("output: solution.json (panorama size is known once the photos' focal lengths are solved)")
+            lines.append("output: panorama size is known once the photos' focal lengths are solved (the estimate "
+                         f"assumes {PHOTO_WINDOW_FRACTION:g} of their pixels)")
     else:
         g = p["grid"]
         lines.append(f"frames: {p['frames']}, stereo pairs: {p['pairs']}")

@@ -128,6 +128,10 @@ def write_products(out, workspace=None, viewer: bool = True, quality: bool = Tru
         try:
             done[name] = str(make())
         except Exception as e:  # noqa: BLE001 -- a missing extra must not cost the user the panorama
+            from .atomic import disk_full
+
+            if disk_full(e):  # ...but a full disk must stop the set from being published
+                raise
             log.warning("%s: not written (%s: %s)", name, type(e).__name__, e)
             failed[name] = f"{type(e).__name__}: {e}"
     if failed:

@@ -1,10 +1,21 @@
 """Stitch frames into a panorama: register them (features, pairs, matches, bundle adjustment) and render.
 
-Inputs are image files, labels or folders (Mars frames with their labels/records, or plain photos).
-Writes OUT/solution.json (adjusted camera models in LOCAL_LEVEL, residuals, statistics),
-OUT/report.json (time, counts and peak memory per stage) and, once rendering is available,
-OUT/panorama.tif and OUT/preview.jpg. Intermediate artefacts live in OUT/work/; a stage whose
-inputs and options are unchanged is skipped, so an interrupted run resumes.
+Inputs are image files, labels or folders (Mars frames with their labels/records, or plain photos);
+the output folder, even inside an input folder, is never read as input. Every input is checked
+before any work: a bad one stops the run with one line naming the file (exit status 2). Writes:
+
+  OUT/panorama.tif    the panorama, a Cloud Optimized GeoTIFF (equirectangular full sphere by default)
+  OUT/preview.jpg     the panorama at most 4096 pixels wide
+  OUT/index.html      a 360-degree viewer over the preview: open it in a browser, or `mosaic view OUT`
+  OUT/quality.png     which frame fills each pixel, the seams, and the residual per frame
+  OUT/panorama.pto    a Hugin project of the solved panorama (with control points)
+  OUT/solution.json   the adjusted camera models (LOCAL_LEVEL), residuals, statistics
+  OUT/report.json     time, counts and peak memory per stage
+
+The products appear together when the run ends (a failed run, or a full disk, leaves the earlier
+run's set as it was). Intermediate artefacts live in OUT/work/; a stage whose inputs and options
+are unchanged is skipped, so an interrupted run resumes. One run writes into a folder at a time
+(OUT/.mosaic.lock names it); a second refuses (exit status 2).
 
 Examples:
 
@@ -43,16 +54,10 @@ def _maxrss_bytes() -> int:
     return int(max(own, kids) * 1024)
 
 
-def _inputs(paths) -> list[str]:
-    out = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise InputError(p, "no such file or directory")
-        out.append(str(p.resolve()))
-    if not out:
-        raise InputError(None, "no inputs given")
-    return sorted(set(out))
+#: What ``mosaic stitch`` writes into OUT, published as one set (atomic.Products): the rendered
+#: products, then the solution and the report.
+RENDERED = ("panorama.tif", "preview.jpg", "index.html", "quality.png", "panorama.pto")
+PRODUCTS = RENDERED + ("solution.json", "report.json")
 
 
 def _finished(ws: Workspace, stage: str):
@@ -84,59 +89,101 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
 
     ``options`` are StitchConfig fields (e.g. ``hfov=48``, ``scheduler="tcp://..."``), applied
     over ``config``. ``client``: an existing dask client to run on (``mosaic batch`` shares one);
-    None starts one from the config. ``force``: drop the workspace and recompute everything.
+    None starts one from the config. ``force``: drop the workspace and recompute everything, and
+    take over a lock left by another host (mosaic.lock).
+
+    Every input is checked first, in this process (mosaic.preflight): bad input raises InputError
+    before a cluster starts or a byte is written. Then OUT is locked for the run, and the products
+    are published together at the end (atomic.Products); a full disk raises atomic.OutputError
+    and leaves OUT's earlier products as they were.
 
     >>> stitch(["frames/"], "out/pan", render=False)["stats"]["rms_px"]  # doctest: +SKIP
     """
-    from .cluster import client as dask_client
+    from . import lock, pixels, preflight
 
     config = (config or StitchConfig()).replace(**options) if options else (config or StitchConfig())
     out = Path(out)
-    paths = _inputs(inputs)
-    atomic.output_dir(out)
-    atomic.remove_stale(out, ("panorama.tif", "preview.jpg", "solution.json", "report.json", "index.html",
-                              "quality.png", "panorama.pto"))
+    atomic.check_output_dir(out)
+    lock.check(out, force=force)  # a busy folder refuses before the inputs are read
+    try:
+        checked = preflight.check(inputs, out, config)
+        try:
+            atomic.output_dir(out)
+            with lock.held(out, force=force, command="stitch"):
+                return _run(checked, out, config, client, force)
+        except atomic.OutputError:
+            raise
+        except Exception as e:
+            full = atomic.disk_full(e, out)
+            if full is None:
+                raise
+            raise atomic.OutputError(out, f"{atomic.full_message(full)}; the folder keeps the products of the "
+                                          "earlier run, if any (nothing of this run was published)") from e
+    finally:
+        pixels.CACHE.clear()
+
+
+def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
+    """The run after the checks, with OUT locked: the stages, the render, the products."""
+    from .cluster import client as dask_client
+
+    atomic.remove_stale(out, PRODUCTS + (atomic.Products.STAGING,))
     if force:
         shutil.rmtree(out / "work", ignore_errors=True)
     ws = Workspace(out / "work")
-    if not ws.exists("inputs.json") or ws.read_json("inputs.json") != paths:
-        ws.write_json(paths, "inputs.json")
+    # The frames' own files (labels and images), not the folders named: the output folder may
+    # sit inside an input folder, and a frame rewritten in place must change the ingest key.
+    if not ws.exists("inputs.json") or ws.read_json("inputs.json") != checked.files:
+        ws.write_json(checked.files, "inputs.json")
     if not log.isEnabledFor(logging.DEBUG):
         # The embedded scheduler and workers log every connection at INFO.
         for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     t0 = time.perf_counter()
     cluster = (contextlib.nullcontext(client) if client is not None else
                dask_client(config.scheduler, workers=config.workers, threads_per_worker=config.threads_per_worker,
                            memory_limit=config.memory_limit))
-    with cluster as client:
+    with cluster as client, atomic.Products(out, PRODUCTS) as products:
         stages = run_stages(ws, config, client)
         result = {}
         solution = ws.read_json("adjust", "solution.json")
         st = solution["stats"]
         if st.get("mode") == "photos" and not st.get("frames_used"):
-            raise InputError(paths[0], f"none of the {st['frames']} plain photos overlaps another (no verified "
-                             f"matches in {st.get('pairs_tried', 0)} pairs tried); give overlapping photos, or --hfov")
+            raise InputError(checked.inputs[0], f"none of the {st['frames']} plain photos overlaps another (no "
+                             f"verified matches in {st.get('pairs_tried', 0)} pairs tried); give overlapping "
+                             "photos, or --hfov")
+        data = ws.path("adjust", "solution.json").read_bytes()
+        same = (out / "solution.json").exists() and (out / "solution.json").read_bytes() == data
         if config.render and any(f["used"] for f in render_input(solution, warn=False)["frames"]):
-            # --- rendering plugs in here (mosaic.render: solution.json -> panorama.tif, preview.jpg) ---
-            rendered = _render(out, ws, config, client)
+            rendered = _render(out, ws, config, client, products)
             trim_freed()  # the render's freed decodes and pyramids: boat's products peaked 507 -> 413 MiB
             if rendered is not None:
                 stages["render"] = rendered.pop("stage")
                 result.update(rendered)
-                result["products"] = __import__("mosaic.products").products.write_products(out, ws)  # index.html, quality.png, panorama.pto
-        # Written after the panorama: a run that fails while rendering leaves OUT as it was.
-        sol_path, data = out / "solution.json", ws.path("adjust", "solution.json").read_bytes()
-        if not sol_path.exists() or sol_path.read_bytes() != data:  # an unchanged output keeps its mtime
-            atomic.write_bytes(sol_path, data)
-        result["solution"] = str(sol_path)
-    report = {"total_s": round(time.perf_counter() - t0, 4), "stages": stages,
-              "peak_rss_mib": round(max([s["peak_rss_mib"] for s in stages.values()] +
-                                        [_maxrss_bytes() / 2**20]), 1),
-              "frames": solution["stats"]["frames"], "frames_used": solution["stats"]["frames_used"],
-              "scheduler": config.scheduler or "embedded"}
-    atomic.write_json(out / "report.json", report)
-    result.update(report=str(out / "report.json"), stats=solution["stats"])
+                from .products import write_products  # index.html, quality.png, panorama.pto
+
+                made = write_products(products.dir, ws)
+                result["products"] = {k: (str(out / Path(v).name) if isinstance(v, str) else v)
+                                      for k, v in made.items()}
+        elif same:
+            # Not rendered this time, but the earlier products show this very solution.
+            for name in RENDERED:
+                products.keep(name)
+        if same:
+            products.keep("solution.json")  # an unchanged output keeps its mtime
+        else:
+            atomic.write_bytes(products.path("solution.json"), data)
+        report = {"total_s": round(time.perf_counter() - t0, 4), "stages": stages,
+                  "peak_rss_mib": round(max([s["peak_rss_mib"] for s in stages.values()] +
+                                            [_maxrss_bytes() / 2**20]), 1),
+                  "frames": st["frames"], "frames_used": st["frames_used"],
+                  "scheduler": config.scheduler or "embedded",
+                  "checks": {"seconds": checked.seconds, "frames_kept": checked.kept}}
+        atomic.write_json(products.path("report.json"), report)
+        products.publish()
+    result.update(solution=str(out / "solution.json"), report=str(out / "report.json"), stats=st)
+    if "panorama" in result:
+        result["panorama"] = str(out / "panorama.tif")
     return result
 
 
@@ -167,12 +214,14 @@ def render_options(config: StitchConfig, photos: bool = False) -> dict:
             "max_pixels": config.max_megapixels * 1e6, "crop": bool(crop)}
 
 
-def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | None:
-    """Render the panorama when mosaic.render provides ``render_panorama``; None until then.
+def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) -> dict | None:
+    """Render the panorama into the staged ``products`` (atomic.Products) when mosaic.render
+    provides ``render_panorama``; None without it.
 
     Finished tiles are kept in ``work/render/KEY/`` until the panorama is written, so a killed
     run renders only the missing tiles when started again; a finished render with the same key
-    (solution, input files, renderer code) and its outputs present is skipped.
+    (solution, input files, renderer code) and its outputs present in OUT is skipped, and those
+    outputs join the new set unchanged.
     """
     try:
         from mosaic.render import render_panorama
@@ -193,22 +242,27 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client) -> dict | No
                  file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
     if ws.stage_done("render", key) and (out / "panorama.tif").exists() and (out / "preview.jpg").exists():
+        products.keep("panorama.tif")
+        products.keep("preview.jpg")
         stage = {"wall_s": round(time.perf_counter() - t0, 4), "peak_rss_mib": 0.0, "skipped": True,
                  "counts": ws.stage_report("render")}
         log.info("render: skipped (unchanged)")
         return {"stage": stage, "panorama": str(out / "panorama.tif")}
     ws.invalidate("render")
     with PeakMemory() as mem:
-        produced = render_panorama(solution, out, client=client, parts_dir=ws.root / "render" / key,
+        produced = render_panorama(solution, products.dir, client=client, parts_dir=ws.root / "render" / key,
                                    **options)
     counts = produced if isinstance(produced, dict) else {}
+    # The renderer wrote into the staging folder; the products' paths are OUT's once published.
+    counts = json.loads(json.dumps(counts, default=str).replace(json.dumps(str(products.dir))[1:-1],
+                                                                json.dumps(str(out))[1:-1]))
     ws.mark_done("render", key, counts)
     # The tiles live on in panorama.tif; other keys' folders are stale.
     shutil.rmtree(ws.root / "render", ignore_errors=True)
     stage = {"wall_s": round(time.perf_counter() - t0, 4), "peak_rss_mib": round(mem.peak / 2**20, 1),
              "skipped": False, "counts": counts}
     res = {"stage": stage}
-    if (out / "panorama.tif").exists():
+    if products.path("panorama.tif").exists():
         res["panorama"] = str(out / "panorama.tif")
     return res
 
@@ -231,7 +285,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="workers of the embedded cluster")
     p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
     p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
-    p.add_argument("--force", action="store_true", help="recompute every stage (drop OUT/work)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every stage (drop OUT/work), and take over a lock left by another host")
     p.add_argument("--no-render", action="store_true", help="stop after solution.json")
     p.add_argument("--projection", choices=PROJECTIONS, help=f"output projection (default {d.projection})")
     p.add_argument("--resolution", type=float, metavar="DEG",

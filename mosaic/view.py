@@ -129,6 +129,25 @@ def add_arguments(p):
     p.add_argument("--fov", type=float, help="initial horizontal field of view, degrees (10-120)")
 
 
+#: Text-mode browsers Python's webbrowser falls back to without a display: they would take over
+#: this terminal, and the viewer needs WebGL.
+_CONSOLE_BROWSERS = {"www-browser", "links", "elinks", "lynx", "w3m"}
+
+
+def open_browser(url: str) -> bool:
+    """Open ``url`` in a graphical browser; False when there is none to open (no display, say)."""
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    if getattr(browser, "name", "") in _CONSOLE_BROWSERS:
+        return False
+    try:
+        return bool(browser.open(url))
+    except OSError:
+        return False
+
+
 def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(None, f"--port {args.port}: not a port number (0-65535)")
@@ -136,8 +155,10 @@ def run(args) -> int:
     with serving(out, port=args.port) as base:
         url = view_url(base, args.az, args.el, args.fov)
         print(f"Serving {out} at {url}  (Ctrl-C stops)", flush=True)
-        if not args.no_browser:
-            webbrowser.open(url)
+        if not args.no_browser and not open_browser(url):
+            port = base.rstrip("/").rsplit(":", 1)[1]
+            print(f"view: could not open a browser here (no display?): open {url} in a browser on this "
+                  f"machine, or from another one through ssh -L {port}:127.0.0.1:{port} THIS-HOST", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

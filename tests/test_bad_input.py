@@ -184,20 +184,72 @@ def output_under_a_file(d, t):
     return ["-o", str(f / "out")], f / "out"
 
 
-def config_unknown_option(d, t):
+def _config(t, text):
     c = t / "opts.toml"
-    c.write_text("[stitch]\nmax_keypionts = 10\n")
+    c.write_text(text)
     return ["--config", str(c)], c
+
+
+def config_unknown_option(d, t):
+    return _config(t, "[stitch]\nmax_keypionts = 10\n")
 
 
 def config_not_toml(d, t):
-    c = t / "opts.toml"
-    c.write_text("[stitch\nhfov = \n")
-    return ["--config", str(c)], c
+    return _config(t, "[stitch\nhfov = \n")
 
 
 def hfov_out_of_range(d, t):
     return ["--hfov", "200"], "hfov"
+
+
+def _as_jpeg(d, tag):
+    """The frame's PNG re-saved as a JPEG beside its record (the record pairs with it by stem)."""
+    p = _frame(d, tag, ".png")
+    j = p.with_suffix(".jpg")
+    Image.open(p).convert("RGB").save(j, quality=92)
+    p.unlink()
+    return j
+
+
+def truncated_jpeg_header_intact(d, t):
+    # OpenCV decodes this file "fine" (grey fill and a warning): only a decoder that reports
+    # truncation, run before the features stage, finds it.
+    for tag in (FIRST, SECOND):
+        j = _as_jpeg(d, tag)
+    j = _frame(d, FIRST, ".jpg")
+    j.write_bytes(j.read_bytes()[: j.stat().st_size * 2 // 3])
+    return [], j
+
+
+def png_without_iend(d, t):
+    p = _frame(d, FIRST, ".png")
+    p.write_bytes(p.read_bytes()[:-12])  # cut after the last IDAT chunk: every pixel row decodes
+    return [], p
+
+
+def record_without_camera_model(d, t):
+    return [], _edit_record(d, FIRST, lambda r: r["camera"].pop("camera_model_component_list"))
+
+
+def record_whose_image_is_missing(d, t):
+    _frame(d, FIRST, ".png").unlink()
+    return [], _frame(d, FIRST, ".json")
+
+
+def resolution_too_fine(d, t):
+    return ["--resolution", "0.0001"], "resolution"
+
+
+def config_value_of_wrong_type(d, t):
+    return _config(t, '[stitch]\nresolution = "fine"\n')
+
+
+def config_value_out_of_range(d, t):
+    return _config(t, "[stitch]\nworkers = 0\nmin_scale = 0.5\n")
+
+
+def output_folder_holds_the_inputs(d, t):
+    return ["-o", str(t)], t
 
 
 CASES = {
@@ -229,7 +281,18 @@ CASES = {
     "config unknown option": (config_unknown_option, r"max_keypionts"),
     "config not TOML": (config_not_toml, r"TOML"),
     "hfov out of range": (hfov_out_of_range, r"between 0 and 180"),
+    "truncated JPEG, header intact": (truncated_jpeg_header_intact, r"JPEG is truncated"),
+    "PNG cut after its last IDAT": (png_without_iend, r"truncated PNG \(no IEND"),
+    "record without camera model": (record_without_camera_model, r"camera model: missing"),
+    "record whose image is missing": (record_whose_image_is_missing, r"image: no image file beside this label"),
+    "resolution too fine": (resolution_too_fine, r"gigapixels exceeds the limit.*max_megapixels"),
+    "config value of the wrong type": (config_value_of_wrong_type, r"resolution: expected a number, got 'fine'"),
+    "config value out of range": (config_value_out_of_range, r"workers: must be at least 1, got 0"),
+    "output folder holds the inputs": (output_folder_holds_the_inputs, r"output folder holds the input folder"),
 }
+
+#: Cases found only after registration (they need the solved geometry): the workspace may appear.
+AFTER_REGISTRATION = {"plain photos with no overlap"}
 
 
 def _run(argv, capsys):
@@ -258,14 +321,18 @@ def test_stitch_bad_input(case, frames, tmp_path, capsys):
     if case == "duplicate ids":
         argv = ["-q", "stitch", extra[1], extra[2], "-o", str(out)]
     before = listing(out)
+    existed = out.exists()
     rc, lines = _run(argv, capsys)
     assert rc == 2, (case, lines)
-    errors = [ln for ln in lines if ln.startswith("mosaic stitch: error:")]
-    assert len(errors) == 1 and errors[0] == lines[-1], lines
-    msg = errors[0]
+    assert len(lines) == 1 and lines[0].startswith("mosaic stitch: error:"), lines  # one line, no traceback
+    msg = lines[0]
     assert str(named) in msg or Path(str(named)).name in msg, (str(named), msg)
     assert re.search(problem, msg, re.I), msg
     assert listing(out) == before, "the output folder changed"
+    if case not in AFTER_REGISTRATION:
+        # Found in the checks, before any work: no workspace, no lock, no folder made.
+        assert not (out / "work").exists() and not (out / ".mosaic.lock").exists()
+        assert out.exists() == existed
 
 
 def test_terrain_grid_too_large_is_refused_before_allocating(frames, tmp_path, capsys):
@@ -411,3 +478,54 @@ def test_jobs_reader_raises_only_input_error(tmp_path_factory, text):
         batch.read_jobs(f, f.parent / "out")
     except InputError as e:
         _one_line_naming(e, f)
+
+
+def test_output_folder_inside_the_input_folder_works_on_a_second_run(frames, tmp_path, capsys):
+    """The outputs of a run never become its inputs: panorama.tif, preview.jpg, quality.png and
+    the workspace under OUT are left out, so a second run skips every stage and a forced one
+    (which reads the inputs again) finds the same 4 frames."""
+    inputs = tmp_path / "in"
+    shutil.copytree(frames, inputs)
+    out = inputs / "pano"
+    for extra in ([], [], ["--force"]):
+        rc = main(["-q", "stitch", str(inputs), "-o", str(out), "--workers", "1", *extra])
+        assert rc == 0, capsys.readouterr().err
+        assert (out / "panorama.tif").exists() and (out / "quality.png").exists()
+        report = json.loads((out / "report.json").read_text())
+        assert report["frames"] == report["frames_used"] == 4
+        if not extra and report["stages"]["ingest"]["skipped"]:
+            assert all(s["skipped"] for s in report["stages"].values()), report["stages"]
+
+
+def test_a_failure_on_a_worker_is_one_line_without_dask_noise(frames, tmp_path):
+    """A run that fails inside a dask task (here a tile task, after every check passed) prints one
+    line: no "Compute Failed", no traceback, no cancelled-task chatter from distributed."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nimport mosaic.render.panorama as p\n"
+              "def broken(job):\n    raise RuntimeError('tile task broke')\n"
+              "p.render_tile = broken\nfrom mosaic.cli import main\n"
+              f"sys.exit(main(['-q', 'stitch', {str(frames)!r}, '-o', {str(tmp_path / 'out')!r}, '--workers', '1']))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1, r.stderr
+    assert len(lines) == 1 and "internal error: RuntimeError: tile task broke" in lines[0], r.stderr
+    assert "distributed" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "panorama.tif").exists()
+    Path(re.search(r"traceback in (\S+);", lines[0]).group(1)).unlink()
+
+
+def test_terrain_refuses_a_truncated_image_before_any_work(tmp_path, capsys):
+    """mosaic terrain runs the same checks (labels, camera models, every image whole) first."""
+    from synth_cache import QUICK_STEREO
+
+    inputs = tmp_path / "in"
+    shutil.copytree(scene("navcam-stereo", keep=QUICK_STEREO), inputs)
+    bad = sorted(inputs.glob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    rc, lines = _run(["-q", "terrain", str(inputs), "-o", str(tmp_path / "t"), "--gsd", "0.1", "--radius", "6"],
+                     capsys)
+    assert rc == 2 and len(lines) == 1 and str(bad) in lines[0] and "truncated" in lines[0], lines
+    assert not (tmp_path / "t").exists()

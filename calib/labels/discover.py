@@ -137,13 +137,15 @@ def read_frame(path) -> FrameMeta:
     return _read(label, image, kind)
 
 
-def _candidates(directory: Path, recursive: bool):
-    """Files under ``directory`` that may belong to a frame, sorted, hidden ones skipped."""
+def _candidates(directory: Path, recursive: bool, exclude=frozenset()):
+    """Files under ``directory`` that may belong to a frame, sorted, hidden ones and the folders
+    in ``exclude`` (real paths) skipped."""
     walker = os.walk(directory) if recursive else [(str(directory), [], os.listdir(directory))]
     for root, dirs, files in walker:
         # A synthetic scene's truth/ (beside its scene.json, see mosaic synth) holds answers, not frames.
         synth = os.path.isfile(os.path.join(root, "scene.json"))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (synth and d == "truth"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (synth and d == "truth")
+                         and os.path.realpath(os.path.join(root, d)) not in exclude)
         for name in sorted(files):
             if name.startswith("."):
                 continue
@@ -167,19 +169,21 @@ def _candidates(directory: Path, recursive: bool):
                 yield p
 
 
-def discover(paths, recursive: bool = True) -> list[FrameMeta]:
+def discover(paths, recursive: bool = True, exclude=()) -> list[FrameMeta]:
     """Every frame under ``paths`` (files or directories), each once, sorted by file path.
 
-    Raises InputError for a path that does not exist, LabelError for a frame that cannot be read
-    and for two frames with the same id.
+    ``exclude``: folders whose contents are never frames (a run's own output folder, which may
+    sit inside its input folder). Raises InputError for a path that does not exist, LabelError
+    for a frame that cannot be read and for two frames with the same id.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    exclude = frozenset(os.path.realpath(e) for e in exclude)
     files: list[Path] = []
     for path in paths:
         p = Path(os.fspath(path))
         if p.is_dir():
-            files.extend(_candidates(p, recursive))
+            files.extend(_candidates(p, recursive, exclude))
         elif p.exists():
             files.append(p)
         else:

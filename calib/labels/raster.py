@@ -143,16 +143,22 @@ def read_image(meta) -> np.ndarray:
     return arr
 
 
-def _decode(path) -> np.ndarray:
-    import cv2
-
-    path = os.fspath(path)
+def require_bytes(path) -> int:
+    """The size of the image file ``path``; InputError when it cannot be read or is empty."""
     try:
         size = os.path.getsize(path)
     except OSError as e:
         raise InputError(path, f"cannot read image: {e.strerror or e}") from None
     if size == 0:
         raise InputError(path, "empty file (0 bytes)")
+    return size
+
+
+def _decode(path) -> np.ndarray:
+    import cv2
+
+    path = os.fspath(path)
+    require_bytes(path)
     data = np.fromfile(path, dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:

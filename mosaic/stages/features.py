@@ -75,6 +75,24 @@ def _detector(kind: str, n: int):
     return create(threshold=5e-4)
 
 
+def scales(record: dict, options: dict) -> tuple[float, float, bool]:
+    """(detection scale, decode scale, refined) of a frame: the scale its pixels are read at is
+    the larger of the two (``mosaic.pixels`` checks and keeps them at that scale)."""
+    w, h = int(record["width"]), int(record["height"])
+    refine = record.get("model") is None and options["refine_scale"] > 0
+    # Refined photos: detection only has to find and match keypoints (no precision floor);
+    # the precision comes from the patches at ``rs``.
+    s = (working_scale(w, h, options["photo_megapixels"]) if refine else
+         working_scale(w, h, options["work_megapixels"], options["min_scale"]))
+    rs = max(float(options["refine_scale"]), s) if refine else s
+    return s, rs, refine
+
+
+def reads_reduced_jpeg(record: dict) -> bool:
+    """Whether features decodes this frame grey at a DCT reduction (a JPEG plain photo)."""
+    return record.get("model") is None and str(record["image"]).lower().endswith((".jpg", ".jpeg"))
+
+
 def detect(record: dict, out_path: str, options: dict) -> dict:
     """One frame's features (a dask task: carries a path in, writes a path out)."""
     import cv2
@@ -83,12 +101,7 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
 
     cv2.setNumThreads(1)
     w, h = int(record["width"]), int(record["height"])
-    refine = record.get("model") is None and options["refine_scale"] > 0
-    # Refined photos: detection only has to find and match keypoints (no precision floor);
-    # the precision comes from the patches at ``rs``.
-    s = (working_scale(w, h, options["photo_megapixels"]) if refine else
-         working_scale(w, h, options["work_megapixels"], options["min_scale"]))
-    rs = max(float(options["refine_scale"]), s) if refine else s
+    s, rs, refine = scales(record, options)
     arr, r = frame_pixels(record, rs)
     gray, valid = to_gray8(arr, options["stretch_percentiles"])
     rw = gray.shape[1]
@@ -176,9 +189,14 @@ def _decode_reduced(record: dict, scale: float):
     than a full decode) when the working scale allows; (None, 1) otherwise."""
     import cv2
 
+    from ..pixels import CACHE
+
     path = record["image"]
-    if record.get("model") is not None or not str(path).lower().endswith((".jpg", ".jpeg")):
+    if not reads_reduced_jpeg(record):
         return None, 1
+    hit = CACHE.get(path, scale, grey=True)  # decoded by the check before the run (same bytes)
+    if hit is not None and hit.reduction > 1:
+        return hit.pixels, int(hit.reduction)
     for r, flag in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
                     (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):
         if scale * r <= 1.0 and record["width"] % r == 0 and record["height"] % r == 0:

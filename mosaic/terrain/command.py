@@ -58,8 +58,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..preflight import check
     from .pipeline import terrain
 
+    check(args.inputs, args.out)  # labels, camera models, every image whole: bad input before any work
     report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                      scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
                      web=not args.no_web, solution=args.solution, register=args.register, min_range=args.min_range, max_range=args.max_range,
