@@ -340,3 +340,21 @@ def test_a_full_tmpfs_is_one_line_and_keeps_the_earlier_set(tmp_path):
     assert res["after"] == res["before"]  # the earlier set, byte for byte: no new panorama beside it
     assert res["hidden"] == []  # no staging folder, no temporary file, no lock
     assert res["fresh_files"] == {}  # nothing of ours
+
+
+def test_terrain_into_a_locked_folder_refuses_naming_the_owner(tmp_path, capsys):
+    from mosaic.cli import main
+
+    stereo = scene("navcam-stereo", keep=QUICK_STEREO)
+    out = tmp_path / "site"
+    out.mkdir()
+    holder = _hold_lock(out)
+    try:
+        capsys.readouterr()
+        rc = main(["-q", "terrain", str(stereo), "-o", str(out), "--gsd", "0.1", "--radius", "8", "--no-web"])
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 2 and len(lines) == 1 and f"pid {holder.pid}" in lines[0], lines
+    assert not (out / "work").exists()  # refused before any work

@@ -58,15 +58,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..lock import output_folder
     from ..preflight import check
-    from .pipeline import terrain
 
     check(args.inputs, args.out)  # labels, camera models, every image whole: bad input before any work
-    report = terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
-                     scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
-                     web=not args.no_web, solution=args.solution, register=args.register, min_range=args.min_range, max_range=args.max_range,
-                     refine_pair=not args.no_pair_refinement, workers=args.workers,
-                     threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit, force=args.force)
+    with output_folder(args.out, force=args.force, command="terrain"):  # one run per folder, as stitch
+        report = _terrain(args)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -76,3 +73,13 @@ def run(args) -> int:
               f"{100 * report['coverage']:.1f}% of the grid covered, {report['seconds']:.1f} s -> {args.out}"
               + (f" ({' and '.join('stereo' if k == 'points' else k for k in done)} unchanged: skipped)" if done else ""))
     return 0
+
+
+def _terrain(args) -> dict:
+    from .pipeline import terrain
+
+    return terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
+                   scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
+                   web=not args.no_web, solution=args.solution, register=args.register, min_range=args.min_range,
+                   max_range=args.max_range, refine_pair=not args.no_pair_refinement, workers=args.workers,
+                   threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit, force=args.force)

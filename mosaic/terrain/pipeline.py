@@ -301,7 +301,7 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
 
         site_origin = parse_site_origin(site_origin, source="--site-origin")
     t = time.perf_counter()
-    frames = discover([str(p) for p in inputs])
+    frames = discover([str(p) for p in inputs], exclude=[out])  # outputs never become inputs
     if solution is not None:
         frames, n = apply_solution(frames, solution)
         report["solution"] = {"path": str(solution), "frames": n}
