@@ -12,10 +12,13 @@ A frame's valid area is a rectangle inside its margins (:class:`Margins`, four s
 picklable and cheap to carry in every tile job), intersected with the frame's alpha band where
 it has one. Margins come from the pixels (:func:`detect_margins`): from each edge inwards, the
 rows (columns) whose level differs from the interior's by more than ``TOLERANCE`` are border, up
-to ``MAX_MARGIN`` of them. A row's level is the median over the row of its ratio to a reference
-row ``REFERENCE`` pixels in, column by column, so the scene's own variation along the row cancels
-and only a change common to the whole row counts. ``MIN_MARGIN`` pixels stay masked besides
-wherever a border was found: the first interior row often still carries some of it.
+to ``MAX_MARGIN`` of them: a row is border when it holds zero fill (resampled products leave a
+ragged edge of zeros: ``ZERO_SHARE``) or is uniformly darker or brighter than the next row in
+(three quarters of its pixel-wise ratios to that row beyond ``TOLERANCE``, on the same side), so
+the scene's own variation along the row cancels and a natural edge that is not exactly a row
+does not count; the walk stops at the first row that is neither. ``MIN_MARGIN``
+pixels stay masked besides wherever a border was found: the first interior row often still
+carries some of it.
 
 The renderer samples a frame bilinearly, so a pixel whose four neighbours are not all valid is
 not valid either (:func:`valid_box`): frames with a margin end at the centre of their first
@@ -30,10 +33,10 @@ import numpy as np
 
 #: Rows/columns inspected from each edge (a border wider than this is image content to us).
 MAX_MARGIN = 12
-#: The reference row/column lies this far in from the edge.
-REFERENCE = 16
 #: |log(level ratio)| above which a border row/column is not image (10 %).
 TOLERANCE = 0.1
+#: A row with this larger a share of zero pixels than the image inside is zero fill.
+ZERO_SHARE = 0.02
 #: Extra rows/columns masked beyond a detected border.
 MIN_MARGIN = 1
 
@@ -86,18 +89,22 @@ def grey_of(img: np.ndarray) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def _side(rows: np.ndarray, ref: np.ndarray, usable: np.ndarray) -> int:
-    """Border rows at the start of ``rows`` (k, n): consecutive rows from the first whose median
-    ratio to ``ref`` (n,) is off by more than the tolerance."""
+def _side(rows: np.ndarray, usable: np.ndarray) -> int:
+    """Border rows at the start of ``rows`` (k + 1, n): consecutive rows from the first that hold
+    zero fill (ZERO_SHARE of their pixels at 0 more than the innermost row) or are uniformly
+    darker or brighter than the next one in (three quarters of the pixel-wise ratios beyond the
+    tolerance on the same side)."""
+    lo, hi = np.exp(-TOLERANCE), np.exp(TOLERANCE)
+    inner = float(np.mean(rows[-1][usable] == 0)) if usable.any() else 0.0
     out = 0
-    for k in range(rows.shape[0]):
-        r = rows[k]
-        ok = usable & (ref > 0)
-        if ok.sum() < 16:
+    for k in range(rows.shape[0] - 1):
+        a, b = rows[k][usable], rows[k + 1][usable]
+        if len(a) < 16:
             break
-        level = float(np.median((r[ok] + 1.0) / (ref[ok] + 1.0)))
-        if abs(np.log(max(level, 1e-6))) <= TOLERANCE:
-            break
+        if np.mean(a == 0) < inner + ZERO_SHARE:
+            q25, q75 = np.percentile((a + 1.0) / (b + 1.0), [25, 75])
+            if not (q75 < lo or q25 > hi):
+                break
         out = k + 1
     return out
 
@@ -107,21 +114,20 @@ def detect_margins(img: np.ndarray, alpha: np.ndarray | None = None) -> Margins:
     to hold a reference row get none."""
     a = np.asarray(img)
     h, w = a.shape[:2]
-    if min(h, w) < 4 * REFERENCE:
+    if min(h, w) < 4 * (MAX_MARGIN + 1):
         return NONE
-    k, r = MAX_MARGIN, REFERENCE
+    k = MAX_MARGIN + 1
     colour = a.ndim == 3
     grey = (lambda x: x.astype(np.float32).mean(axis=-1)) if colour else (lambda x: x.astype(np.float32))  # noqa: E731
     # Only the strips along the edges are read (a grey copy of a whole colour frame costs 20x).
-    strips = {"top": (a[:k], a[r]), "bottom": (a[::-1][:k], a[h - 1 - r]),
-              "left": (np.swapaxes(a[:, :k], 0, 1), a[:, r]),
-              "right": (np.swapaxes(a[:, ::-1][:, :k], 0, 1), a[:, w - 1 - r])}
-    refs = {"top": None if alpha is None else alpha[r], "bottom": None if alpha is None else alpha[h - 1 - r],
-            "left": None if alpha is None else alpha[:, r], "right": None if alpha is None else alpha[:, w - 1 - r]}
+    strips = {"top": a[:k], "bottom": a[::-1][:k], "left": np.swapaxes(a[:, :k], 0, 1),
+              "right": np.swapaxes(a[:, ::-1][:, :k], 0, 1)}
+    opaque = {"top": None if alpha is None else alpha[k], "bottom": None if alpha is None else alpha[h - 1 - k],
+              "left": None if alpha is None else alpha[:, k], "right": None if alpha is None else alpha[:, w - 1 - k]}
     found = []
     for side in ("top", "bottom", "left", "right"):
-        rows, ref = strips[side]
-        use = np.ones(ref.shape[0], bool) if refs[side] is None else refs[side] > 0
-        n = _side(grey(rows), grey(ref), use)
+        rows = strips[side]
+        use = np.ones(rows.shape[1], bool) if opaque[side] is None else opaque[side] > 0
+        n = _side(grey(rows), use)
         found.append(n + MIN_MARGIN if n else 0)
     return Margins(*found)

@@ -652,7 +652,7 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     if tie_samples:
         samples = [replace(s, w=s.w * np.float32(photometry.DENSE_WEIGHT)) for s in samples] + tie_samples
     if want_samples:
-        tones, stats = photometry.solve(n, channels, samples, lenses, sizes, max(whites))
+        tones, stats = photometry.fit(n, channels, samples, lenses, sizes, max(whites))
         tones = [replace(t, white=w, knee=photometry.KNEE * w) for t, w in zip(tones, whites)]
     else:
         if isinstance(gains, bool):

@@ -54,7 +54,7 @@ PAIR_SAMPLES = 1200
 BLACK = 0.02
 WHITE_VOTE = 0.95
 #: Highlights blend towards white from this fraction of white up.
-KNEE = 0.9
+KNEE = 0.96
 #: Log-gradient (per reduced pixel) at which a sample's weight halves: steep places move with a
 #: residual misregistration.
 GRADIENT_HALF = 0.04
@@ -329,8 +329,60 @@ def lens_groups(lenses, sizes):
     return groups, refs
 
 
+#: The models tried, simplest first: (name, tilt, offset terms).
+MODELS = (("exposure+vignetting", False, 0), ("+offset", False, 1), ("+tilt+offset field", True, OFFSET_TERMS))
+#: A more complex model must beat the simpler ones' validation error by this factor.
+SIMPLER_WITHIN = 1.03
+
+
+def fit(n: int, channels: int, samples: list, lenses: list, sizes: list, white: float):
+    """The pan's tones with the model the data supports: each of :data:`MODELS` is solved on
+    three quarters of the samples and scored on the rest (the median absolute log difference of
+    the two frames as rendered); the simplest model within SIMPLER_WITHIN of the best score wins
+    and is solved again on all samples. Returns (tones, stats) as :func:`solve`."""
+    train, check = [], []
+    for s in samples:
+        k = np.arange(len(s.w)) % 4 == 3
+        train.append(_subset(s, ~k))
+        check.append(_subset(s, k))
+    scores = []
+    for name, tilt, terms in MODELS:
+        tones, _ = solve(n, channels, train, lenses, sizes, white, tilt=tilt, offset_terms=terms)
+        scores.append(_score(tones, check))
+    best = min(scores)
+    pick = next(k for k, sc in enumerate(scores) if sc <= best * SIMPLER_WITHIN)
+    name, tilt, terms = MODELS[pick]
+    tones, stats = solve(n, channels, samples, lenses, sizes, white, tilt=tilt, offset_terms=terms)
+    stats["model"] = name
+    stats["validation"] = {m[0]: float(sc) for m, sc in zip(MODELS, scores)}
+    return tones, stats
+
+
+def _subset(s, sel):
+    return PairSamples(s.i, s.j, s.xi[sel], s.xj[sel], s.vi[sel], s.vj[sel], s.w[sel])
+
+
+def _score(tones, samples) -> float:
+    """Weighted median of |log Ri - log Rj| over samples (the frames' values as rendered)."""
+    r, w = [], []
+    for s in samples:
+        if not len(s.w):
+            continue
+        ri = render_values(tones[s.i], s.xi[:, 0], s.xi[:, 1], s.vi).mean(axis=1)
+        rj = render_values(tones[s.j], s.xj[:, 0], s.xj[:, 1], s.vj).mean(axis=1)
+        ok = (ri > 0) & (rj > 0)
+        r.append(np.abs(np.log(np.maximum(ri, 1e-6)) - np.log(np.maximum(rj, 1e-6)))[ok])
+        w.append(s.w[ok])
+    if not r:
+        return 0.0
+    r, w = np.concatenate(r), np.concatenate(w).astype(float)
+    order = np.argsort(r)
+    cw = np.cumsum(w[order])
+    return float(r[order][np.searchsorted(cw, 0.5 * cw[-1])]) if cw[-1] > 0 else 0.0
+
+
 def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white: float,
-          tilt: bool = True, offset: bool = True):
+          tilt: bool = True, offset_terms: int = OFFSET_TERMS):
     """The pan's tones (n Tone) and fit statistics from ``samples`` (PairSamples over frames
     0..n-1, values with ``channels`` bands), ``lenses`` and ``sizes`` ((width, height)) per frame.
 
@@ -344,7 +396,8 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     ng = len(refs)
     C = channels
     # Unknowns: exposure (n x C), tilt (n x 2), offset field (n x 3: constant, u, v), vignetting (ng x 3).
-    Q = OFFSET_TERMS
+    Q = max(1, offset_terms)
+    offset = offset_terms > 0
     E, T, O, V = 0, n * C, n * C + 2 * n, n * C + (2 + Q) * n
     m = V + 3 * ng
     norms = [lenses[i].focal * refs[groups[i]] for i in range(n)]
