@@ -295,31 +295,38 @@ def _place(fm, img, f: FrameInfo, bands, rr, cc):
     cover[sl] = fm.valid
     dst = out[sl]
     t = f.tone
-    g = [np.float32(v * f.scale) for v in t.gain]
-    if fm.field is None and len(set(g)) == 1:
-        # A scalar gain, then zeros where the frame does not see: multiplying by a broadcast
-        # (h, w, 1) cover costs 4x as much. Broadcasts a grey frame into every colour band.
-        np.multiply(img, g[0], out=dst, casting="unsafe")
+    src = img.reshape(img.shape[:2] + (-1,))
+    if src.shape[2] != bands:
+        src = np.repeat(src[..., :1], bands, axis=2)
+    if fm.field is None:
+        # A uniform tone: one scalar per channel. A scalar gain, then zeros where the frame does
+        # not see: multiplying by a broadcast (h, w, 1) cover costs 4x as much.
+        g = np.resize(np.asarray(t.gain, np.float32), bands) * np.float32(f.scale)
+        if (g == g[0]).all():
+            np.multiply(src, g[0], out=dst, casting="unsafe")
+        else:
+            cv2.multiply(src, cv2.merge([np.full(src.shape[:2], v, np.float32) for v in g]) if bands > 1 else
+                         np.full(dst.shape, g[0], np.float32), dst=dst, dtype=cv2.CV_32F)
         if t.offset[0]:
-            dst -= np.float32(t.offset[0]) * g[0]
-    elif fm.field is None:
-        for b in range(bands):
-            np.multiply(img[..., b if img.shape[2] > 1 else 0], g[b % len(g)], out=dst[..., b], casting="unsafe")
-            if t.offset[0]:
-                dst[..., b] -= np.float32(t.offset[0]) * g[b % len(g)]
+            dst -= (g * np.float32(t.offset[0])).reshape(1, 1, -1)
     else:
-        gain = np.exp(fm.field[..., 0])
-        offset = fm.field[..., 1]
-        for b in range(bands):
-            v = np.subtract(img[..., b if img.shape[2] > 1 else 0], offset, dtype=np.float32)
-            v *= gain
-            np.multiply(v, g[b % len(g)], out=dst[..., b])
-    if f.top > t.knee:
+        # fm.field: the tone's gains (and gain x offset) interpolated with the maps.
+        cv2.multiply(src, fm.field[..., :bands].reshape(dst.shape), dst=dst, dtype=cv2.CV_32F)
+        if fm.field.shape[2] > bands:
+            cv2.subtract(dst, fm.field[..., bands:].reshape(dst.shape), dst=dst)
+    darkened = min(t.gain) < 1 or any(t.offset) or (fm.field is not None and fm.field[..., :bands].min() < f.scale)
+    if f.top > t.knee and darkened:
+        # Highlights and clipped pixels of a darkened frame go to white (brightened ones saturate).
         for b in range(bands):
             photometry.rolloff(dst[..., b], img[..., b if img.shape[2] > 1 else 0], t.white, t.knee, t.white * f.scale)
     if not fm.valid.all():
         dst[~fm.valid] = 0
     return out, cover
+
+
+def _field_of(f: FrameInfo, bands: int):
+    """The frame's tone as the smooth function of frame pixels the warp interpolates."""
+    return lambda x, y: f.tone.field(x, y, f.scale, bands)
 
 
 def _alpha_valid(fm, alpha):
@@ -334,7 +341,7 @@ def render_tile(job: TileJob):
     x0, y0, w, h = job.window
     cx, cy, cw, ch = job.core
     fmaps = [warp.frame_map(job.proj, job.window, f.model, f.width, f.height, job.range_m, job.step, job.tol,
-                            margins=f.margins, field=None if f.tone.uniform else f.tone.field)
+                            margins=f.margins, field=None if f.tone.uniform else _field_of(f, job.bands))
              for f in job.frames]
     for k, f in enumerate(job.frames):
         if f.alpha and fmaps[k] is not None:
@@ -591,23 +598,29 @@ def _pair_task(i, j, fa, fb, ma, mb, size_a, size_b, white, seams_on):
     wb, hb = size_b
     bx0, bx1, by0, by1 = masks_box(fb.margins, wb, hb)
     inside_b = (mapx >= bx0) & (mapx <= bx1) & (mapy >= by0) & (mapy <= by1)
-    qx = (mapx + 0.5) / fb.scale - 0.5
-    qy = (mapy + 0.5) / fb.scale - 0.5
+    overlap = fa.valid & inside_b
+    ys, xs = np.nonzero(overlap)
+    if len(ys) < 16:
+        return None, None
+    # Everything from here on works on the overlap's box (plus the seam's border band).
+    pad = seams.BAND + 3
+    y0, y1 = max(0, ys.min() - pad), min(rh, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(rw, xs.max() + pad + 1)
+    box = (slice(y0, y1), slice(x0, x1))
+    mx, my = mapx[box], mapy[box]
+    qx, qy = (mx + 0.5) / fb.scale - 0.5, (my + 0.5) / fb.scale - 0.5
+    inside_b = inside_b[box]
     if fb.alpha:
         inside_b &= warp.bilinear(fb.valid.astype(np.float32), qx, qy) >= 1.0 - 1e-6
-    overlap = fa.valid & inside_b
-    if overlap.sum() < 16:
-        return None, None
-    ba, bb = photometry.blurred(fa.image), photometry.blurred(fb.image)
-    samples = photometry.pair_samples(i, j, ba, bb, overlap, mapx, mapy, fa.scale, fb.scale, white)
+    overlap = fa.valid[box] & inside_b
+    va = fa.image[box].astype(np.float32)
+    vb = np.stack([warp.bilinear(fb.image[..., c], qx, qy) for c in range(fb.image.shape[2])], axis=-1)
+    if va.shape[2] != vb.shape[2]:  # a grey frame beside a colour one: compare brightness
+        va, vb = va.mean(axis=2, keepdims=True), vb.mean(axis=2, keepdims=True)
+    samples = photometry.pair_samples(i, j, va, vb, overlap, mx, my, (x0, y0), fa.scale, white)
     seam = None
     if seams_on:
-        va = fa.image.astype(np.float32)
-        vb = np.stack([warp.bilinear(np.ascontiguousarray(fb.image[..., c], dtype=np.float32), qx, qy)
-                       for c in range(fb.image.shape[2])], axis=-1)
-        if va.shape[2] != vb.shape[2]:  # a grey frame beside a colour one: compare brightness
-            va, vb = va.mean(axis=2, keepdims=True), vb.mean(axis=2, keepdims=True)
-        seam = seams.solve_pair(i, j, va, vb, overlap, fa.valid, inside_b, fa.scale, white)
+        seam = seams.solve_pair(i, j, va, vb, overlap, fa.valid[box], inside_b, fa.scale, white, (x0, y0))
     return samples, seam
 
 

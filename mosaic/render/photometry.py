@@ -47,9 +47,9 @@ from .warp import bilinear
 
 #: Target size of a frame's reduced copy (pixels): fine enough for a seam to go round a rock
 #: (a reduced pixel is 3-4 pixels of a 1-2 MP frame), small enough to hold every frame's.
-REDUCED_PIXELS = 100_000
+REDUCED_PIXELS = 50_000
 #: Samples kept per pair (evenly over the overlap).
-PAIR_SAMPLES = 1200
+PAIR_SAMPLES = 300
 #: Samples darker than this fraction of white, or brighter than WHITE_VOTE, get no vote.
 BLACK = 0.02
 WHITE_VOTE = 0.95
@@ -75,7 +75,7 @@ HOLD_OUT = 3
 DENSE_WEIGHT = 0.02
 #: Robust scale floor (log units) and reweighting rounds.
 SIGMA_FLOOR = 0.01
-ROUNDS = 10
+ROUNDS = 8
 
 
 def reduction(width: int, height: int) -> int:
@@ -174,10 +174,16 @@ class Tone:
         """No spatial term: gain and offset are the same everywhere in the frame."""
         return not (any(self.vignetting) or any(self.tilt) or any(self.offset[1:]))
 
-    def field(self, x, y):
-        """Log gain (spatial part) and offset at frame pixels (x, y): float32 (..., 2), for the
-        renderer to interpolate with its maps (:func:`.warp.frame_map`)."""
-        return np.stack([self.log_field(x, y), self.offset_field(x, y)], axis=-1)
+    def field(self, x, y, scale: float = 1.0, bands: int = 1):
+        """What the renderer multiplies and subtracts at frame pixels (x, y): float32 (..., bands)
+        gains (channel gain x spatial gain x ``scale``), followed, where the tone has an offset,
+        by (..., bands) gain x offset, so that rendered = v * gain - that. Smooth, so the renderer
+        evaluates it at its warp grid's nodes and interpolates it with the maps."""
+        g = np.exp(self.log_field(x, y))[..., None] * (np.resize(np.asarray(self.gain, np.float32), bands)
+                                                        * np.float32(scale))
+        if not any(self.offset):
+            return g
+        return np.concatenate([g, g * self.offset_field(x, y)[..., None]], axis=-1)
 
     def log_field(self, x, y):
         """The spatial part of the log gain at frame pixels (x, y) (float32 arrays)."""
@@ -254,36 +260,34 @@ class PairSamples:
 
 
 def blurred(img: np.ndarray) -> np.ndarray:
-    """float32 copy of a reduced image, lightly blurred so that a residual misregistration of a
-    reduced pixel hardly moves a sample."""
+    """float32 copy of a reduced image, lightly blurred (one reduced pixel)."""
     return cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.0).reshape(img.shape)
 
 
-def pair_samples(i, j, ba, bb, overlap, mapx, mapy, scale_a, scale_b, white) -> PairSamples | None:
-    """Samples of the overlap of frames i (``ba``: its blurred reduced image) and j (``bb``) on
-    i's reduced grid: ``overlap`` (h, w) bool where both see, ``mapx``/``mapy`` the positions in
-    j's full-resolution pixels of i's reduced pixel centres."""
+def pair_samples(i, j, va, vb, overlap, mapx, mapy, origin, scale_a, white) -> PairSamples | None:
+    """Samples of the overlap of frames i and j on a box of i's reduced grid at ``origin`` (x, y):
+    ``va`` i's reduced values there and ``vb`` j's resampled onto them (float32 (h, w, C)),
+    ``overlap`` where both see, ``mapx``/``mapy`` the positions in j's full-resolution pixels of
+    the box's pixel centres. Values are lightly blurred first, so that a residual misregistration
+    of a reduced pixel hardly moves a sample; samples near black or clipping, or on steep log
+    gradients, get no (or less) vote."""
     inner = cv2.erode(overlap.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     ys, xs = np.nonzero(inner)
     if len(ys) < 20:
         return None
     stride = max(1, int(len(ys) // PAIR_SAMPLES))
     ys, xs = ys[::stride], xs[::stride]
-    va = ba[ys, xs]
-    qx = (mapx[ys, xs] + 0.5) / scale_b - 0.5
-    qy = (mapy[ys, xs] + 0.5) / scale_b - 0.5
-    vb = np.stack([bilinear(np.ascontiguousarray(bb[..., c]), qx, qy) for c in range(bb.shape[2])], axis=1)
+    ba, bb = blurred(va), blurred(vb)
+    a, b = ba[ys, xs], bb[ys, xs]
     lo, hi = BLACK * white, WHITE_VOTE * white
-    ok = (va > lo).all(axis=1) & (vb > lo).all(axis=1) & (va < hi).all(axis=1) & (vb < hi).all(axis=1)
-    # Steepness of the log image at the sample (either frame): misregistration sensitivity.
-    ga = _log_gradient(ba)[ys, xs]
-    w = 1.0 / (1.0 + (ga / GRADIENT_HALF) ** 2)
-    ok &= np.isfinite(vb).all(axis=1)
+    ok = (a > lo).all(axis=1) & (b > lo).all(axis=1) & (a < hi).all(axis=1) & (b < hi).all(axis=1)
+    # Steepness of the log image at the sample: misregistration sensitivity.
+    w = 1.0 / (1.0 + (_log_gradient(ba)[ys, xs] / GRADIENT_HALF) ** 2)
     if ok.sum() < 20:
         return None
-    xi = np.stack([(xs + 0.5) * scale_a - 0.5, (ys + 0.5) * scale_a - 0.5], axis=1)[ok]
+    xi = np.stack([(xs + origin[0] + 0.5) * scale_a - 0.5, (ys + origin[1] + 0.5) * scale_a - 0.5], axis=1)[ok]
     xj = np.stack([mapx[ys, xs], mapy[ys, xs]], axis=1)[ok].astype(float)
-    return PairSamples(i, j, xi, xj, va[ok], vb[ok], w[ok].astype(np.float32))
+    return PairSamples(i, j, xi, xj, a[ok], b[ok], w[ok].astype(np.float32))
 
 
 def _log_gradient(b: np.ndarray) -> np.ndarray:
@@ -329,8 +333,11 @@ def lens_groups(lenses, sizes):
     return groups, refs
 
 
-#: The models tried, simplest first: (name, tilt, offset terms).
-MODELS = (("exposure+vignetting", False, 0), ("+offset", False, 1), ("+tilt+offset field", True, OFFSET_TERMS))
+#: The models tried, simplest first: (name, vignetting, tilt, offset terms).
+MODELS = (("exposure", False, False, 0), ("exposure+vignetting", True, False, 0), ("+offset", True, False, 1),
+          ("+tilt+offset field", True, True, OFFSET_TERMS))
+#: Samples per pair that choose the model.
+CHOICE_SAMPLES = 120
 #: A more complex model must beat the simpler ones' validation error by this factor.
 SIMPLER_WITHIN = 1.03
 
@@ -342,17 +349,20 @@ def fit(n: int, channels: int, samples: list, lenses: list, sizes: list, white: 
     and is solved again on all samples. Returns (tones, stats) as :func:`solve`."""
     train, check = [], []
     for s in samples:
-        k = np.arange(len(s.w)) % 4 == 3
-        train.append(_subset(s, ~k))
-        check.append(_subset(s, k))
+        # At most CHOICE_SAMPLES per pair decide the model (the final fit takes them all).
+        step = max(1, len(s.w) // CHOICE_SAMPLES)
+        k = np.arange(len(s.w)) % (4 * step)
+        train.append(_subset(s, (k % step == 0) & (k != 3 * step)))
+        check.append(_subset(s, k == 3 * step))
     scores = []
-    for name, tilt, terms in MODELS:
-        tones, _ = solve(n, channels, train, lenses, sizes, white, tilt=tilt, offset_terms=terms)
+    for name, vignetting, tilt, terms in MODELS:
+        tones, _ = solve(n, channels, train, lenses, sizes, white, vignetting=vignetting, tilt=tilt, offset_terms=terms)
         scores.append(_score(tones, check))
     best = min(scores)
     pick = next(k for k, sc in enumerate(scores) if sc <= best * SIMPLER_WITHIN)
-    name, tilt, terms = MODELS[pick]
-    tones, stats = solve(n, channels, samples, lenses, sizes, white, tilt=tilt, offset_terms=terms)
+    name, vignetting, tilt, terms = MODELS[pick]
+    tones, stats = solve(n, channels, samples, lenses, sizes, white, vignetting=vignetting, tilt=tilt,
+                         offset_terms=terms)
     stats["model"] = name
     stats["validation"] = {m[0]: float(sc) for m, sc in zip(MODELS, scores)}
     return tones, stats
@@ -382,139 +392,208 @@ def _score(tones, samples) -> float:
 
 
 def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white: float,
-          tilt: bool = True, offset_terms: int = OFFSET_TERMS):
+          vignetting: bool = True, tilt: bool = True, offset_terms: int = OFFSET_TERMS):
     """The pan's tones (n Tone) and fit statistics from ``samples`` (PairSamples over frames
     0..n-1, values with ``channels`` bands), ``lenses`` and ``sizes`` ((width, height)) per frame.
 
     Gauss-Newton on the log residuals (the offsets enter non-linearly), each step a weighted
     linear least squares whose weights are the samples' own times Cauchy weights of the last
-    residuals (scale from their MAD)."""
-    from scipy.sparse import coo_matrix, diags, hstack
+    residuals (scale from their MAD). A residual involves the parameters of two frames and their
+    lens groups only, so the normal equations are summed pair by pair from small dense blocks
+    into a sparse system. Exposures are free up to a common factor per channel: weak priors pick
+    the smallest, then they are shifted to a mean log gain of exactly 0 (mean gain 1)."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
     groups, refs = lens_groups(lenses, sizes)
     ng = len(refs)
     C = channels
-    # Unknowns: exposure (n x C), tilt (n x 2), offset field (n x 3: constant, u, v), vignetting (ng x 3).
-    Q = max(1, offset_terms)
-    offset = offset_terms > 0
-    E, T, O, V = 0, n * C, n * C + 2 * n, n * C + (2 + Q) * n
-    m = V + 3 * ng
+    Q = offset_terms
+    nt = 2 if tilt else 0
+    nv = 3 if vignetting else 0
+    pf = C + nt + Q  # parameters per frame: exposure per channel, tilt, offset field
+    m = n * pf + ng * nv
     norms = [lenses[i].focal * refs[groups[i]] for i in range(n)]
     samples = [s for s in samples if len(s.w)]
     if not samples:
-        tones = [_tone(lenses[i], norms[i], np.zeros(C), (0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), white)
+        tones = [_tone(lenses[i], norms[i], np.zeros(C), (0.0, 0.0), (0.0, 0.0, 0.0), (0.0,) * max(Q, 1), white)
                  for i in range(n)]
         return tones, {"pairs": 0, "samples": 0, "log_rms_before": 0.0, "log_rms_after": 0.0}
-
-    def field(i, xy):
-        u = (xy[:, 0] - lenses[i].centre[0]) / norms[i]
-        v = (xy[:, 1] - lenses[i].centre[1]) / norms[i]
-        return u, v, u * u + v * v
-
-    # The linear part of the design (everything but the offsets), one block of rows per channel.
-    rows, cols, vals = [], [], []
-    vi_all, vj_all, fi_all, fj_all, w_all, pair_of, bi_all, bj_all = [], [], [], [], [], [], [], []
-    r0 = 0
-    for p_idx, s in enumerate(samples):
-        ui, vi, r2i = field(s.i, s.xi)
-        uj, vj, r2j = field(s.j, s.xj)
-        N = len(s.w)
-        for c in range(C):
-            cc = c if s.vi.shape[1] == C else 0
-            rr = r0 + np.arange(N)
-            ent = [(E + s.i * C + c, 1.0), (E + s.j * C + c, -1.0)]
-            if tilt:
-                ent += [(T + 2 * s.i, ui), (T + 2 * s.j, -uj), (T + 2 * s.i + 1, vi), (T + 2 * s.j + 1, -vj)]
-            gi, gj = groups[s.i], groups[s.j]
-            for k in range(3):
-                ent += [(V + 3 * gi + k, r2i ** (k + 1)), (V + 3 * gj + k, -(r2j ** (k + 1)))]
-            for col, val in ent:
-                rows.append(rr)
-                cols.append(np.full(N, col))
-                vals.append(np.broadcast_to(np.asarray(val, float), (N,)))
-            vi_all.append(s.vi[:, cc].astype(float))
-            vj_all.append(s.vj[:, cc].astype(float))
-            fi_all.append(np.full(N, s.i))
-            fj_all.append(np.full(N, s.j))
-            bi_all.append(offset_basis(ui, vi)[:, :Q])
-            bj_all.append(offset_basis(uj, vj)[:, :Q])
-            w_all.append(s.w.astype(float))
-            pair_of.append(np.full(N, p_idx))
-            r0 += N
-    A0 = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r0, m)).tocsr()
-    va, vb = np.concatenate(vi_all), np.concatenate(vj_all)
-    fa, fb = np.concatenate(fi_all), np.concatenate(fj_all)
-    ba, bb = np.concatenate(bi_all), np.concatenate(bj_all)
-    w0 = np.concatenate(w_all)
-    pair_of = np.concatenate(pair_of)
+    blocks = [_PairBlock(s, C, lenses, norms, groups, Q, tilt, vignetting, pf, n) for s in samples]
+    batches = _batches(blocks)
     # Priors, scaled by a frame's typical share of the data so that they weigh alike in any pan.
-    per_frame = np.bincount(fa, w0, n) + np.bincount(fb, w0, n)
-    scale = max(float(np.median(per_frame[per_frame > 0])), 1.0) / C
+    per_frame = np.zeros(n)
+    for b in blocks:
+        per_frame[b.i] += b.w0.sum()
+        per_frame[b.j] += b.w0.sum()
+    scale = max(float(np.median(per_frame[per_frame > 0])), 1.0)
     prior = np.zeros(m)
-    prior[E:T] = PRIOR_EXPOSURE * scale
-    prior[T:O] = PRIOR_TILT * scale if tilt else 1e9
-    prior[O:V] = np.tile([PRIOR_OFFSET] + [PRIOR_OFFSET_FIELD] * (Q - 1), n) * scale if offset else 1e9
-    prior[V:] = PRIOR_VIGNETTING * scale
-    # Mean gain 1: the sum over frames of each channel's log exposure is 0 (a heavy row each).
-    G = coo_matrix((np.ones(n * C), ([c for _ in range(n) for c in range(C)],
-                                     [E + i * C + c for i in range(n) for c in range(C)])), shape=(C, m)).tocsr()
-    heavy = 1e3 * scale
+    fp = np.array([PRIOR_EXPOSURE] * C + [PRIOR_TILT] * nt + ([PRIOR_OFFSET] + [PRIOR_OFFSET_FIELD] * (Q - 1))[:Q])
+    prior[:n * pf] = np.tile(fp, n) * scale
+    prior[n * pf:] = PRIOR_VIGNETTING * scale
     x = np.zeros(m)
-    sigma = None
-    before = None
-    def offsets(x):
-        oc = x[O:V].reshape(n, Q) * white
-        return (oc[fa] * ba).sum(axis=1), (oc[fb] * bb).sum(axis=1)
-
+    wsum = sum(b.w0.sum() for b in blocks) * C
+    before = float(np.sqrt(sum((b.w0[:, None] * np.log(b.vi / b.vj) ** 2).sum() for b in blocks) / wsum))
+    res = [bt.residuals(x, white) for bt in batches]
+    sigma = 3.0 * _mad_sigma(res)  # the first step is nearly least squares: the model is not there yet
     for _ in range(ROUNDS):
-        oa, ob = offsets(x)
-        da, db = va - oa, vb - ob
-        usable = (da > 0.5 * BLACK * white) & (db > 0.5 * BLACK * white)
-        da, db = np.maximum(da, 1e-6), np.maximum(db, 1e-6)
-        r = A0 @ x + np.log(da) - np.log(db)
-        if before is None:
-            before = float(np.sqrt(np.average((np.log(va) - np.log(vb)) ** 2, weights=w0)))
-        w = w0 * usable
-        if sigma is not None:
-            w = w / (1.0 + (r / sigma) ** 2)
-        # d r / d offset: -white / (v - o) for frame i's value, + white / (v - o) for j's.
-        J = coo_matrix((np.concatenate([(-white / da)[:, None] * ba, (white / db)[:, None] * bb]).ravel(),
-                        (np.repeat(np.concatenate([np.arange(r0)] * 2), Q),
-                         np.concatenate([O + Q * fa[:, None] + np.arange(Q), O + Q * fb[:, None] + np.arange(Q)]).ravel())),
-                       shape=(r0, m)).tocsr()
-        A = A0 + J if offset else A0
-        N = (A.T @ diags(w) @ A) + diags(prior) + heavy * (G.T @ G)
-        g = A.T @ (w * r) + prior * x + heavy * (G.T @ (G @ x))
-        dx = -spsolve(N.tocsc(), g)
+        rows, cols, vals, grad = [], [], [], np.zeros(m)
+        for bt, (r, usable, D) in zip(batches, res):
+            w = bt.w0[:, :, None] * usable / (1.0 + (r / sigma) ** 2)  # (P, N, C)
+            P, k = D.shape[0], D.shape[-1]
+            Dm = D.reshape(P, -1, k)
+            Dw = Dm * w.reshape(P, -1, 1)
+            nl = np.matmul(Dw.transpose(0, 2, 1), Dm)  # (P, k, k)
+            g = np.matmul(Dw.transpose(0, 2, 1), r.reshape(P, -1, 1))[..., 0]  # (P, k)
+            np.add.at(grad, bt.idx, g)
+            rows.append(np.repeat(bt.idx, k, axis=1).ravel())
+            cols.append(np.tile(bt.idx, (1, k)).ravel())
+            vals.append(nl.ravel())
+        N = coo_matrix((np.concatenate(vals + [prior]), (np.concatenate(rows + [np.arange(m)]),
+                                                         np.concatenate(cols + [np.arange(m)]))), shape=(m, m))
+        dx = -spsolve(N.tocsc(), grad + prior * x)
         x = x + dx
-        if offset:
-            x[O:V] = np.clip(x[O:V], -0.1, 0.3)
-        oa, ob = offsets(x)
-        da, db = np.maximum(va - oa, 1e-6), np.maximum(vb - ob, 1e-6)
-        r = A0 @ x + np.log(da) - np.log(db)
-        sel = usable & (w0 > 0)
-        mad = float(np.median(np.abs(r[sel] - np.median(r[sel])))) if sel.any() else 0.0
-        sigma = max(1.4826 * mad, SIGMA_FLOOR)
+        if Q:
+            xf = x[:n * pf].reshape(n, pf)
+            np.clip(xf[:, C + nt:], -0.1, 0.3, out=xf[:, C + nt:])
+        res = [bt.residuals(x, white) for bt in batches]
+        sigma = _mad_sigma(res)
         if np.abs(dx).max() < 1e-5:
             break
-    after = float(np.sqrt(np.average(r ** 2, weights=w0)))
+    xf = x[:n * pf].reshape(n, pf).copy()
+    xf[:, :C] -= xf[:, :C].mean(axis=0)  # mean gain 1 per channel
+    after = float(np.sqrt(sum((bt.w0[:, :, None] * r ** 2).sum() for bt, (r, _, _) in zip(batches, res)) / wsum))
     tones = []
     for i in range(n):
         g = groups[i]
-        tones.append(_tone(lenses[i], norms[i], x[E + i * C:E + (i + 1) * C], (x[T + 2 * i], x[T + 2 * i + 1]),
-                           tuple(x[V + 3 * g:V + 3 * g + 3]), tuple(x[O + Q * i:O + Q * (i + 1)] * white), white))
-    per_pair = np.abs([np.median(r[pair_of == k]) for k in range(len(samples))])
-    stats = {"pairs": len(samples), "samples": int(r0 // C), "lens_groups": ng,
+        vig = x[n * pf + nv * g:n * pf + nv * (g + 1)] if nv else np.zeros(3)
+        tones.append(_tone(lenses[i], norms[i], xf[i, :C], tuple(xf[i, C:C + nt]) if nt else (0.0, 0.0),
+                           tuple(vig), tuple(xf[i, C + nt:] * white) if Q else (0.0,), white))
+    per_pair = []
+    for bt, (r, _, _) in zip(batches, res):
+        for p, cnt in enumerate(bt.count):
+            per_pair.append(abs(float(np.median(r[p, :cnt]))))
+    stats = {"pairs": len(samples), "samples": int(sum(len(b.w0) for b in blocks)), "lens_groups": ng,
              "log_rms_before": before, "log_rms_after": after, "robust_sigma": float(sigma),
              "pair_bias_abs_log": {"median": float(np.median(per_pair)), "max": float(np.max(per_pair))}}
     return tones, stats
 
 
+def _mad_sigma(res) -> float:
+    rr = np.concatenate([r[u] for r, u, _ in res]) if res else np.zeros(0)
+    if not len(rr):
+        return 1.0
+    return max(1.4826 * float(np.median(np.abs(rr - np.median(rr)))), SIGMA_FLOOR)
+
+
+class _PairBlock:
+    """One pair's samples and the constant part of their design: a residual row per sample and
+    channel, over the parameters of frame i, frame j and their lens groups (``idx``)."""
+
+    def __init__(self, s, C, lenses, norms, groups, Q, tilt, vignetting, pf, n):
+        self.i, self.j, self.C, self.Q = s.i, s.j, C, Q
+        vi = s.vi if s.vi.shape[1] == C else np.repeat(s.vi[:, :1], C, axis=1)
+        vj = s.vj if s.vj.shape[1] == C else np.repeat(s.vj[:, :1], C, axis=1)
+        self.vi, self.vj = vi.astype(float), vj.astype(float)
+        self.w0 = s.w.astype(float)
+        N = len(self.w0)
+        fi, fj = _field_coords(lenses[s.i], norms[s.i], s.xi), _field_coords(lenses[s.j], norms[s.j], s.xj)
+        self.bi = offset_basis(fi[0], fi[1])[:, :Q]
+        self.bj = offset_basis(fj[0], fj[1])[:, :Q]
+        nt = 2 if tilt else 0
+        gi, gj = groups[s.i], groups[s.j]
+        vg = [gi] if gi == gj or not vignetting else [gi, gj]
+        self.idx = np.concatenate([s.i * pf + np.arange(pf), s.j * pf + np.arange(pf)]
+                                  + ([n * pf + 3 * g + np.arange(3) for g in vg] if vignetting else []))
+        # Constant columns per channel row: exposure, tilt, vignetting (offsets come per step).
+        k = len(self.idx)
+        D = np.zeros((N, C, k))
+        for c in range(C):
+            D[:, c, c] = 1.0
+            D[:, c, pf + c] = -1.0
+        if nt:
+            D[:, :, C:C + 2] = np.stack(fi[:2], 1)[:, None, :]
+            D[:, :, pf + C:pf + C + 2] = -np.stack(fj[:2], 1)[:, None, :]
+        if vignetting:
+            ri = np.stack([fi[2] ** (p + 1) for p in range(3)], 1)
+            rj = np.stack([fj[2] ** (p + 1) for p in range(3)], 1)
+            if len(vg) == 1:
+                D[:, :, 2 * pf:2 * pf + 3] = (ri - rj)[:, None, :]
+            else:
+                D[:, :, 2 * pf:2 * pf + 3] = ri[:, None, :]
+                D[:, :, 2 * pf + 3:2 * pf + 6] = -rj[:, None, :]
+        self.D0 = D
+        self.oi, self.oj = C + nt, pf + C + nt  # first offset column of each frame
+
+
+class _Batch:
+    """Pair blocks with the same number of parameters stacked along a first axis (padded with
+    zero-weight samples), so that a Gauss-Newton step is a few batched matrix products."""
+
+    def __init__(self, blocks):
+        P, nmax = len(blocks), max(len(b.w0) for b in blocks)
+        b0 = blocks[0]
+        C, Q, k = b0.C, b0.Q, len(b0.idx)
+        self.Q, self.oi, self.oj = Q, b0.oi, b0.oj
+        self.count = [len(b.w0) for b in blocks]
+        self.idx = np.stack([b.idx for b in blocks])
+        self.w0 = np.zeros((P, nmax))
+        self.vi = np.ones((P, nmax, C))
+        self.vj = np.ones((P, nmax, C))
+        self.bi = np.zeros((P, nmax, Q))
+        self.bj = np.zeros((P, nmax, Q))
+        self.D0 = np.zeros((P, nmax, C, k))
+        for p, b in enumerate(blocks):
+            nb = len(b.w0)
+            self.w0[p, :nb], self.vi[p, :nb], self.vj[p, :nb] = b.w0, b.vi, b.vj
+            self.bi[p, :nb], self.bj[p, :nb], self.D0[p, :nb] = b.bi, b.bj, b.D0
+
+    def residuals(self, x, white):
+        """(residual (P, N, C), usable (P, N, C), design (P, N, C, k)) at parameters x."""
+        xl = x[self.idx]  # (P, k)
+        Q = self.Q
+        if Q:
+            o_i = np.einsum("pnq,pq->pn", self.bi, xl[:, self.oi:self.oi + Q]) * white
+            o_j = np.einsum("pnq,pq->pn", self.bj, xl[:, self.oj:self.oj + Q]) * white
+            di, dj = self.vi - o_i[..., None], self.vj - o_j[..., None]
+        else:
+            di, dj = self.vi, self.vj
+        usable = (di > 0.5 * BLACK * white) & (dj > 0.5 * BLACK * white)
+        di, dj = np.maximum(di, 1e-6), np.maximum(dj, 1e-6)
+        D = self.D0
+        lin = xl
+        if Q:
+            # The offsets enter through log(v - o), not linearly: leave them out of D @ x.
+            lin = xl.copy()
+            lin[:, self.oi:self.oi + Q] = 0
+            lin[:, self.oj:self.oj + Q] = 0
+        r = np.log(di) - np.log(dj) + np.einsum("pnck,pk->pnc", D, lin)
+        if Q:
+            # Their columns hold d log(v - o) / d coefficient = -white x basis / (v - o), updated
+            # in place at every step.
+            D[..., self.oi:self.oi + Q] = (-white / di)[..., None] * self.bi[:, :, None, :]
+            D[..., self.oj:self.oj + Q] = (white / dj)[..., None] * self.bj[:, :, None, :]
+        return r, usable, D
+
+
+def _batches(blocks):
+    """Blocks grouped by parameter count and (to keep padding small) by size within a factor 2."""
+    keyed = {}
+    for b in blocks:
+        keyed.setdefault((len(b.idx), int(np.log2(max(len(b.w0), 1)))), []).append(b)
+    return [_Batch(v) for _, v in sorted(keyed.items())]
+
+
+def _field_coords(lens, norm, xy):
+    u = (xy[:, 0] - lens.centre[0]) / norm
+    v = (xy[:, 1] - lens.centre[1]) / norm
+    return u, v, u * u + v * v
+
+
 def _tone(lens, norm, a, tilt, vig, offset, white):
     return Tone(gain=tuple(float(np.exp(v)) for v in a), centre=lens.centre, norm=float(norm),
                 vignetting=tuple(float(v) for v in vig), tilt=tuple(float(v) for v in tilt),
-                offset=tuple(float(v) for v in offset),
+                offset=tuple(float(v) for v in offset) + (0.0,) * (OFFSET_TERMS - len(offset)),
                 white=float(white), knee=float(KNEE * white))
 
 

@@ -34,28 +34,12 @@ import numpy as np
 
 from .warp import FrameMap
 
-_FAR = np.float32(np.inf)
 #: Width (reduced pixels) of the band along either frame's border that seams avoid.
 BAND = 6
 #: Cost of one step of seam (keeps seams short where the frames agree everywhere).
 STEP_COST = 0.03
 #: Cost of a pixel where either frame is clipped (relative differences are at most ~1).
 CLIPPED_COST = 2.0
-
-
-def centre_score(fmap: FrameMap, fw: int, fh: int) -> np.ndarray:
-    """Normalised squared distance from the frame's centre (h, w float32); inf where not valid."""
-    cx, cy = (fw - 1) / 2.0, (fh - 1) / 2.0
-    # In place, one temporary per axis.
-    u = np.subtract(fmap.mapx, np.float32(cx))
-    u *= np.float32(2.0 / fw)
-    np.square(u, out=u)
-    v = np.subtract(fmap.mapy, np.float32(cy))
-    v *= np.float32(2.0 / fh)
-    np.square(v, out=v)
-    u += v
-    np.copyto(u, _FAR, where=~fmap.valid)
-    return u
 
 
 @dataclass(frozen=True)
@@ -78,14 +62,15 @@ class PairSeam:
         return flat.reshape(self.h, self.w).astype(bool)
 
     def prefers_i(self, x, y, grid=None) -> np.ndarray:
-        """Whether i owns the pixels at i's frame coordinates (x, y) (float arrays)."""
+        """Whether i owns the pixels at i's frame coordinates (x, y) (2-D float32 arrays): the
+        nearest grid pixel's bit (beyond the box, the nearest box pixel's)."""
         g = self.grid() if grid is None else grid
         s = np.float32(1.0 / self.scale)
-        gx = np.floor((np.asarray(x, np.float32) + np.float32(0.5)) * s).astype(np.int32) - self.x0
-        gy = np.floor((np.asarray(y, np.float32) + np.float32(0.5)) * s).astype(np.int32) - self.y0
-        np.clip(gx, 0, self.w - 1, out=gx)
-        np.clip(gy, 0, self.h - 1, out=gy)
-        return g[gy, gx]
+        # Grid pixel k spans frame pixels [k s - 0.5, (k + 1) s - 0.5): its centre in grid
+        # coordinates is k, so nearest-neighbour sampling at (x + 0.5) / s - 0.5 picks it.
+        gx = (x + np.float32(0.5)) * s - np.float32(0.5 + self.x0)
+        gy = (y + np.float32(0.5)) * s - np.float32(0.5 + self.y0)
+        return cv2.remap(g.view(np.uint8), gx, gy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE) > 0
 
 
 # -- solving one pair ------------------------------------------------------------------------------
@@ -94,40 +79,60 @@ def disagreement(va: np.ndarray, vb: np.ndarray, overlap: np.ndarray, white: flo
     """Per grid pixel, how much frames a and b (float32 (h, w, C) on a's grid) disagree after the
     smooth gain that best matches a to b over ``overlap``: relative colour difference plus relative
     gradient difference; CLIPPED_COST where either is clipped; inf outside the overlap."""
-    h, w, _ = va.shape
-    ga, gb = va.mean(axis=2), vb.mean(axis=2)
+    h, w, nc = va.shape
+    sa, sb = _band_sum(va), _band_sum(vb)
+    ga, gb = sa / np.float32(nc), sb / np.float32(nc)
     lo = 0.02 * white
     ok = overlap & (ga > lo) & (gb > lo) & (ga < 0.95 * white) & (gb < 0.95 * white)
-    yy, xx = np.mgrid[0:h, 0:w]
-    u = (xx - w / 2.0) / max(w, h)
-    v = (yy - h / 2.0) / max(w, h)
-    basis = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
+    u = (np.arange(w, dtype=np.float32) - w / 2.0) / max(w, h)
+    v = (np.arange(h, dtype=np.float32) - h / 2.0) / max(w, h)
     coef = np.zeros(6)
-    if ok.sum() > 30:
-        d = np.log(gb[ok]) - np.log(ga[ok])
-        bm = basis[ok]
+    ys, xs = np.nonzero(ok)
+    if len(ys) > 30:
+        step = max(1, len(ys) // 2000)
+        ys, xs = ys[::step], xs[::step]
+        d = np.log(gb[ys, xs]) - np.log(ga[ys, xs])
+        uu, vv = u[xs], v[ys]
+        bm = np.stack([np.ones_like(uu), uu, vv, uu * uu, uu * vv, vv * vv], axis=1).astype(float)
         wts = np.ones(len(d))
         for _ in range(3):
-            sw = np.sqrt(wts)
-            coef = np.linalg.lstsq(bm * sw[:, None], d * sw, rcond=None)[0]
+            bw = bm * wts[:, None]
+            coef = np.linalg.solve(bw.T @ bm + 1e-6 * np.eye(6), bw.T @ d)
             r = d - bm @ coef
             s = max(1.4826 * float(np.median(np.abs(r))), 0.01)
             wts = 1.0 / (1.0 + (r / s) ** 2)
-    ratio = np.exp(basis @ coef).astype(np.float32)
-    ca = va * ratio[..., None]
+    c = coef.astype(np.float32)
+    ratio = np.exp(c[0] + (c[1] * u + c[3] * u * u)[None, :] + (c[2] * v + c[5] * v * v)[:, None]
+                   + c[4] * v[:, None] * u[None, :])
     eps = np.float32(0.05 * white)
-    colour = np.abs(ca - vb).sum(axis=2) / (np.abs(ca).sum(axis=2) + np.abs(vb).sum(axis=2) + eps)
-    gca, gcb = ca.mean(axis=2), gb
+    if nc == 1:
+        ca = va[..., 0] * ratio
+        colour = np.abs(ca - vb[..., 0]) / (ca + vb[..., 0] + eps)
+        gca = ca
+    else:
+        ca = va * ratio[..., None]
+        colour = _band_sum(np.abs(ca - vb)) / (sa * ratio + sb + eps)
+        gca = ga * ratio
     grad = np.zeros((h, w), np.float32)
     for dx, dy in ((1, 0), (0, 1)):
         ka = cv2.Sobel(gca, cv2.CV_32F, dx, dy, ksize=3)
-        kb = cv2.Sobel(gcb, cv2.CV_32F, dx, dy, ksize=3)
+        kb = cv2.Sobel(gb, cv2.CV_32F, dx, dy, ksize=3)
         grad += np.abs(ka - kb) / (np.abs(ka) + np.abs(kb) + 4 * eps)
-    cost = (2.0 * colour + 0.5 * grad).astype(np.float32)
-    clipped = (va.max(axis=2) >= 0.98 * white) | (vb.max(axis=2) >= 0.98 * white)
+    cost = 2.0 * colour + 0.5 * grad
+    top = np.float32(0.98 * white * nc)  # clipped in any band reads as near white in the sum
+    clipped = (sa >= top) | (sb >= top) if nc == 1 else (va.max(axis=2) >= 0.98 * white) | (vb.max(axis=2) >= 0.98 * white)
     cost[clipped] = CLIPPED_COST
     cost[~overlap] = np.inf
     return cost
+
+
+def _band_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis (1 or 3 bands): numpy's reduction over a short last axis is slow."""
+    if a.shape[2] == 1:
+        return a[..., 0].copy()
+    out = a[..., 0] + a[..., 1]
+    out += a[..., 2]
+    return out
 
 
 def _grid_graph(cost: np.ndarray, nodes: np.ndarray):
@@ -204,10 +209,12 @@ def cut(cost: np.ndarray, overlap: np.ndarray, inside_a: np.ndarray, inside_b: n
     return own
 
 
-def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white) -> PairSeam | None:
-    """The seam of frames i < j on i's reduced grid: ``va`` i's reduced image and ``vb`` j's
-    resampled onto it (float32 (h, w, C)), ``overlap`` where both see, ``inside_a``/``inside_b``
-    each frame's valid area on the grid."""
+def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(0, 0)) -> PairSeam | None:
+    """The seam of frames i < j on a box of i's reduced grid at ``origin`` (x, y): ``va`` i's
+    reduced image and ``vb`` j's resampled onto it (float32 (h, w, C)), ``overlap`` where both
+    see, ``inside_a``/``inside_b`` each frame's valid area there. The box must reach at least
+    BAND + 1 pixels beyond the overlap wherever it does not end at the grid's edge (there the
+    box's edge counts as i's border)."""
     if overlap.sum() < 16:
         return None
     cost = disagreement(va, vb, overlap, white)
@@ -230,7 +237,7 @@ def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white) -> PairS
     y0, y1 = max(0, ys.min() - 2), min(own.shape[0], ys.max() + 3)
     x0, x1 = max(0, xs.min() - 2), min(own.shape[1], xs.max() + 3)
     box = filled[y0:y1, x0:x1].astype(bool)
-    return PairSeam(int(i), int(j), int(scale), int(x0), int(y0), int(x1 - x0), int(y1 - y0),
+    return PairSeam(int(i), int(j), int(scale), int(x0 + origin[0]), int(y0 + origin[1]), int(x1 - x0), int(y1 - y0),
                     np.packbits(box.ravel()).tobytes())
 
 
@@ -243,33 +250,48 @@ def assign(shape, fmaps, sizes, pair_seams=None, ids=None):
     label = np.full(shape, -1, dtype=np.int16)
     pair_seams = pair_seams or {}
     ids = list(range(len(fmaps))) if ids is None else list(ids)
-    scores = {}
     grids = {}
-
-    def score(k):
-        if k not in scores:
-            scores[k] = centre_score(fmaps[k], *sizes[k])
-        return scores[k]
-
     for k, fm in enumerate(fmaps):
         if fm is None:
             continue
         sub = label[fm.rows, fm.cols]
-        free = fm.valid & (sub < 0)
-        taken = fm.valid & ~free
-        if taken.any():
-            for w in np.unique(sub[taken]).tolist():
-                m = taken & (sub == w)
-                fw = fmaps[w]
-                r0, c0 = fm.rows.start - fw.rows.start, fm.cols.start - fw.cols.start
-                ys, xs = np.nonzero(m)
-                seam = pair_seams.get((ids[w], ids[k]))
-                if seam is not None:
-                    if seam not in grids:
-                        grids[seam] = seam.grid()
-                    keep = seam.prefers_i(fw.mapx[ys + r0, xs + c0], fw.mapy[ys + r0, xs + c0], grids[seam])
-                else:
-                    keep = score(w)[ys + r0, xs + c0] <= score(k)[ys, xs]  # the earlier frame keeps ties
-                sub[ys[~keep], xs[~keep]] = k
-        sub[free] = k
+        for w in range(k):
+            fw = fmaps[w]
+            if fw is None:
+                continue
+            r0, r1 = max(fm.rows.start, fw.rows.start), min(fm.rows.stop, fw.rows.stop)
+            c0, c1 = max(fm.cols.start, fw.cols.start), min(fm.cols.stop, fw.cols.stop)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            ik = (slice(r0 - fm.rows.start, r1 - fm.rows.start), slice(c0 - fm.cols.start, c1 - fm.cols.start))
+            m = sub[ik] == w
+            m &= fm.valid[ik]
+            rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+            if not len(rows):
+                continue
+            # Decide only over the box of the contested pixels.
+            br = slice(rows[0], rows[-1] + 1)
+            bc = slice(cols[0], cols[-1] + 1)
+            m = m[br, bc]
+            iw = (slice(r0 - fw.rows.start + br.start, r0 - fw.rows.start + br.stop),
+                  slice(c0 - fw.cols.start + bc.start, c0 - fw.cols.start + bc.stop))
+            ikb = (slice(ik[0].start + br.start, ik[0].start + br.stop),
+                   slice(ik[1].start + bc.start, ik[1].start + bc.stop))
+            seam = pair_seams.get((ids[w], ids[k]))
+            if seam is not None:
+                if seam not in grids:
+                    grids[seam] = seam.grid()
+                keep = seam.prefers_i(fw.mapx[iw], fw.mapy[iw], grids[seam])
+            else:
+                # The earlier frame keeps ties.
+                keep = _centre(fw.mapx[iw], fw.mapy[iw], *sizes[w]) <= _centre(fm.mapx[ikb], fm.mapy[ikb], *sizes[k])
+            np.copyto(sub[ikb], np.int16(k), where=m & ~keep)
+        np.copyto(sub, np.int16(k), where=fm.valid & (sub < 0))
     return label
+
+
+def _centre(mapx, mapy, fw, fh):
+    """Normalised squared distance from the frame's centre at its map positions."""
+    u = (mapx - np.float32((fw - 1) / 2.0)) * np.float32(2.0 / fw)
+    v = (mapy - np.float32((fh - 1) / 2.0)) * np.float32(2.0 / fh)
+    return u * u + v * v

@@ -172,8 +172,7 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margi
     if field is not None:
         f = np.ascontiguousarray(field(sub[..., 0], sub[..., 1]), dtype=np.float32)
         values = cv2.resize(f, size, interpolation=cv2.INTER_LINEAR)[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
-        if values.ndim == 2 and f.ndim == 3:
-            values = values[..., None]
+        values = values.reshape(values.shape[:2] + f.shape[2:])
     return FrameMap(slice(rs0, rs1), slice(cs0, cs1), mapx, mapy, valid, step, sink.exact_px, values)
 
 
