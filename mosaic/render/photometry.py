@@ -313,13 +313,13 @@ def lens_of(model, width: int, height: int) -> Lens:
 
 
 def lens_groups(lenses, sizes):
-    """Group index per frame: frames of one size whose focal lengths agree within 3 % share a
+    """Group index per frame: frames of one size whose focal lengths agree within LENS_TOLERANCE share a
     lens (and its vignetting); and each group's rho_ref (its farthest corner, in focal lengths)."""
     keys, groups, refs = [], [], []
     for lens, (w, h) in zip(lenses, sizes):
         key = None
         for g, (kw, kh, kf) in enumerate(keys):
-            if (kw, kh) == (w, h) and abs(math.log(lens.focal / kf)) < 0.03:
+            if (kw, kh) == (w, h) and abs(math.log(lens.focal / kf)) < LENS_TOLERANCE:
                 key = g
                 break
         if key is None:
@@ -336,17 +336,21 @@ def lens_groups(lenses, sizes):
 #: The models tried, simplest first: (name, vignetting, tilt, offset terms).
 MODELS = (("exposure", False, False, 0), ("exposure+vignetting", True, False, 0), ("+offset", True, False, 1),
           ("+tilt+offset field", True, True, OFFSET_TERMS))
+#: Frames of one size whose focal lengths agree within this (log) share a lens and its vignetting:
+#: zoom steps differ by more, focal lengths estimated for plain photos of one camera by less.
+LENS_TOLERANCE = 0.15
 #: Samples per pair that choose the model.
-CHOICE_SAMPLES = 120
+CHOICE_SAMPLES = 80
 #: A more complex model must beat the simpler ones' validation error by this factor.
 SIMPLER_WITHIN = 1.03
 
 
 def fit(n: int, channels: int, samples: list, lenses: list, sizes: list, white: float):
     """The pan's tones with the model the data supports: each of :data:`MODELS` is solved on
-    three quarters of the samples and scored on the rest (the median absolute log difference of
-    the two frames as rendered); the simplest model within SIMPLER_WITHIN of the best score wins
-    and is solved again on all samples. Returns (tones, stats) as :func:`solve`."""
+    three quarters of (at most CHOICE_SAMPLES per pair of) the samples and scored on the rest
+    (the median absolute log difference of the two frames as rendered); the simplest model within
+    SIMPLER_WITHIN of the best score wins and is solved again on all samples. Returns (tones,
+    stats) as :func:`solve`."""
     train, check = [], []
     for s in samples:
         # At most CHOICE_SAMPLES per pair decide the model (the final fit takes them all).

@@ -6,7 +6,7 @@ enough to go round a rock), from what both frames show there (frame j resampled 
 camera models). The cost of a grid pixel is how much the frames disagree there after the best
 smooth gain between them (relative colour difference plus gradient difference: parallax,
 moving shadows, glare and clipping all disagree), plus a penalty within a band of either
-frame's border (:data:`BAND`). The overlap's boundary is made of frame i's border (where only j
+frame's border (:data:`BAND_PX`). The overlap's boundary is made of frame i's border (where only j
 may own pixels) and frame j's border (only i); the two places where these meet are joined by the
 cheapest path through the overlap, 8-connected Dijkstra on the pixel costs, which is the minimum
 cut between the two borders (on a planar grid a cut is a dual path). The side of the path that
@@ -34,10 +34,17 @@ import numpy as np
 
 from .warp import FrameMap
 
-#: Width (reduced pixels) of the band along either frame's border that seams avoid.
-BAND = 6
+#: Width (frame pixels) of the band along either frame's border that seams avoid: the blend's
+#: support (a seam nearer a border blends with the frame's missing pixels, and costs the
+#: masked pyramids).
+BAND_PX = 96
+#: Overlaps smaller than this share of either frame keep the centre rule (corners of four frames).
+MIN_OVERLAP = 0.04
 #: Cost of one step of seam (keeps seams short where the frames agree everywhere).
 STEP_COST = 0.03
+#: Cost per unit of distance from the centre rule's seam (normalised squared centre distances):
+#: a seam leaves the middle of an overlap only where that buys agreement.
+CENTRE_WEIGHT = 0.5
 #: Cost of a pixel where either frame is clipped (relative differences are at most ~1).
 CLIPPED_COST = 2.0
 
@@ -209,20 +216,32 @@ def cut(cost: np.ndarray, overlap: np.ndarray, inside_a: np.ndarray, inside_b: n
     return own
 
 
-def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(0, 0)) -> PairSeam | None:
+def band(scale: int) -> int:
+    """BAND_PX in reduced pixels of ``scale`` frame pixels."""
+    return max(2, -(-BAND_PX // int(scale)))
+
+
+def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(0, 0), band_px=None,
+               centre_gap=None) -> PairSeam | None:
     """The seam of frames i < j on a box of i's reduced grid at ``origin`` (x, y): ``va`` i's
     reduced image and ``vb`` j's resampled onto it (float32 (h, w, C)), ``overlap`` where both
     see, ``inside_a``/``inside_b`` each frame's valid area there. The box must reach at least
-    BAND + 1 pixels beyond the overlap wherever it does not end at the grid's edge (there the
-    box's edge counts as i's border)."""
+    band + 1 pixels beyond the overlap wherever it does not end at the grid's edge (there the
+    box's edge counts as i's border); ``band_px``: the border band in grid pixels (default
+    :func:`band`); ``centre_gap``: how far each grid pixel is from the centre rule's seam (the
+    difference of the two frames' normalised squared centre distances), which the seam follows
+    (CENTRE_WEIGHT per unit) where the frames agree everywhere."""
     if overlap.sum() < 16:
         return None
     cost = disagreement(va, vb, overlap, white)
-    # Keep off both frames' borders: a penalty falling from 1 to 0 across BAND grid pixels.
+    # Keep off both frames' borders: a penalty falling from 1 to 0 across the band.
     da = cv2.distanceTransform(np.pad(inside_a, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     db = cv2.distanceTransform(np.pad(inside_b, 1, constant_values=True).astype(np.uint8),
                                cv2.DIST_L2, 3)[1:-1, 1:-1]
-    cost += np.maximum(0, 1 - da / BAND) + np.maximum(0, 1 - db / BAND) + STEP_COST
+    b = band(scale) if band_px is None else band_px
+    cost += np.maximum(0, 1 - da / b) + np.maximum(0, 1 - db / b) + STEP_COST
+    if centre_gap is not None:
+        cost += CENTRE_WEIGHT * np.minimum(centre_gap, 1.0)
     own = cut(cost, overlap, inside_a, inside_b)
     if own is None:
         return None
