@@ -140,41 +140,21 @@ def edge_visibility(panorama, solution) -> dict:
         grid = PanoramaGrid(ds)
         for f in frames:
             samples = _edge_samples(f.width, f.height, offsets)
-            if not samples:
-                continue
-            sides = list(samples)
-            xy = np.concatenate([samples[s].reshape(-1, 2) for s in sides])
-            _, dirs = f.model.backproject(xy)
-            pix = grid.pixels(dirs)
-            ok = np.isfinite(pix).all(axis=1)
-            if not ok.any():
-                continue
-            x0 = int(np.floor(pix[ok, 0].min())) - 2
-            x1 = int(np.ceil(pix[ok, 0].max())) + 3
-            y0 = int(np.floor(pix[ok, 1].min())) - 2
-            y1 = int(np.ceil(pix[ok, 1].max())) + 3
-            if not grid.wraps and (x1 <= 0 or x0 >= ds.width) or y1 <= 0 or y0 >= ds.height:
-                continue
-            if x1 - x0 > grid.full // 2:  # a frame round a pole: its footprint's box is the sphere
-                x0, x1 = 0, ds.width
-            grey, alpha, ry0 = _read_grey(ds, x0, x1, y0, y1, grid.wraps)
-            mx = np.where(ok, pix[:, 0] - x0, -1e6).astype(np.float32)
-            my = np.where(ok, pix[:, 1] - ry0, -1e6).astype(np.float32)
-            val = bilinear(grey, mx, my)
-            cov = bilinear(alpha.astype(np.float32), mx, my) > 0.999
-            k = 0
             fe, fc = [], []
-            for s in sides:
-                shape = samples[s].shape[:3]  # runs, RUN, offsets
-                n = int(np.prod(shape))
-                v = val[k:k + n].reshape(shape)
-                c = cov[k:k + n].reshape(shape)
-                k += n
-                d = DEPTH
+            for side, xy in samples.items():
+                # Each side is read as its own window: a thin strip, whatever the panorama's size.
+                shape = xy.shape[:3]  # runs, RUN, offsets
+                _, dirs = f.model.backproject(xy.reshape(-1, 2))
+                pix = grid.pixels(dirs)
+                ok = np.isfinite(pix).all(axis=1)
+                if not ok.any():
+                    continue
+                val, cov = _sample_panorama(ds, grid, pix, ok)
+                v, c = val.reshape(shape), cov.reshape(shape)
                 good = c.all(axis=(1, 2))
                 if not good.any():
                     continue
-                v = v[good]
+                v, d = v[good], DEPTH
                 edge = v[:, :, :d].mean(axis=(1, 2)) - v[:, :, d:2 * d].mean(axis=(1, 2))
                 ctrl = v[:, :, 2 * d:3 * d].mean(axis=(1, 2)) - v[:, :, 3 * d:].mean(axis=(1, 2))
                 e, cc = np.abs(edge), np.abs(ctrl)
@@ -182,7 +162,7 @@ def edge_visibility(panorama, solution) -> dict:
                 ctrl_all.append(cc)
                 fe.append(e)
                 fc.append(cc)
-                ps = per_side.setdefault(s, [[], []])
+                ps = per_side.setdefault(side, [[], []])
                 ps[0].append(e)
                 ps[1].append(cc)
             if fe:
@@ -199,17 +179,36 @@ def edge_visibility(panorama, solution) -> dict:
             "sides": sides, "frames": per_frame}
 
 
+def _sample_panorama(ds, grid, pix, ok):
+    """Grey values and full coverage (alpha) of the panorama at pixel positions (N, 2) (ok: finite)."""
+    x0 = int(np.floor(pix[ok, 0].min())) - 2
+    x1 = int(np.ceil(pix[ok, 0].max())) + 3
+    y0 = int(np.floor(pix[ok, 1].min())) - 2
+    y1 = int(np.ceil(pix[ok, 1].max())) + 3
+    n = len(pix)
+    if (not grid.wraps and (x1 <= 0 or x0 >= ds.width)) or y1 <= 0 or y0 >= ds.height:
+        return np.zeros(n, np.float32), np.zeros(n, bool)
+    if x1 - x0 > grid.full // 2:  # a side round a pole or across north: read the whole band
+        x0, x1 = 0, ds.width
+        pix = pix.copy()
+        pix[:, 0] %= ds.width if grid.wraps else np.inf
+    grey, alpha, ry0 = _read_grey(ds, x0, x1, y0, y1, grid.wraps)
+    mx = np.where(ok, pix[:, 0] - x0, -1e6)
+    my = np.where(ok, pix[:, 1] - ry0, -1e6)
+    return bilinear(grey, mx, my), bilinear(alpha.astype(np.float32), mx, my) > 0.999
+
+
 def _ratio(e, c):
     m = float(np.mean(c))
     return float(np.mean(e) / m) if m > 0 else None
 
 
 def _tones_of(out_dir: Path, frames):
-    """Each frame's tone as the renderer applied it: ``photometry.json`` beside the panorama, or
+    """Each frame's tone as the renderer applied it: ``render.json`` beside the panorama, or
     (outputs of earlier versions) the scalar gains of ``report.json``; None where unknown."""
     from .render import photometry
 
-    p = out_dir / "photometry.json"
+    p = out_dir / "render.json"
     if p.is_file():
         d = json.loads(p.read_text())["frames"]
         return {fid: photometry.tone_from_dict(t) for fid, t in d.items()}
@@ -239,9 +238,9 @@ def overlap_agreement(out_dir, solution=None, workspace=None) -> dict:
     frames = frames_of(solution)
     tones = _tones_of(out_dir, frames)
     if not tones:
-        return {"pairs": [], "reason": "no photometry.json or report.json beside the panorama"}
+        return {"pairs": [], "reason": "no render.json or report.json beside the panorama"}
     ids = [f.id for f in frames]
-    ties = control_points(workspace, ids, per_pair=10**9) if workspace.is_dir() else []
+    ties = control_points(workspace, ids, per_pair=None) if workspace.is_dir() else []
     if not ties:
         return {"pairs": [], "reason": "no tie points (OUT/work/matches)"}
     t = np.array(ties, float)[photometry.held_out(len(ties))]

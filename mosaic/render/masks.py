@@ -102,7 +102,10 @@ def _side(rows: np.ndarray, usable: np.ndarray) -> int:
         if len(a) < 16:
             break
         if np.mean(a == 0) < inner + ZERO_SHARE:
-            q25, q75 = np.percentile((a + 1.0) / (b + 1.0), [25, 75])
+            both = (a > 0) & (b > 0)  # zero fill in the next row says nothing about this one
+            if both.sum() < 16:
+                break
+            q25, q75 = np.percentile(a[both] / b[both], [25, 75])
             if not (q75 < lo or q25 > hi):
                 break
         out = k + 1

@@ -579,7 +579,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
             t3, c3 = time.monotonic(), time.process_time()
         t4, c4 = time.monotonic(), time.process_time()
         preview = write_preview(path, out_dir / "preview.jpg", preview_width)
-        write_photometry(out_dir / "photometry.json", frames, gstats)
+        write_record(out_dir / "render.json", frames, pair_seams, gstats)
     finally:
         if own is not None:
             own.__exit__(None, None, None)
@@ -630,7 +630,7 @@ def _pair_task(i, j, fa, fb, ma, mb, size_a, size_b, white, seams_on):
     vb = np.stack([warp.bilinear(fb.image[..., c], qx, qy) for c in range(fb.image.shape[2])], axis=-1)
     if va.shape[2] != vb.shape[2]:  # a grey frame beside a colour one: compare brightness
         va, vb = va.mean(axis=2, keepdims=True), vb.mean(axis=2, keepdims=True)
-    samples = photometry.pair_samples(i, j, va, vb, overlap, mx, my, (x0, y0), fa.scale, white)
+    samples = photometry.pair_samples(i, j, va, vb, overlap, mx, my, (x0, y0), fa.scale, white, (ma, mb))
     seam = None
     # A corner overlap (a few percent of either frame) keeps the centre rule: cheaper, and there
     # the seam meets other frames' within a few reduced pixels anyway.
@@ -707,6 +707,12 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     return out, pair_seams, stats
 
 
+#: A pair's tie points weigh sqrt(TIE_PAIR_POINTS / n) each: a pair's say grows with the square
+#: root of its tie count, so pairs with few ties (which count as much in the agreement figures)
+#: are not outvoted.
+TIE_PAIR_POINTS = 100.0
+
+
 def _tie_samples(ties, data, whites):
     """PairSamples of tie points (i, j, xi, yi, xj, yj) from the brightness each frame's read
     measured at them (in the order its points were asked for: as i, then as j)."""
@@ -736,7 +742,8 @@ def _tie_samples(ties, data, whites):
         if ok.sum() < 3:
             continue
         out.append(photometry.PairSamples(i, j, ties[sel[ok], 2:4], ties[sel[ok], 4:6], a[ok].astype(np.float32),
-                                          b[ok].astype(np.float32), np.ones(int(ok.sum()), np.float32)))
+                                          b[ok].astype(np.float32),
+                                          np.full(int(ok.sum()), np.sqrt(TIE_PAIR_POINTS / ok.sum()), np.float32)))
     return out
 
 
@@ -746,13 +753,38 @@ def _seams_among(pair_seams, hit):
     return tuple(pair_seams[(a, b)] for k, a in enumerate(hs) for b in hs[k + 1:] if (a, b) in pair_seams)
 
 
-def write_photometry(path, frames, stats):
-    """``photometry.json`` beside the panorama: each frame's tone (how its values were rendered:
-    :func:`.photometry.tone_to_dict`) and valid margins, and the fit's statistics."""
+def write_record(path, frames, pair_seams, stats):
+    """``render.json`` beside the panorama: how each frame was rendered (its tone,
+    :func:`.photometry.tone_to_dict`, and valid margins), the pair seams and the photometric fit's
+    statistics, keyed by frame id; what ``mosaic eval`` and ``quality.png`` measure it with."""
     from mosaic.atomic import write_json
 
-    return write_json(path, {"frames": {f.id: photometry.tone_to_dict(f.tone) for f in frames},
-                             "margins": {f.id: f.margins.as_list() for f in frames}, "stats": stats})
+    ids = {f.index: f.id for f in frames}
+    return write_json(path, {
+        "frames": {f.id: {**photometry.tone_to_dict(f.tone), "margins": f.margins.as_list(), "alpha": f.alpha}
+                   for f in frames},
+        "seams": [seams.seam_to_dict(sm, ids[sm.i], ids[sm.j]) for _, sm in sorted(pair_seams.items())],
+        "photometry": stats})
+
+
+def read_record(path, frames):
+    """(tones {id: Tone}, margins {id: Margins}, pair seams {(i, j): PairSeam} re-indexed to
+    ``frames``) from a ``render.json``; empty where it is missing."""
+    from .masks import Margins
+
+    p = Path(path)
+    if not p.is_file():
+        return {}, {}, {}
+    d = json.loads(p.read_text())
+    index = {f.id: f.index for f in frames}
+    tones = {fid: photometry.tone_from_dict(t) for fid, t in d.get("frames", {}).items()}
+    margins = {fid: Margins(*t.get("margins", [0, 0, 0, 0])) for fid, t in d.get("frames", {}).items()}
+    found = {}
+    for sd in d.get("seams", []):
+        if sd["a"] in index and sd["b"] in index:
+            sm = seams.seam_from_dict(sd, index[sd["a"]], index[sd["b"]])
+            found[(sm.i, sm.j)] = sm
+    return tones, margins, found
 
 
 def _affine(gt):

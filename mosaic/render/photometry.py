@@ -58,10 +58,16 @@ KNEE = 0.96
 #: Log-gradient (per reduced pixel) at which a sample's weight halves: steep places move with a
 #: residual misregistration.
 GRADIENT_HALF = 0.04
+#: Structure mismatch (:func:`.seams.structure_mismatch`, 5 x 5 mean) at which a sample's weight
+#: halves.
+MISMATCH_HALF = 0.15
+#: Ground parallax (frame pixels, :func:`ground_parallax`) at which a sample's weight halves.
+PARALLAX_HALF = 3.0
 #: Prior weights (against the sum of sample weights of a frame, see solve()).
 PRIOR_EXPOSURE = 1e-3
 PRIOR_TILT = 0.05
 PRIOR_VIGNETTING = 1e-3
+PRIOR_VCENTRE = 1e-2
 PRIOR_OFFSET = 0.05
 PRIOR_OFFSET_FIELD = 0.01
 #: Terms of a frame's offset field (1, u, v, u^2, uv, v^2: a veil of stray light is smooth).
@@ -161,10 +167,11 @@ class Tone:
     """One frame's photometric correction (small and picklable: it travels in every tile job)."""
 
     gain: tuple = (1.0,)            # per channel: exp(a_ic)
-    centre: tuple = (0.0, 0.0)      # principal point (frame pixels)
+    centre: tuple = (0.0, 0.0)      # principal point (frame pixels): the fields' origin
+    vcentre: tuple | None = None    # the vignetting's centre (frame pixels; None: the principal point)
     norm: float = 1.0               # pixels of field radius per unit rho (focal x rho_ref)
     vignetting: tuple = (0.0, 0.0, 0.0)
-    tilt: tuple = (0.0, 0.0)
+    tilt: tuple = (0.0,)            # log gain field: u, v, u^2, uv, v^2 terms (as many as given)
     offset: tuple = (0.0, 0.0, 0.0)  # subtracted before the gain (a veil, a black level): o0 + ou rho_x + ov rho_y
     white: float = 255.0
     knee: float = 229.5
@@ -192,11 +199,17 @@ class Tone:
         # Far off the frame (the renderer's sentinels) the field is never used: keep it finite.
         np.clip(u, -4, 4, out=u)
         np.clip(v, -4, 4, out=v)
-        r2 = u * u + v * v
+        vc = self.centre if self.vcentre is None else self.vcentre
+        du = u - np.float32((vc[0] - self.centre[0]) / self.norm)
+        dv = v - np.float32((vc[1] - self.centre[1]) / self.norm)
+        r2 = du * du + dv * dv
         b1, b2, b3 = (np.float32(b) for b in self.vignetting)
         out = r2 * (b1 + r2 * (b2 + r2 * b3))
-        if self.tilt[0] or self.tilt[1]:
-            out += np.float32(self.tilt[0]) * u + np.float32(self.tilt[1]) * v
+        if any(self.tilt):
+            terms = (u, v, u * u, u * v, v * v)
+            for c, t in zip(self.tilt, terms):
+                if c:
+                    out += np.float32(c) * t
         return out
 
     def offset_field(self, x, y):
@@ -264,13 +277,14 @@ def blurred(img: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.0).reshape(img.shape)
 
 
-def pair_samples(i, j, va, vb, overlap, mapx, mapy, origin, scale_a, white) -> PairSamples | None:
+def pair_samples(i, j, va, vb, overlap, mapx, mapy, origin, scale_a, white, models=None) -> PairSamples | None:
     """Samples of the overlap of frames i and j on a box of i's reduced grid at ``origin`` (x, y):
     ``va`` i's reduced values there and ``vb`` j's resampled onto them (float32 (h, w, C)),
     ``overlap`` where both see, ``mapx``/``mapy`` the positions in j's full-resolution pixels of
     the box's pixel centres. Values are lightly blurred first, so that a residual misregistration
     of a reduced pixel hardly moves a sample; samples near black or clipping, or on steep log
-    gradients, get no (or less) vote."""
+    gradients, get no (or less) vote; so do samples that near terrain would move between the
+    frames (``models``: the two camera models, :func:`ground_parallax`)."""
     inner = cv2.erode(overlap.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     ys, xs = np.nonzero(inner)
     if len(ys) < 20:
@@ -281,13 +295,40 @@ def pair_samples(i, j, va, vb, overlap, mapx, mapy, origin, scale_a, white) -> P
     a, b = ba[ys, xs], bb[ys, xs]
     lo, hi = BLACK * white, WHITE_VOTE * white
     ok = (a > lo).all(axis=1) & (b > lo).all(axis=1) & (a < hi).all(axis=1) & (b < hi).all(axis=1)
-    # Steepness of the log image at the sample: misregistration sensitivity.
-    w = 1.0 / (1.0 + (_log_gradient(ba)[ys, xs] / GRADIENT_HALF) ** 2)
+    # Steepness of the log image at the sample (misregistration sensitivity), and structure that
+    # differs between the frames about it (parallax: the frames see different things there).
+    from .seams import structure_mismatch
+
+    mismatch = cv2.blur(structure_mismatch(ba.mean(axis=2), bb.mean(axis=2), white), (5, 5))
+    w = 1.0 / (1.0 + (_log_gradient(ba)[ys, xs] / GRADIENT_HALF) ** 2) / (1.0 + (mismatch[ys, xs] / MISMATCH_HALF) ** 2)
     if ok.sum() < 20:
         return None
     xi = np.stack([(xs + origin[0] + 0.5) * scale_a - 0.5, (ys + origin[1] + 0.5) * scale_a - 0.5], axis=1)[ok]
     xj = np.stack([mapx[ys, xs], mapy[ys, xs]], axis=1)[ok].astype(float)
-    return PairSamples(i, j, xi, xj, a[ok], b[ok], w[ok].astype(np.float32))
+    w = w[ok]
+    if models is not None:
+        w = w / (1.0 + (ground_parallax(models[0], models[1], xi, xj) / PARALLAX_HALF) ** 2)
+    return PairSamples(i, j, xi, xj, a[ok], b[ok], w.astype(np.float32))
+
+
+def ground_parallax(model_a, model_b, xa, xb_far):
+    """How far (frame b's pixels) a sample would move in frame b if what frame a sees at ``xa``
+    lay on the ground plane (z = 0 in LOCAL_LEVEL, +z down, the rover's nominal ground) instead
+    of at infinity (``xb_far``): the parallax between the two cameras' centres that the far-field
+    correspondence ignores. 0 for directions above the horizon and for cameras that share a
+    centre (plain photos)."""
+    if np.allclose(model_a.C, model_b.C):
+        return np.zeros(len(xa))
+    origins, d = model_a.backproject(xa)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -origins[:, 2] / d[:, 2]
+    down = np.isfinite(t) & (t > 0)
+    out = np.zeros(len(xa))
+    if down.any():
+        p = origins[down] + t[down, None] * d[down]
+        q = model_b.project(p)
+        out[down] = np.nan_to_num(np.hypot(*(q - xb_far[down]).T), nan=1e6)
+    return out
 
 
 def _log_gradient(b: np.ndarray) -> np.ndarray:
@@ -334,8 +375,8 @@ def lens_groups(lenses, sizes):
 
 
 #: The models tried, simplest first: (name, vignetting, tilt, offset terms).
-MODELS = (("exposure", False, False, 0), ("exposure+vignetting", True, False, 0), ("+offset", True, False, 1),
-          ("+tilt+offset field", True, True, OFFSET_TERMS))
+MODELS = (("exposure", False, 0, 0), ("exposure+vignetting", True, 0, 0), ("+offset", True, 0, 1),
+          ("+tilt+offset field", True, 2, OFFSET_TERMS), ("+gain field+offset field", True, 5, OFFSET_TERMS))
 #: Frames of one size whose focal lengths agree within this (log) share a lens and its vignetting:
 #: zoom steps differ by more, focal lengths estimated for plain photos of one camera by less.
 LENS_TOLERANCE = 0.15
@@ -361,7 +402,7 @@ def fit(n: int, channels: int, samples: list, lenses: list, sizes: list, white: 
     scores = []
     for name, vignetting, tilt, terms in MODELS:
         tones, _ = solve(n, channels, train, lenses, sizes, white, vignetting=vignetting, tilt=tilt, offset_terms=terms)
-        scores.append(_score(tones, check))
+        scores.append(_weighted_median(*_residuals(tones, check)))
     best = min(scores)
     pick = next(k for k, sc in enumerate(scores) if sc <= best * SIMPLER_WITHIN)
     name, vignetting, tilt, terms = MODELS[pick]
@@ -376,9 +417,9 @@ def _subset(s, sel):
     return PairSamples(s.i, s.j, s.xi[sel], s.xj[sel], s.vi[sel], s.vj[sel], s.w[sel])
 
 
-def _score(tones, samples) -> float:
-    """Weighted median of |log Ri - log Rj| over samples (the frames' values as rendered)."""
-    r, w = [], []
+def _residuals(tones, samples):
+    """(|log Ri - log Rj|, weights) over samples: the frames' values as rendered."""
+    r, w = [np.zeros(0)], [np.zeros(0)]
     for s in samples:
         if not len(s.w):
             continue
@@ -386,13 +427,16 @@ def _score(tones, samples) -> float:
         rj = render_values(tones[s.j], s.xj[:, 0], s.xj[:, 1], s.vj).mean(axis=1)
         ok = (ri > 0) & (rj > 0)
         r.append(np.abs(np.log(np.maximum(ri, 1e-6)) - np.log(np.maximum(rj, 1e-6)))[ok])
-        w.append(s.w[ok])
-    if not r:
+        w.append(s.w[ok].astype(float))
+    return np.concatenate(r), np.concatenate(w)
+
+
+def _weighted_median(r, w) -> float:
+    if not len(r) or w.sum() <= 0:
         return 0.0
-    r, w = np.concatenate(r), np.concatenate(w).astype(float)
     order = np.argsort(r)
     cw = np.cumsum(w[order])
-    return float(r[order][np.searchsorted(cw, 0.5 * cw[-1])]) if cw[-1] > 0 else 0.0
+    return float(r[order][np.searchsorted(cw, 0.5 * cw[-1])])
 
 
 def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white: float,
@@ -413,15 +457,14 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     ng = len(refs)
     C = channels
     Q = offset_terms
-    nt = 2 if tilt else 0
-    nv = 3 if vignetting else 0
+    nt = int(tilt) * 2 if isinstance(tilt, bool) else int(tilt)
+    nv = NV if vignetting else 0
     pf = C + nt + Q  # parameters per frame: exposure per channel, tilt, offset field
     m = n * pf + ng * nv
     norms = [lenses[i].focal * refs[groups[i]] for i in range(n)]
     samples = [s for s in samples if len(s.w)]
     if not samples:
-        tones = [_tone(lenses[i], norms[i], np.zeros(C), (0.0, 0.0), (0.0, 0.0, 0.0), (0.0,) * max(Q, 1), white)
-                 for i in range(n)]
+        tones = [_tone(lenses[i], norms[i], np.zeros(C), (0.0,), (0.0, 0.0, 0.0), (0.0,), white) for i in range(n)]
         return tones, {"pairs": 0, "samples": 0, "log_rms_before": 0.0, "log_rms_after": 0.0}
     blocks = [_PairBlock(s, C, lenses, norms, groups, Q, tilt, vignetting, pf, n) for s in samples]
     batches = _batches(blocks)
@@ -434,7 +477,7 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     prior = np.zeros(m)
     fp = np.array([PRIOR_EXPOSURE] * C + [PRIOR_TILT] * nt + ([PRIOR_OFFSET] + [PRIOR_OFFSET_FIELD] * (Q - 1))[:Q])
     prior[:n * pf] = np.tile(fp, n) * scale
-    prior[n * pf:] = PRIOR_VIGNETTING * scale
+    prior[n * pf:] = np.tile([PRIOR_VIGNETTING] * 3 + [PRIOR_VCENTRE] * 2, ng)[:m - n * pf] * scale
     x = np.zeros(m)
     wsum = sum(b.w0.sum() for b in blocks) * C
     before = float(np.sqrt(sum((b.w0[:, None] * np.log(b.vi / b.vj) ** 2).sum() for b in blocks) / wsum))
@@ -470,9 +513,9 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     tones = []
     for i in range(n):
         g = groups[i]
-        vig = x[n * pf + nv * g:n * pf + nv * (g + 1)] if nv else np.zeros(3)
-        tones.append(_tone(lenses[i], norms[i], xf[i, :C], tuple(xf[i, C:C + nt]) if nt else (0.0, 0.0),
-                           tuple(vig), tuple(xf[i, C + nt:] * white) if Q else (0.0,), white))
+        vig = x[n * pf + nv * g:n * pf + nv * (g + 1)] if nv else np.zeros(NV)
+        tones.append(_tone(lenses[i], norms[i], xf[i, :C], tuple(xf[i, C:C + nt]) if nt else (0.0,),
+                           tuple(vig[:3]), tuple(xf[i, C + nt:] * white) if Q else (0.0,), white, vig[3:]))
     per_pair = []
     for bt, (r, _, _) in zip(batches, res):
         for p, cnt in enumerate(bt.count):
@@ -490,6 +533,11 @@ def _mad_sigma(res) -> float:
     return max(1.4826 * float(np.median(np.abs(rr - np.median(rr)))), SIGMA_FLOOR)
 
 
+#: Vignetting parameters of a lens group: b1, b2, b3 (log gain per rho^2, rho^4, rho^6) and the
+#: centre's offset (cx, cy) from the principal point, in rho units (Hugin's Vx, Vy).
+NV = 5
+
+
 class _PairBlock:
     """One pair's samples and the constant part of their design: a residual row per sample and
     channel, over the parameters of frame i, frame j and their lens groups (``idx``)."""
@@ -502,43 +550,38 @@ class _PairBlock:
         self.w0 = s.w.astype(float)
         N = len(self.w0)
         fi, fj = _field_coords(lenses[s.i], norms[s.i], s.xi), _field_coords(lenses[s.j], norms[s.j], s.xj)
+        self.ui, self.uj = np.stack(fi[:2], 1), np.stack(fj[:2], 1)  # (N, 2) field positions
         self.bi = offset_basis(fi[0], fi[1])[:, :Q]
         self.bj = offset_basis(fj[0], fj[1])[:, :Q]
-        nt = 2 if tilt else 0
+        nt = int(tilt) * 2 if isinstance(tilt, bool) else int(tilt)
         gi, gj = groups[s.i], groups[s.j]
         vg = [gi] if gi == gj or not vignetting else [gi, gj]
+        self.vshared = vignetting and len(vg) == 1
         self.idx = np.concatenate([s.i * pf + np.arange(pf), s.j * pf + np.arange(pf)]
-                                  + ([n * pf + 3 * g + np.arange(3) for g in vg] if vignetting else []))
-        # Constant columns per channel row: exposure, tilt, vignetting (offsets come per step).
-        k = len(self.idx)
-        D = np.zeros((N, C, k))
+                                  + ([n * pf + NV * g + np.arange(NV) for g in vg] if vignetting else []))
+        # Constant columns per channel row: exposure and tilt (offsets and vignetting, which
+        # enter non-linearly, are filled in at every step).
+        D = np.zeros((N, C, len(self.idx)))
         for c in range(C):
             D[:, c, c] = 1.0
             D[:, c, pf + c] = -1.0
         if nt:
-            D[:, :, C:C + 2] = np.stack(fi[:2], 1)[:, None, :]
-            D[:, :, pf + C:pf + C + 2] = -np.stack(fj[:2], 1)[:, None, :]
-        if vignetting:
-            ri = np.stack([fi[2] ** (p + 1) for p in range(3)], 1)
-            rj = np.stack([fj[2] ** (p + 1) for p in range(3)], 1)
-            if len(vg) == 1:
-                D[:, :, 2 * pf:2 * pf + 3] = (ri - rj)[:, None, :]
-            else:
-                D[:, :, 2 * pf:2 * pf + 3] = ri[:, None, :]
-                D[:, :, 2 * pf + 3:2 * pf + 6] = -rj[:, None, :]
+            D[:, :, C:C + nt] = offset_basis(fi[0], fi[1])[:, None, 1:1 + nt]
+            D[:, :, pf + C:pf + C + nt] = -offset_basis(fj[0], fj[1])[:, None, 1:1 + nt]
         self.D0 = D
         self.oi, self.oj = C + nt, pf + C + nt  # first offset column of each frame
+        self.vcol = 2 * pf if vignetting else None  # first vignetting column
 
 
 class _Batch:
-    """Pair blocks with the same number of parameters stacked along a first axis (padded with
-    zero-weight samples), so that a Gauss-Newton step is a few batched matrix products."""
+    """Pair blocks with the same layout stacked along a first axis (padded with zero-weight
+    samples), so that a Gauss-Newton step is a few batched matrix products."""
 
     def __init__(self, blocks):
         P, nmax = len(blocks), max(len(b.w0) for b in blocks)
         b0 = blocks[0]
         C, Q, k = b0.C, b0.Q, len(b0.idx)
-        self.Q, self.oi, self.oj = Q, b0.oi, b0.oj
+        self.Q, self.oi, self.oj, self.vcol, self.vshared = Q, b0.oi, b0.oj, b0.vcol, b0.vshared
         self.count = [len(b.w0) for b in blocks]
         self.idx = np.stack([b.idx for b in blocks])
         self.w0 = np.zeros((P, nmax))
@@ -546,11 +589,14 @@ class _Batch:
         self.vj = np.ones((P, nmax, C))
         self.bi = np.zeros((P, nmax, Q))
         self.bj = np.zeros((P, nmax, Q))
+        self.ui = np.zeros((P, nmax, 2))
+        self.uj = np.zeros((P, nmax, 2))
         self.D0 = np.zeros((P, nmax, C, k))
         for p, b in enumerate(blocks):
             nb = len(b.w0)
             self.w0[p, :nb], self.vi[p, :nb], self.vj[p, :nb] = b.w0, b.vi, b.vj
             self.bi[p, :nb], self.bj[p, :nb], self.D0[p, :nb] = b.bi, b.bj, b.D0
+            self.ui[p, :nb], self.uj[p, :nb] = b.ui, b.uj
 
     def residuals(self, x, white):
         """(residual (P, N, C), usable (P, N, C), design (P, N, C, k)) at parameters x."""
@@ -565,19 +611,43 @@ class _Batch:
         usable = (di > 0.5 * BLACK * white) & (dj > 0.5 * BLACK * white)
         di, dj = np.maximum(di, 1e-6), np.maximum(dj, 1e-6)
         D = self.D0
-        lin = xl
+        lin = xl.copy()
+        # Offsets and vignetting enter non-linearly: leave them out of D @ x.
         if Q:
-            # The offsets enter through log(v - o), not linearly: leave them out of D @ x.
-            lin = xl.copy()
             lin[:, self.oi:self.oi + Q] = 0
             lin[:, self.oj:self.oj + Q] = 0
+        if self.vcol is not None:
+            lin[:, self.vcol:] = 0
         r = np.log(di) - np.log(dj) + np.einsum("pnck,pk->pnc", D, lin)
         if Q:
             # Their columns hold d log(v - o) / d coefficient = -white x basis / (v - o), updated
             # in place at every step.
             D[..., self.oi:self.oi + Q] = (-white / di)[..., None] * self.bi[:, :, None, :]
             D[..., self.oj:self.oj + Q] = (white / dj)[..., None] * self.bj[:, :, None, :]
+        if self.vcol is not None:
+            v0 = self.vcol
+            vj0 = v0 if self.vshared else v0 + NV
+            val_i, jac_i = _vignetting(self.ui, xl[:, v0:v0 + NV])
+            val_j, jac_j = _vignetting(self.uj, xl[:, vj0:vj0 + NV])
+            r += (val_i - val_j)[..., None]
+            if self.vshared:
+                D[..., v0:v0 + NV] = (jac_i - jac_j)[:, :, None, :]
+            else:
+                D[..., v0:v0 + NV] = jac_i[:, :, None, :]
+                D[..., vj0:vj0 + NV] = -jac_j[:, :, None, :]
         return r, usable, D
+
+
+def _vignetting(u, p):
+    """Log gain of a lens's vignetting at field positions u (P, N, 2) with parameters p (P, NV):
+    b1 r^2 + b2 r^4 + b3 r^6 about the centre (cx, cy); and its derivatives (P, N, NV)."""
+    b1, b2, b3, cx, cy = (p[:, k][:, None] for k in range(NV))
+    dx, dy = u[..., 0] - cx, u[..., 1] - cy
+    r2 = dx * dx + dy * dy
+    val = r2 * (b1 + r2 * (b2 + r2 * b3))
+    dval_dr2 = b1 + r2 * (2 * b2 + 3 * b3 * r2)
+    jac = np.stack([r2, r2 * r2, r2 ** 3, -2 * dx * dval_dr2, -2 * dy * dval_dr2], axis=-1)
+    return val, jac
 
 
 def _batches(blocks):
@@ -594,8 +664,9 @@ def _field_coords(lens, norm, xy):
     return u, v, u * u + v * v
 
 
-def _tone(lens, norm, a, tilt, vig, offset, white):
-    return Tone(gain=tuple(float(np.exp(v)) for v in a), centre=lens.centre, norm=float(norm),
+def _tone(lens, norm, a, tilt, vig, offset, white, vshift=(0.0, 0.0)):
+    vc = (lens.centre[0] + float(vshift[0]) * norm, lens.centre[1] + float(vshift[1]) * norm)
+    return Tone(gain=tuple(float(np.exp(v)) for v in a), centre=lens.centre, vcentre=vc, norm=float(norm),
                 vignetting=tuple(float(v) for v in vig), tilt=tuple(float(v) for v in tilt),
                 offset=tuple(float(v) for v in offset) + (0.0,) * (OFFSET_TERMS - len(offset)),
                 white=float(white), knee=float(KNEE * white))
@@ -603,14 +674,15 @@ def _tone(lens, norm, a, tilt, vig, offset, white):
 
 def tone_to_dict(t: Tone) -> dict:
     return {"gain": list(t.gain), "centre": list(t.centre), "norm": t.norm, "vignetting": list(t.vignetting),
+            "vignetting_centre": list(t.vcentre or t.centre),
             "tilt": list(t.tilt), "offset": list(t.offset), "white": t.white, "knee": t.knee}
 
 
 def tone_from_dict(d: dict) -> Tone:
     return Tone(gain=tuple(d["gain"]), centre=tuple(d["centre"]), norm=float(d["norm"]),
-                vignetting=tuple(d["vignetting"]), tilt=tuple(d["tilt"]), offset=tuple(d.get("offset", (0.0, 0.0, 0.0))),
-                white=float(d["white"]),
-                knee=float(d["knee"]))
+                vcentre=tuple(d["vignetting_centre"]) if "vignetting_centre" in d else None,
+                vignetting=tuple(d["vignetting"]), tilt=tuple(d["tilt"]), offset=tuple(d.get("offset", (0.0,))),
+                white=float(d["white"]), knee=float(d["knee"]))
 
 
 def overlapping_pairs(dirs, radii):

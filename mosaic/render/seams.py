@@ -80,6 +80,20 @@ class PairSeam:
         return cv2.remap(g.view(np.uint8), gx, gy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE) > 0
 
 
+def seam_to_dict(s: PairSeam, a: str, b: str) -> dict:
+    """A seam for ``render.json``: frame ids a < b (by render order), grid box, bits in base64."""
+    import base64
+
+    return {"a": a, "b": b, "scale": s.scale, "box": [s.x0, s.y0, s.w, s.h], "bits": base64.b64encode(s.bits).decode()}
+
+
+def seam_from_dict(d: dict, i: int, j: int) -> PairSeam:
+    import base64
+
+    x0, y0, w, h = (int(v) for v in d["box"])
+    return PairSeam(int(i), int(j), int(d["scale"]), x0, y0, w, h, base64.b64decode(d["bits"]))
+
+
 # -- solving one pair ------------------------------------------------------------------------------
 
 def disagreement(va: np.ndarray, vb: np.ndarray, overlap: np.ndarray, white: float) -> np.ndarray:
@@ -120,17 +134,25 @@ def disagreement(va: np.ndarray, vb: np.ndarray, overlap: np.ndarray, white: flo
         ca = va * ratio[..., None]
         colour = _band_sum(np.abs(ca - vb)) / (sa * ratio + sb + eps)
         gca = ga * ratio
-    grad = np.zeros((h, w), np.float32)
-    for dx, dy in ((1, 0), (0, 1)):
-        ka = cv2.Sobel(gca, cv2.CV_32F, dx, dy, ksize=3)
-        kb = cv2.Sobel(gb, cv2.CV_32F, dx, dy, ksize=3)
-        grad += np.abs(ka - kb) / (np.abs(ka) + np.abs(kb) + 4 * eps)
-    cost = 2.0 * colour + 0.5 * grad
+    cost = 2.0 * colour + 0.5 * structure_mismatch(gca, gb, white)
     top = np.float32(0.98 * white * nc)  # clipped in any band reads as near white in the sum
     clipped = (sa >= top) | (sb >= top) if nc == 1 else (va.max(axis=2) >= 0.98 * white) | (vb.max(axis=2) >= 0.98 * white)
     cost[clipped] = CLIPPED_COST
     cost[~overlap] = np.inf
     return cost
+
+
+def structure_mismatch(ga: np.ndarray, gb: np.ndarray, white: float) -> np.ndarray:
+    """How differently two grey images (float32 (h, w), one grid) vary from pixel to pixel: the
+    gradient difference over the gradients' size, 0 (same structure, whatever the gain) to ~2;
+    low in flat areas. Parallax and misregistration show as mismatched structure."""
+    eps = np.float32(0.2 * white)
+    out = np.zeros(ga.shape, np.float32)
+    for dx, dy in ((1, 0), (0, 1)):
+        ka = cv2.Sobel(ga, cv2.CV_32F, dx, dy, ksize=3)
+        kb = cv2.Sobel(gb, cv2.CV_32F, dx, dy, ksize=3)
+        out += np.abs(ka - kb) / (np.abs(ka) + np.abs(kb) + eps)
+    return out
 
 
 def _band_sum(a: np.ndarray) -> np.ndarray:
