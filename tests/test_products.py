@@ -18,7 +18,7 @@ from PIL import Image
 
 import mosaic
 from mosaic.products import control_points, write_products
-from mosaic.quality import ownership, palette
+from mosaic.quality import HEADER_HEIGHT, ownership, palette
 from synth_cache import QUICK_360, scene
 
 
@@ -45,7 +45,7 @@ def test_quality_one_colour_per_used_frame(stitched):
     pic = np.asarray(Image.open(out / "quality.png").convert("RGB"))
     label, frames = ownership(out / "solution.json", 1024)
     assert [f.id for f in frames] == [f["id"] for f in used]
-    top = pic[: label.shape[0]]
+    top = pic[HEADER_HEIGHT:HEADER_HEIGHT + label.shape[0]]
     colours = palette(len(frames))
     assert len({tuple(c) for c in colours.tolist()}) == len(frames)
     for k in range(len(frames)):

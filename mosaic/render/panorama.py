@@ -280,9 +280,10 @@ class TileJob:
     seams: tuple = ()  # PairSeam of pairs of these frames
 
 
-def _place(fm, img, f: FrameInfo, bands, rr, cc):
-    """The frame's warped pixels as rendered (its tone: gains, spatial field, highlights), zero
-    where it does not see (premultiplied by its cover, as :meth:`blend.MultiBand.add` takes
+def _place(fm, img, f: FrameInfo, bands, rr, cc, out_top=np.inf):
+    """The frame's warped pixels as rendered (its tone: gains, spatial field, highlights; nothing
+    above the data's white, ``out_top`` being the output type's largest value), zero where it
+    does not see (premultiplied by its cover, as :meth:`blend.MultiBand.add` takes
     them), and the cover, embedded in the region rr x cc, straight from the remap's dtype."""
     h, w = rr.stop - rr.start, cc.stop - cc.start
     # The map usually spans the whole region: then nothing needs zeroing first.
@@ -319,10 +320,16 @@ def _place(fm, img, f: FrameInfo, bands, rr, cc):
         if fm.field.shape[2] > bands:
             cv2.subtract(dst, fm.field[..., bands:].reshape(dst.shape), dst=dst)
     darkened = min(t.gain) < 1 or any(t.offset) or (fm.field is not None and fm.field[..., :bands].min() < f.scale)
+    white_out = t.white * f.scale
     if f.top > t.knee and darkened:
         # Highlights and clipped pixels of a darkened frame go to white (brightened ones saturate).
         for b in range(bands):
-            photometry.rolloff(dst[..., b], img[..., b if img.shape[2] > 1 else 0], t.white, t.knee, t.white * f.scale)
+            photometry.rolloff(dst[..., b], img[..., b if img.shape[2] > 1 else 0], t.white, t.knee, white_out)
+    elif white_out < out_top:
+        # Data of fewer bits than the output's type: brightened values stop at the data's white.
+        most = f.top * (max(t.gain) * f.scale if fm.field is None else float(fm.field[..., :bands].max()))
+        if most > white_out:
+            np.minimum(dst, np.float32(white_out), out=dst)
     if not fm.valid.all():
         dst[~fm.valid] = 0
     return out, cover
@@ -371,10 +378,12 @@ def render_tile(job: TileJob):
     if not (label[core] >= 0).any():
         return None, stats
     present = [i for i in range(len(fmaps)) if fmaps[i] is not None and (label[fmaps[i].rows, fmaps[i].cols] == i).any()]
+    dt = np.dtype(job.dtype)
+    top = float(np.iinfo(dt).max) if dt.kind == "u" else np.inf
 
     def placed(i, fm, rr, cc):
         f = job.frames[i]
-        return _place(fm, warp.remap(warp.CACHE.get(f.path)[0], fm, float32=False), f, job.bands, rr, cc)
+        return _place(fm, warp.remap(warp.CACHE.get(f.path)[0], fm, float32=False), f, job.bands, rr, cc, top)
 
     if len(present) == 1:
         out, _ = placed(present[0], fmaps[present[0]], slice(0, h), slice(0, w))
@@ -394,11 +403,15 @@ def render_tile(job: TileJob):
         out = mb.result()
     out = out[core]
     alpha = label[core] >= 0
-    dt = np.dtype(job.dtype)
     arr = np.empty((job.bands + 1, ch, cw), dt)
     top = np.iinfo(dt).max if dt.kind == "u" else 1.0
+    # The blend may overshoot a little at sharp edges: nothing above the data's white (12-bit
+    # data in a 16-bit panorama ends at 4095).
+    white = max(f.tone.white * f.scale for f in job.frames)
     for b in range(job.bands):
         band = np.ascontiguousarray(out[..., b])
+        if white < top:
+            np.minimum(band, np.float32(white), out=band)
         if dt.kind == "u":
             # OpenCV's saturating conversion rounds half to even like np.rint, clips like np.clip,
             # in one pass instead of three.
@@ -606,27 +619,35 @@ def _pair_task(i, j, fa, fb, ma, mb, size_a, size_b, white, seams_on):
     overlap and the pair's seam. Returns (PairSamples or None, PairSeam or None)."""
     cv2.setNumThreads(1)
     rh, rw = fa.valid.shape
-    mapx, mapy = warp.reduced_pair_map(ma, mb, rw, rh, fa.scale)
+    # The grid and a ring of pixels beyond it, where only b may see (the seam needs to know).
+    mapx, mapy = warp.reduced_pair_map(ma, mb, rw + 2, rh + 2, fa.scale, origin=-1)
     wb, hb = size_b
     bx0, bx1, by0, by1 = masks_box(fb.margins, wb, hb)
     inside_b = (mapx >= bx0) & (mapx <= bx1) & (mapy >= by0) & (mapy <= by1)
-    overlap = fa.valid & inside_b
+    inside_a = np.pad(fa.valid, 1, constant_values=False)
+    overlap = inside_a & inside_b
     ys, xs = np.nonzero(overlap)
     if len(ys) < 16:
         return None, None
     # Everything from here on works on the overlap's box (plus the seam's border band).
     band = seams.band(fa.scale)
     pad = band + 3
-    y0, y1 = max(0, ys.min() - pad), min(rh, ys.max() + pad + 1)
-    x0, x1 = max(0, xs.min() - pad), min(rw, xs.max() + pad + 1)
+    y0, y1 = max(0, ys.min() - pad), min(rh + 2, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(rw + 2, xs.max() + pad + 1)
     box = (slice(y0, y1), slice(x0, x1))
     mx, my = mapx[box], mapy[box]
     qx, qy = (mx + 0.5) / fb.scale - 0.5, (my + 0.5) / fb.scale - 0.5
     inside_b = inside_b[box]
     if fb.alpha:
         inside_b &= warp.bilinear(fb.valid.astype(np.float32), qx, qy) >= 1.0 - 1e-6
-    overlap = fa.valid[box] & inside_b
-    va = fa.image[box].astype(np.float32)
+    inside_a = inside_a[box]
+    overlap = inside_a & inside_b
+    # Frame a's values on the box (the ring beyond the frame is never in the overlap).
+    va = np.zeros((y1 - y0, x1 - x0, fa.image.shape[2]), np.float32)
+    gy0, gx0 = max(y0 - 1, 0), max(x0 - 1, 0)
+    sub = fa.image[gy0:y1 - 1, gx0:x1 - 1].astype(np.float32)
+    va[gy0 + 1 - y0:gy0 + 1 - y0 + sub.shape[0], gx0 + 1 - x0:gx0 + 1 - x0 + sub.shape[1]] = sub
+    x0, y0 = x0 - 1, y0 - 1  # box origin in a's grid coordinates
     vb = np.stack([warp.bilinear(fb.image[..., c], qx, qy) for c in range(fb.image.shape[2])], axis=-1)
     if va.shape[2] != vb.shape[2]:  # a grey frame beside a colour one: compare brightness
         va, vb = va.mean(axis=2, keepdims=True), vb.mean(axis=2, keepdims=True)
@@ -636,11 +657,11 @@ def _pair_task(i, j, fa, fb, ma, mb, size_a, size_b, white, seams_on):
     # the seam meets other frames' within a few reduced pixels anyway.
     if seams_on and len(ys) >= seams.MIN_OVERLAP * min(fa.valid.size, fb.valid.size):
         wa, ha = size_a
-        gx = ((np.arange(x0, x1) + 0.5) * fa.scale - 0.5 - (wa - 1) / 2.0) * (2.0 / wa)
-        gy = ((np.arange(y0, y1) + 0.5) * fa.scale - 0.5 - (ha - 1) / 2.0) * (2.0 / ha)
+        gx = ((np.arange(x0, x0 + va.shape[1]) + 0.5) * fa.scale - 0.5 - (wa - 1) / 2.0) * (2.0 / wa)
+        gy = ((np.arange(y0, y0 + va.shape[0]) + 0.5) * fa.scale - 0.5 - (ha - 1) / 2.0) * (2.0 / ha)
         sa = (gx * gx)[None, :] + (gy * gy)[:, None]
         sb = ((mx - (wb - 1) / 2.0) * (2.0 / wb)) ** 2 + ((my - (hb - 1) / 2.0) * (2.0 / hb)) ** 2
-        seam = seams.solve_pair(i, j, va, vb, overlap, fa.valid[box], inside_b, fa.scale, white, (x0, y0), band,
+        seam = seams.solve_pair(i, j, va, vb, overlap, inside_a, inside_b, fa.scale, white, (x0, y0), band,
                                 np.abs(sa - sb).astype(np.float32))
     return samples, seam
 

@@ -482,7 +482,7 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     wsum = sum(b.w0.sum() for b in blocks) * C
     before = float(np.sqrt(sum((b.w0[:, None] * np.log(b.vi / b.vj) ** 2).sum() for b in blocks) / wsum))
     res = [bt.residuals(x, white) for bt in batches]
-    sigma = 3.0 * _mad_sigma(res)  # the first step is nearly least squares: the model is not there yet
+    sigma = np.inf  # the first step is least squares: until the model is near, no sample is an outlier
     for _ in range(ROUNDS):
         rows, cols, vals, grad = [], [], [], np.zeros(m)
         for bt, (r, usable, D) in zip(batches, res):

@@ -38,6 +38,7 @@ from .warp import FrameMap
 #: support (a seam nearer a border blends with the frame's missing pixels, and costs the
 #: masked pyramids).
 BAND_PX = 96
+UNDECIDED = 2
 #: Overlaps smaller than this share of either frame keep the centre rule (corners of four frames).
 MIN_OVERLAP = 0.04
 #: Cost of one step of seam (keeps seams short where the frames agree everywhere).
@@ -188,25 +189,27 @@ def _grid_graph(cost: np.ndarray, nodes: np.ndarray):
 
 
 def cut(cost: np.ndarray, overlap: np.ndarray, inside_a: np.ndarray, inside_b: np.ndarray):
-    """Ownership of the overlap (1 = a, 0 = b) from the cheapest path between the two places
-    where a's border meets b's, or None when the overlap does not have exactly two (one frame
-    inside the other, or a tangle)."""
+    """Ownership of the overlap (1 = a, 0 = b): its boundary runs along a's border where b goes on
+    beyond it (j must own those pixels), along b's border where a goes on (i must own them), and
+    elsewhere along both frames' borders (free). The cheapest path between the two free stretches
+    (or points where the borders cross) cuts the overlap in two. None when the overlap has not
+    exactly two of them (one frame inside the other, or a tangle)."""
     from scipy.ndimage import label as cc_label
     from scipy.sparse.csgraph import dijkstra
 
     h, w = overlap.shape
-    pad_a = np.pad(inside_a, 1, constant_values=False)
-    pad_b = np.pad(inside_b, 1, constant_values=True)  # b goes on beyond a's grid
     k4 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
-    near_not_a = cv2.dilate((~pad_a).astype(np.uint8), k4)[1:-1, 1:-1] > 0
-    near_not_b = cv2.dilate((~pad_b).astype(np.uint8), k4)[1:-1, 1:-1] > 0
-    edge_a = overlap & near_not_a  # a's border: j must own it
-    edge_b = overlap & near_not_b & ~edge_a  # b's border inside a: i must own it
+    k8 = np.ones((3, 3), np.uint8)
+
+    def near(mask, k=k4):
+        return cv2.dilate(mask.astype(np.uint8), k) > 0
+
+    edge_a = overlap & near(inside_b & ~inside_a)  # beyond is b alone: j owns
+    edge_b = overlap & near(inside_a & ~inside_b) & ~edge_a  # beyond is a alone: i owns
     if not edge_a.any() or not edge_b.any():
         return None
-    k8 = np.ones((3, 3), np.uint8)
-    ends = (edge_a & (cv2.dilate(edge_b.astype(np.uint8), k8) > 0)) | \
-           (edge_b & (cv2.dilate(edge_a.astype(np.uint8), k8) > 0))
+    boundary = overlap & near(~overlap)
+    ends = (boundary & ~edge_a & ~edge_b) | (edge_a & near(edge_b, k8)) | (edge_b & near(edge_a, k8))
     lab, n = cc_label(ends, structure=np.ones((3, 3)))
     if n != 2:
         return None
@@ -223,7 +226,7 @@ def cut(cost: np.ndarray, overlap: np.ndarray, inside_a: np.ndarray, inside_b: n
     while node >= 0:
         path[flat[node]] = True
         node = pred[node]
-    # The path and both junctions (clusters of pixels where the borders meet) cut the overlap.
+    # The path and both free stretches cut the overlap.
     path = path.reshape(h, w) | (lab > 0)
     comps, nc = cc_label(overlap & ~path)
     touches_a = np.zeros(nc + 1, bool)
@@ -235,6 +238,7 @@ def cut(cost: np.ndarray, overlap: np.ndarray, inside_a: np.ndarray, inside_b: n
         return None  # the cut leaks: no clean split
     own = np.ones((h, w), np.uint8)
     own[touches_a[comps]] = 0
+    own[path] = UNDECIDED  # the cut itself: its neighbours decide (solve_pair)
     return own
 
 
@@ -248,8 +252,8 @@ def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(
     """The seam of frames i < j on a box of i's reduced grid at ``origin`` (x, y): ``va`` i's
     reduced image and ``vb`` j's resampled onto it (float32 (h, w, C)), ``overlap`` where both
     see, ``inside_a``/``inside_b`` each frame's valid area there. The box must reach at least
-    band + 1 pixels beyond the overlap wherever it does not end at the grid's edge (there the
-    box's edge counts as i's border); ``band_px``: the border band in grid pixels (default
+    band + 1 pixels beyond the overlap (a ring beyond frame i's grid included: whether j sees
+    there decides who owns i's border); ``band_px``: the border band in grid pixels (default
     :func:`band`); ``centre_gap``: how far each grid pixel is from the centre rule's seam (the
     difference of the two frames' normalised squared centre distances), which the seam follows
     (CENTRE_WEIGHT per unit) where the frames agree everywhere."""
@@ -257,9 +261,8 @@ def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(
         return None
     cost = disagreement(va, vb, overlap, white)
     # Keep off both frames' borders: a penalty falling from 1 to 0 across the band.
-    da = cv2.distanceTransform(np.pad(inside_a, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    db = cv2.distanceTransform(np.pad(inside_b, 1, constant_values=True).astype(np.uint8),
-                               cv2.DIST_L2, 3)[1:-1, 1:-1]
+    da = cv2.distanceTransform(inside_a.astype(np.uint8), cv2.DIST_L2, 3)
+    db = cv2.distanceTransform(inside_b.astype(np.uint8), cv2.DIST_L2, 3)
     b = band(scale) if band_px is None else band_px
     cost += np.maximum(0, 1 - da / b) + np.maximum(0, 1 - db / b) + STEP_COST
     if centre_gap is not None:
@@ -267,11 +270,14 @@ def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(
     own = cut(cost, overlap, inside_a, inside_b)
     if own is None:
         return None
-    # Pixels around the overlap take their nearest overlap pixel's owner (full-resolution pixels
-    # of the overlap may map just outside its reduced grid pixels).
-    _, lab = cv2.distanceTransformWithLabels((~overlap).astype(np.uint8), cv2.DIST_L2, 3,
+    # The cut's own pixels, and pixels around the overlap, take their nearest decided overlap
+    # pixel's owner (full-resolution pixels of the overlap may map just outside its grid pixels).
+    decided = overlap & (own != UNDECIDED)
+    if not decided.any():
+        return None
+    _, lab = cv2.distanceTransformWithLabels((~decided).astype(np.uint8), cv2.DIST_L2, 3,
                                              labelType=cv2.DIST_LABEL_PIXEL)
-    ys, xs = np.nonzero(overlap)
+    ys, xs = np.nonzero(decided)
     # Labels of zero pixels (the overlap) number them in scan order: lab[y, x] - 1 indexes ys/xs.
     near = lab - 1
     filled = own[ys[near], xs[near]]

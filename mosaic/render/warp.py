@@ -288,13 +288,15 @@ def frame_to_frame(model_a, model_b, pix):
     return model_b.project(model_b.C[None, :] + FAR * d)
 
 
-def reduced_pair_map(model_a, model_b, rw, rh, scale, step=8):
+def reduced_pair_map(model_a, model_b, rw, rh, scale, step=8, origin=0):
     """Frame b's full-resolution pixels (mapx, mapy, each (rh, rw) float32; -1e6 where b does not
     see) of frame a's reduced pixel centres (blocks of ``scale`` pixels), exact at every
-    ``step``-th reduced pixel and bilinear in between (a frame's distortion bends slowly)."""
+    ``step``-th reduced pixel and bilinear in between (a frame's distortion bends slowly).
+    ``origin``: the reduced pixel (x = y) the first row and column stand for (-1: a ring of
+    pixels just beyond the frame)."""
     nx, ny = -(-(rw - 1) // step) + 1, -(-(rh - 1) // step) + 1
-    kx = np.minimum(np.arange(nx) * step, (nx - 1) * step)
-    ky = np.minimum(np.arange(ny) * step, (ny - 1) * step)
+    kx = np.minimum(np.arange(nx) * step, (nx - 1) * step) + origin
+    ky = np.minimum(np.arange(ny) * step, (ny - 1) * step) + origin
     gx, gy = np.meshgrid(kx, ky)
     full = np.stack([(gx.ravel() + 0.5) * scale - 0.5, (gy.ravel() + 0.5) * scale - 0.5], axis=1)
     q = frame_to_frame(model_a, model_b, full).reshape(ny, nx, 2)

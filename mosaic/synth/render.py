@@ -164,12 +164,13 @@ def dark_borders(img, rng):
     img[:top] = 0
     img[img.shape[0] - bottom:] = 0
     col = img.astype(np.float64)
-    ragged = rng.random(img.shape[0]) < 0.5
+    shape = (img.shape[0],) + (1,) * (img.ndim - 2)  # one draw per row, all bands alike
+    ragged = (rng.random(img.shape[0]) < 0.5).reshape(shape)
     img[:, 0] = 0
     img[:, 1] = np.where(ragged, 0, np.rint(0.2 * col[:, 1])).astype(img.dtype)
     img[:, 2] = np.rint(0.66 * col[:, 2]).astype(img.dtype)
     img[:, -1] = np.rint(0.5 * col[:, -1]).astype(img.dtype)
-    ragged = rng.random(img.shape[0]) < 0.5
+    ragged = (rng.random(img.shape[0]) < 0.5).reshape(shape)
     img[:, -2] = np.where(ragged, 0, np.rint(0.85 * col[:, -2])).astype(img.dtype)
     img[:top] = 0
     img[img.shape[0] - bottom:] = 0
