@@ -630,7 +630,7 @@ def _pair_task(i, j, fa, fb, ma, mb, size_a, size_b, white, seams_on):
     if len(ys) < 16:
         return None, None
     # Everything from here on works on the overlap's box (plus the seam's border band).
-    band = seams.band(fa.scale)
+    band = seams.band(fa.scale, fa.valid.shape)
     pad = band + 3
     y0, y1 = max(0, ys.min() - pad), min(rh + 2, ys.max() + pad + 1)
     x0, x1 = max(0, xs.min() - pad), min(rw + 2, xs.max() + pad + 1)

@@ -242,9 +242,13 @@ def cut(cost: np.ndarray, overlap: np.ndarray, inside_a: np.ndarray, inside_b: n
     return own
 
 
-def band(scale: int) -> int:
-    """BAND_PX in reduced pixels of ``scale`` frame pixels."""
-    return max(2, -(-BAND_PX // int(scale)))
+def band(scale: int, grid_shape=None) -> int:
+    """BAND_PX in reduced pixels of ``scale`` frame pixels, at most an eighth of the grid's
+    smaller side (``grid_shape``: a small frame's overlaps are narrow)."""
+    b = -(-BAND_PX // int(scale))
+    if grid_shape is not None:
+        b = min(b, min(grid_shape) // 8)
+    return max(2, b)
 
 
 def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(0, 0), band_px=None,
@@ -263,7 +267,7 @@ def solve_pair(i, j, va, vb, overlap, inside_a, inside_b, scale, white, origin=(
     # Keep off both frames' borders: a penalty falling from 1 to 0 across the band.
     da = cv2.distanceTransform(inside_a.astype(np.uint8), cv2.DIST_L2, 3)
     db = cv2.distanceTransform(inside_b.astype(np.uint8), cv2.DIST_L2, 3)
-    b = band(scale) if band_px is None else band_px
+    b = band(scale, inside_a.shape) if band_px is None else band_px
     cost += np.maximum(0, 1 - da / b) + np.maximum(0, 1 - db / b) + STEP_COST
     if centre_gap is not None:
         cost += CENTRE_WEIGHT * np.minimum(centre_gap, 1.0)
