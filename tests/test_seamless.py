@@ -329,3 +329,26 @@ def test_edge_ratio_with_troubles_matches_clean(tmp_path):
         r = render_panorama(s / "truth" / "solution.json", tmp_path / s.name / "r")
         ratios.append(edge_visibility(r["panorama"], s / "truth" / "solution.json")["ratio"])
     assert abs(ratios[0] - ratios[1]) < 0.08 and max(ratios) < 1.1, ratios
+
+
+def test_features_keep_off_detected_borders(tmp_path):
+    """Keypoints stay a border band (``border_px``) away from the frame's own dark border, not
+    from its outer edge: textured dim columns would otherwise give keypoints that sit on
+    pixels the renderer drops."""
+    from mosaic.config import StitchConfig
+    from mosaic.stages import features
+
+    rng = np.random.default_rng(4)
+    img = np.clip(128 + 60 * cv2.GaussianBlur(rng.standard_normal((400, 500)), (0, 0), 1.5), 0, 255).astype(np.uint8)
+    for c, f in enumerate((0.0, 0.2, 0.5, 0.75)):  # a blank, then dim columns, textured
+        img[:, c] = (img[:, c] * f).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "f.png"), img)
+    cfg = StitchConfig()
+    opts = cfg.key_of(*features.CONFIG_FIELDS)
+    rec = {"id": "f", "path": str(tmp_path / "f.png"), "image": str(tmp_path / "f.png"), "width": 500,
+           "height": 400, "model": np.zeros(1).tolist()}  # a model: no photo refinement, full resolution
+    features.detect(rec, str(tmp_path / "f.npz"), opts)
+    xy = np.load(tmp_path / "f.npz")["xy"]
+    m = masks.detect_margins(img)
+    assert m.left == 5 and len(xy) > 50
+    assert xy[:, 0].min() >= cfg.border_px + m.left - 1
