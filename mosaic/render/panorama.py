@@ -679,9 +679,9 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     fit = ~photometry.held_out(len(ties))
     ti, tj = ties[:, 0].astype(int), ties[:, 1].astype(int)
     points = [np.concatenate([ties[fit & (ti == k), 2:4], ties[fit & (tj == k), 4:6]]) for k in range(n)]
-    futs = client.map(photometry.prepare, [f.path for f in frames], [f.width for f in frames],
+    read = client.map(photometry.prepare, [f.path for f in frames], [f.width for f in frames],
                       [f.height for f in frames], red, points, pure=False)
-    data = track_futures("frames", futs)  # a bar per frame read: the first pass over every pixel
+    data = track_futures("frames", read)  # a bar per frame read: the first pass over every pixel
     whites = []
     for k, f in enumerate(frames):
         same = [d.top for d, dt in zip(data, fdtypes) if dt == fdtypes[k]]
@@ -690,8 +690,10 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     want_samples = isinstance(gains, bool) and gains
     samples, pair_seams = [], {}
     if pairs and (want_samples or seams_on):
-        futs = client.map(_pair_task, [i for i, _ in pairs], [j for _, j in pairs], [data[i] for i, _ in pairs],
-                          [data[j] for _, j in pairs], [frames[i].model for i, _ in pairs],
+        # The reads' futures, not their arrays: each reduced frame stays where it was made instead
+        # of travelling in the task graph once per pair.
+        futs = client.map(_pair_task, [i for i, _ in pairs], [j for _, j in pairs], [read[i] for i, _ in pairs],
+                          [read[j] for _, j in pairs], [frames[i].model for i, _ in pairs],
                           [frames[j].model for _, j in pairs], [(frames[i].width, frames[i].height) for i, _ in pairs],
                           [(frames[j].width, frames[j].height) for _, j in pairs], [whites[i] for i, _ in pairs],
                           [seams_on] * len(pairs), pure=False)
@@ -725,6 +727,8 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     stats["overlapping_pairs"] = len(pairs)
     out = [replace(f, gain=float(np.mean(t.gain)), scale=float(s), tone=t, margins=d.margins, alpha=d.alpha,
                    top=d.top) for f, t, s, d in zip(frames, tones, scales, data)]
+    for fut in read:
+        fut.release()
     return out, pair_seams, stats
 
 
