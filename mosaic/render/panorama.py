@@ -686,7 +686,9 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     for k, f in enumerate(frames):
         same = [d.top for d, dt in zip(data, fdtypes) if dt == fdtypes[k]]
         whites.append(photometry.white_level(same, fdtypes[k]))
-    pairs = photometry.overlapping_pairs(np.array([f.boresight for f in frames]), np.array([f.radius for f in frames]))
+    pairs = [(i, j) for i, j in photometry.overlapping_pairs(np.array([f.boresight for f in frames]),
+                                                             np.array([f.radius for f in frames]))
+             if _sees_other(frames[i], frames[j])]
     want_samples = isinstance(gains, bool) and gains
     samples, pair_seams = [], {}
     if pairs and (want_samples or seams_on):
@@ -736,6 +738,19 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
 #: root of its tie count, so pairs with few ties (which count as much in the agreement figures)
 #: are not outvoted.
 TIE_PAIR_POINTS = 100.0
+
+
+def _sees_other(fa: FrameInfo, fb: FrameInfo, n: int = 8) -> bool:
+    """Whether two frames whose cones meet overlap at all: some of either's border or centre
+    rays (far field) land inside the other (cones are a loose bound: a third of a pan's cone
+    pairs do not overlap, and a pair task costs more than this test)."""
+    for a, b in ((fa, fb), (fb, fa)):
+        pix = np.concatenate([a.model.border_pixels(a.width, a.height, n), [[(a.width - 1) / 2.0, (a.height - 1) / 2.0]]])
+        q = warp.frame_to_frame(a.model, b.model, pix)
+        ok = np.isfinite(q).all(axis=1)
+        if (ok & (q[:, 0] >= -0.5) & (q[:, 0] <= b.width - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= b.height - 0.5)).any():
+            return True
+    return False
 
 
 def _tie_samples(ties, data, whites):

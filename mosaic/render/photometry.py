@@ -381,17 +381,19 @@ MODELS = (("exposure", False, 0, 0), ("exposure+vignetting", True, 0, 0), ("+off
 #: zoom steps differ by more, focal lengths estimated for plain photos of one camera by less.
 LENS_TOLERANCE = 0.15
 #: Samples per pair that choose the model.
-CHOICE_SAMPLES = 80
+CHOICE_SAMPLES = 60
 #: A more complex model must beat the simpler ones' validation error by this factor.
-SIMPLER_WITHIN = 1.03
+SIMPLER_WITHIN = 1.05
+#: ... and by this much (log units): below it the scores differ by the values' own quantisation.
+SIMPLER_BY = 0.001
 
 
 def fit(n: int, channels: int, samples: list, lenses: list, sizes: list, white: float):
     """The pan's tones with the model the data supports: each of :data:`MODELS` is solved on
     three quarters of (at most CHOICE_SAMPLES per pair of) the samples and scored on the rest
     (the median absolute log difference of the two frames as rendered); the simplest model within
-    SIMPLER_WITHIN of the best score wins and is solved again on all samples. Returns (tones,
-    stats) as :func:`solve`."""
+    SIMPLER_WITHIN (or SIMPLER_BY) of the best score wins and is solved again on all samples.
+    Returns (tones, stats) as :func:`solve`."""
     train, check = [], []
     for s in samples:
         # At most CHOICE_SAMPLES per pair decide the model (the final fit takes them all).
@@ -404,7 +406,7 @@ def fit(n: int, channels: int, samples: list, lenses: list, sizes: list, white: 
         tones, _ = solve(n, channels, train, lenses, sizes, white, vignetting=vignetting, tilt=tilt, offset_terms=terms)
         scores.append(_weighted_median(*_residuals(tones, check)))
     best = min(scores)
-    pick = next(k for k, sc in enumerate(scores) if sc <= best * SIMPLER_WITHIN)
+    pick = next(k for k, sc in enumerate(scores) if sc <= best * SIMPLER_WITHIN or sc - best < SIMPLER_BY)
     name, vignetting, tilt, terms = MODELS[pick]
     tones, stats = solve(n, channels, samples, lenses, sizes, white, vignetting=vignetting, tilt=tilt,
                          offset_terms=terms)
