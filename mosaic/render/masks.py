@@ -81,14 +81,6 @@ def valid_box(margins: Margins, width: int, height: int):
     return x0, x1, y0, y1
 
 
-def grey_of(img: np.ndarray) -> np.ndarray:
-    """Grey float32 of a (h, w) or (h, w, bands) image (mean of the bands)."""
-    a = np.asarray(img)
-    if a.ndim == 3:
-        return a.astype(np.float32).mean(axis=2)
-    return a.astype(np.float32)
-
-
 def _side(rows: np.ndarray, usable: np.ndarray) -> int:
     """Border rows at the start of ``rows`` (k + 1, n): consecutive rows from the first that hold
     zero fill (ZERO_SHARE of their pixels at 0 more than the innermost row) or are uniformly

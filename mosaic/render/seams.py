@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .warp import FrameMap
-
 #: Width (frame pixels) of the band along either frame's border that seams avoid: the blend's
 #: support (a seam nearer a border blends with the frame's missing pixels, and costs the
 #: masked pyramids).
