@@ -692,10 +692,10 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     want_samples = isinstance(gains, bool) and gains
     samples, pair_seams = [], {}
     if pairs and (want_samples or seams_on):
-        # The reads' futures, not their arrays: each reduced frame stays where it was made instead
-        # of travelling in the task graph once per pair.
-        futs = client.map(_pair_task, [i for i, _ in pairs], [j for _, j in pairs], [read[i] for i, _ in pairs],
-                          [read[j] for _, j in pairs], [frames[i].model for i, _ in pairs],
+        # The reduced frames themselves (small: ~0.2 MB), so that any executor runs the tasks as
+        # they are (a dask cluster ships them in the graph, twice per pair).
+        futs = client.map(_pair_task, [i for i, _ in pairs], [j for _, j in pairs], [data[i] for i, _ in pairs],
+                          [data[j] for _, j in pairs], [frames[i].model for i, _ in pairs],
                           [frames[j].model for _, j in pairs], [(frames[i].width, frames[i].height) for i, _ in pairs],
                           [(frames[j].width, frames[j].height) for _, j in pairs], [whites[i] for i, _ in pairs],
                           [seams_on] * len(pairs), pure=False)
@@ -729,8 +729,6 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     stats["overlapping_pairs"] = len(pairs)
     out = [replace(f, gain=float(np.mean(t.gain)), scale=float(s), tone=t, margins=d.margins, alpha=d.alpha,
                    top=d.top) for f, t, s, d in zip(frames, tones, scales, data)]
-    for fut in read:
-        fut.release()
     return out, pair_seams, stats
 
 
