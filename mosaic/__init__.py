@@ -97,8 +97,9 @@ def _info(paths, radius: float = 50.0, recursive: bool = True) -> dict:
     return describe(metas, radius=radius)
 
 
-def _evaluate(out, truth, dem=None) -> dict:
-    """``mosaic eval``: a solution (and DEM) against a synthetic scene's truth."""
+def _evaluate(out, truth=None, dem=None) -> dict:
+    """``mosaic eval``: a solution (and DEM) against a synthetic scene's truth, and the seamlessness
+    of its panorama."""
     from .evaluate import evaluate as run
 
     return run(out, truth, dem=dem)

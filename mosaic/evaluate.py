@@ -1,4 +1,5 @@
-"""Compare a stitcher's solution (and terrain products) with a synthetic scene's truth.
+"""Compare a stitcher's solution (and terrain products) with a synthetic scene's truth, and measure
+how seamless its panorama is.
 
 Pointing: per frame, the angle of the rotation between the solved and the true camera axes, in
 degrees and in full-resolution pixels (the true model's angular pixel divided by its downsample
@@ -267,14 +268,96 @@ def _horizontal_offset(dem_path, truth, transform, crs, rover_site_xy, origin) -
     return {"east": float(s[1] * gsd), "north": float(-s[0] * gsd), "total": float(np.hypot(*s) * gsd)}
 
 
-def evaluate(out, truth, dem=None) -> dict:
-    """The comparison of output ``out`` (folder or solution.json) against ``truth`` (synth folder)."""
+def photometry_errors(record_path, truth_dir) -> dict | None:
+    """Recovered exposures and vignetting of a render (``render.json``) against a synthetic scene's
+    truth (``scene.json``: exposures, vignetting ``1 - v r^2`` over the full sensor's half
+    diagonal, the response's exponent), in the scene's linear signal: a frame's recovered
+    attenuation at a pixel is exp(-(log gain + spatial field) / exponent). Exposure: the
+    attenuation at the frame's centre against exposure x vignetting there, both over their
+    geometric mean over the frames (the common scale); vignetting: each corner's attenuation
+    over the centre's, against the truth's. None without both files."""
+    from calib.instruments import instrument
+
+    from .render.photometry import tone_from_dict
+
+    scene_path = Path(truth_dir).parent / "scene.json"
+    record_path = Path(record_path)
+    if not scene_path.is_file() or not record_path.is_file():
+        return None
+    scene = json.loads(scene_path.read_text())
+    # Scenes written before the troubles were options carry the defaults (sqrt companding, 0.3).
+    phot = scene.get("photometry") or {"vignetting": 0.3, "response_gamma": 0.5}
+    gamma, v = float(phot.get("response_gamma", 0.5)), float(phot.get("vignetting", 0.3))
+    tones = {fid: tone_from_dict(t) for fid, t in json.loads(record_path.read_text())["frames"].items()}
+    truth = {f["id"]: f for f in scene.get("frames", [])}
+    tframes = load_solution(Path(truth_dir) / "solution.json")
+    ids = [fid for fid in tones if fid in truth and fid in tframes]
+    if not ids:
+        return None
+    rows, centre_ratio = [], []
+    for fid in ids:
+        tf, tone = tframes[fid], tones[fid]
+        w, h = int(tf["width"]), int(tf["height"])
+        sub, ds = tf.get("subframe") or [1, 1, w, h], float(tf.get("downsample", 1) or 1)
+        inst = instrument(tf.get("instrument", "NAVCAM_LEFT"))
+        scx, scy = (inst.width - 1) / 2.0, (inst.height - 1) / 2.0
+        pts = np.array([((w - 1) / 2.0, (h - 1) / 2.0), (0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)], np.float32)
+        fx = (pts[:, 0] + 0.5) * ds - 0.5 + sub[0] - 1
+        fy = (pts[:, 1] + 0.5) * ds - 0.5 + sub[1] - 1
+        true_a = float(truth[fid]["exposure"]) * (1 - v * ((fx - scx) ** 2 + (fy - scy) ** 2) / (scx ** 2 + scy ** 2))
+        log_gain = float(np.mean(np.log(tone.gain))) + tone.log_field(pts[:, 0], pts[:, 1]).astype(float)
+        rec_a = np.exp(-log_gain / gamma)
+        centre_ratio.append(rec_a[0] / true_a[0])
+        corners = (rec_a[1:] / rec_a[0]) / (true_a[1:] / true_a[0]) - 1
+        rows.append({"id": fid, "vignetting_corner_error": float(np.max(np.abs(corners)))})
+    ratio = np.array(centre_ratio) / np.exp(np.mean(np.log(centre_ratio)))
+    for row, r in zip(rows, ratio):
+        row["exposure_error"] = float(r - 1)
+    e = np.abs([r["exposure_error"] for r in rows])
+    return {"frames": rows, "exposure_error_max": float(e.max()), "exposure_error_rms": float(np.sqrt(np.mean(e ** 2))),
+            "vignetting_corner_error_max": float(max(r["vignetting_corner_error"] for r in rows)),
+            "response_gamma": gamma}
+
+
+def panorama_checks(out_dir) -> dict | None:
+    """Seamlessness of the panorama in ``out_dir`` (:mod:`mosaic.seamless`) and the frames it
+    uses; None when there is no panorama.tif."""
+    from . import seamless
+    from .quality import ownership
+
+    out_dir = Path(out_dir)
+    sol = out_dir / "solution.json"
+    if not (out_dir / "panorama.tif").is_file() or not sol.is_file():
+        return None
+    edge = seamless.edge_visibility(out_dir / "panorama.tif", sol)
+    agree = seamless.overlap_agreement(out_dir, sol)
+    frames = json.loads(sol.read_text())["frames"]
+    label, used = ownership(sol, out_dir=out_dir)
+    shown = np.unique(label[label >= 0])
+    return {"edge_visibility": {k: v for k, v in edge.items() if k != "frames"},
+            "overlap_agreement": agree,
+            "frames": {"total": len(frames), "used": sum(1 for f in frames if f.get("used")),
+                       "rendered": len(used), "visible": int(len(shown))}}
+
+
+def evaluate(out, truth=None, dem=None) -> dict:
+    """The comparison of output ``out`` (folder or solution.json) against ``truth`` (synth folder;
+    None: only the panorama's own measures)."""
     from . import geo
 
     sol_path = _solution_path(Path(out))
+    result = {"solution": str(sol_path)}
+    pano = panorama_checks(sol_path.parent)
+    if pano is not None:
+        result["panorama"] = pano
+    if truth is None:
+        return result
     tdir = _truth_dir(Path(truth))
-    result = {"solution": str(sol_path), "truth": str(tdir)}
+    result["truth"] = str(tdir)
     result["pointing"] = pointing_errors(load_solution(sol_path), load_solution(tdir / "solution.json"))
+    phot = photometry_errors(sol_path.parent / "render.json", tdir)
+    if phot is not None:
+        result["photometry"] = phot
     dem = Path(dem) if dem else (sol_path.parent / "dem.tif")
     if dem.is_file():
         scene_path = tdir.parent / "scene.json"
@@ -289,8 +372,31 @@ def evaluate(out, truth, dem=None) -> dict:
 
 
 def format_table(result) -> str:
+    lines = []
+    pano = result.get("panorama")
+    if pano:
+        e, a, fr = pano["edge_visibility"], pano["overlap_agreement"], pano["frames"]
+        lines.append(f"frames: {fr['used']} of {fr['total']} used, {fr['visible']} visible in the panorama")
+        lines.append(f"edge visibility ratio {e['ratio']:.3f} over {e['runs']} runs" if e.get("ratio") is not None
+                     else "edge visibility: no frame edge inside another frame")
+        if a.get("pairs"):
+            lines.append(f"overlap agreement (held-out tie points, {len(a['pairs'])} pairs, {a['ties']} points): "
+                         f"median {100 * a['median']:.2f} %, p90 {100 * a['p90']:.2f} %, worst {100 * a['worst']:.2f} % "
+                         f"(noise ~{100 * a['noise']:.2f} %)")
+        else:
+            lines.append(f"overlap agreement: {a.get('reason', 'not measured')}")
+    ph = result.get("photometry")
+    if ph:
+        lines.append(f"photometry vs truth: exposure error max {100 * ph['exposure_error_max']:.2f} % "
+                     f"(rms {100 * ph['exposure_error_rms']:.2f} %)"
+                     + (f", vignetting at corners max {100 * ph['vignetting_corner_error_max']:.2f} %"
+                        if "vignetting_corner_error_max" in ph else ""))
+    if "pointing" not in result:
+        return "\n".join(lines)
+    if lines:
+        lines.append("")
     p = result["pointing"]
-    lines = [f"{'frame':<58} {'err deg':>8} {'err px':>8} {'res deg':>8} {'res px':>8}"]
+    lines.append(f"{'frame':<58} {'err deg':>8} {'err px':>8} {'res deg':>8} {'res px':>8}")
     for r in p["frames"]:
         lines.append(f"{r['id']:<58} {r['error_deg']:8.4f} {r['error_px']:8.2f} {r['residual_deg']:8.4f} "
                      f"{r['residual_px']:8.2f}")
@@ -348,7 +454,8 @@ def format_dem(d) -> list[str]:
 
 def add_arguments(p):
     p.add_argument("out", help="stitcher / terrain output folder (or its solution.json)")
-    p.add_argument("--truth", required=True, help="the folder 'mosaic synth' wrote (or its truth/)")
+    p.add_argument("--truth", default=None,
+                   help="the folder 'mosaic synth' wrote (or its truth/); without it, the panorama's own measures")
     p.add_argument("--dem", default=None, help="DEM to compare (default: dem.tif beside the solution)")
     p.add_argument("--json", default=None, help="where to write the JSON (default: eval.json beside the solution)")
 

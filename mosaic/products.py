@@ -33,9 +33,10 @@ log = logging.getLogger("mosaic")
 MAX_POINTS_PER_PAIR = 40
 
 
-def control_points(workspace, frame_ids, per_pair: int = MAX_POINTS_PER_PAIR):
+def control_points(workspace, frame_ids, per_pair: int | None = MAX_POINTS_PER_PAIR):
     """(i, j, xi, yi, xj, yj) for the verified matches between frames in ``frame_ids`` (their
-    index in that list), in pixels of the frames as delivered (centre convention, as Hugin's)."""
+    index in that list), in pixels of the frames as delivered (centre convention, as Hugin's);
+    at most ``per_pair`` per pair, evenly spread (None: all), in a fixed order."""
     from .stages import features as features_stage
     from .stages import matches as matches_stage
     from .workspace import Workspace
@@ -57,7 +58,8 @@ def control_points(workspace, frame_ids, per_pair: int = MAX_POINTS_PER_PAIR):
         for fid in (a, b):
             if fid not in xy:
                 xy[fid] = features_stage.load(ws, fid)["xy"]
-        pick = np.unique(np.linspace(0, len(ia) - 1, min(per_pair, len(ia))).round().astype(int))
+        pick = np.arange(len(ia)) if per_pair is None else \
+            np.unique(np.linspace(0, len(ia) - 1, min(per_pair, len(ia))).round().astype(int))
         pa, pb = xy[a][ia[pick]], xy[b][ib[pick]]
         i, j = index[a], index[b]
         out.extend((i, j, float(p[0]), float(p[1]), float(q[0]), float(q[1])) for p, q in zip(pa, pb))

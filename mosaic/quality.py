@@ -1,7 +1,7 @@
 """The quality picture, ``OUT/quality.png``: where each frame is used, where the seams run, and how
 well each frame fits.
 
-Top: a low-resolution equirectangular map (north at the left edge, azimuth growing to the right,
+Top: the seamlessness figures. Then a low-resolution equirectangular map (north at the left edge, azimuth growing to the right,
 as in ``panorama.tif``) with every output pixel coloured by the frame that fills it, seams drawn
 in black, and each frame's index and tie-point RMS (pixels of the frame as delivered, from
 ``solution.json``'s ``residual_px``) written on its area. Bottom: the per-frame RMS as a bar chart
@@ -9,8 +9,11 @@ in the same colours, the overall RMS as a dashed line; bars above three times th
 outlined red, which is where to look first.
 
 Ownership is the renderer's own rule (:func:`mosaic.render.seams.assign` over
-:func:`mosaic.render.warp.frame_map`, the same calls a tile task makes), evaluated on a coarse
-grid, so the seams drawn are the panorama's seams, not a re-derivation.
+:func:`mosaic.render.warp.frame_map`, the same calls a tile task makes, with the frames' valid
+margins and the pair seams the render recorded in ``render.json``), evaluated on a coarse grid,
+so the seams drawn are the panorama's seams, not a re-derivation. Above the map, the panorama's
+seamlessness (:mod:`mosaic.seamless`): the edge visibility ratio and the overlap agreement on
+held-out tie points, when a panorama and tie points are there to measure.
 
 Example::
 
@@ -31,8 +34,9 @@ from .atomic import write_bytes
 
 #: Width of the map in the picture (the equirect map is half as high).
 MAP_WIDTH = 1024
-#: Height of the bar chart below the map.
+#: Height of the bar chart below the map, and of the figures' strip above it.
 CHART_HEIGHT = 180
+HEADER_HEIGHT = 44
 NO_FRAME = (40, 40, 40)  # RGB of pixels no frame sees
 SEAM = (0, 0, 0)
 
@@ -50,18 +54,27 @@ def palette(n: int) -> np.ndarray:
     return cols
 
 
-def ownership(solution, width: int = MAP_WIDTH):
+def ownership(solution, width: int = MAP_WIDTH, out_dir=None):
     """(label, frames): the index (into ``frames``, the used frames) of the frame that fills each
-    pixel of a ``width`` x ``width / 2`` equirect map, -1 where none does (int16)."""
+    pixel of a ``width`` x ``width / 2`` equirect map, -1 where none does (int16). ``out_dir``: the
+    render's folder (its ``render.json``; default beside the solution)."""
     from .render import seams, warp
     from .render.panorama import frames_of
     from .render.projections import make_projection
 
+    from .render.panorama import read_record
+
     frames = frames_of(solution)
+    if out_dir is None and not isinstance(solution, dict):
+        out_dir = Path(solution).parent
+    record = Path(out_dir) / "render.json" if out_dir is not None else None
+    _, margins, pair_seams = read_record(record, frames) if record else ({}, {}, {})
     proj = make_projection("equirect", 360.0 / width)
     window = (0, 0, proj.width, proj.height)
-    fmaps = [warp.frame_map(proj, window, f.model, f.width, f.height, None, 8, 0.5) for f in frames]
-    label = seams.assign((proj.height, proj.width), fmaps, [(f.width, f.height) for f in frames])
+    fmaps = [warp.frame_map(proj, window, f.model, f.width, f.height, None, 8, 0.5, margins=margins.get(f.id))
+             for f in frames]
+    label = seams.assign((proj.height, proj.width), fmaps, [(f.width, f.height) for f in frames], pair_seams,
+                         [f.index for f in frames])
     return label, frames
 
 
@@ -121,9 +134,48 @@ def _chart(rms, colours, overall, width):
     return img
 
 
-def render_quality(solution, width: int = MAP_WIDTH):
-    """The picture (RGB uint8) and its facts: {"frames": [{"id", "index", "colour", "share", "rms_px"}]}."""
-    label, frames = ownership(solution, width)
+def _measures(solution, out, workspace):
+    """The seamlessness figures of the panorama in ``out`` (empty where there is none)."""
+    from . import seamless
+
+    out = Path(out)
+    if not (out / "panorama.tif").is_file():
+        return {}
+    facts = {}
+    try:
+        e = seamless.edge_visibility(out / "panorama.tif", solution)
+        if e.get("ratio") is not None:
+            facts["edge_visibility"] = {k: e[k] for k in ("ratio", "runs", "edge_step", "control_step")}
+        a = seamless.overlap_agreement(out, solution, workspace)
+        if a.get("pairs"):
+            facts["overlap_agreement"] = {k: a[k] for k in ("median", "p90", "worst", "noise", "ties")}
+            facts["overlap_agreement"]["pairs"] = len(a["pairs"])
+    except (OSError, ValueError) as err:  # a panorama we cannot measure still gets its picture
+        facts["error"] = str(err)
+    return facts
+
+
+def _header(width, facts):
+    """A strip of text with the seamlessness figures (BGR)."""
+    img = np.full((HEADER_HEIGHT, width, 3), 255, np.uint8)
+    e, a = facts.get("edge_visibility"), facts.get("overlap_agreement")
+    lines = [f"edge visibility ratio {e['ratio']:.2f} ({e['runs']} runs of frame edge; about 1: edges invisible)"
+             if e else "edge visibility: not measured (no panorama or no frame edge inside another frame)",
+             f"overlap agreement on held-out tie points: median {100 * a['median']:.2f} %, p90 {100 * a['p90']:.2f} %, "
+             f"worst {100 * a['worst']:.2f} % over {a['pairs']} pairs (noise ~{100 * a['noise']:.2f} %)"
+             if a else "overlap agreement: not measured (no tie points or no render record)"]
+    for k, line in enumerate(lines):
+        cv2.putText(img, line, (8, 16 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def render_quality(solution, width: int = MAP_WIDTH, workspace=None, out_dir=None):
+    """The picture (RGB uint8) and its facts: {"frames": [{"id", "index", "colour", "share",
+    "rms_px"}], "edge_visibility", "overlap_agreement"} (the last two when measurable).
+    ``out_dir``: the render's folder (panorama.tif, render.json; default beside the solution)."""
+    if out_dir is None and not isinstance(solution, dict):
+        out_dir = Path(solution).parent
+    label, frames = ownership(solution, width, out_dir)
     sol = json.loads(Path(solution).read_text()) if not isinstance(solution, dict) else solution
     by_id = {str(f.get("id")): f for f in sol["frames"]}
     rms = [(by_id.get(f.id, {}).get("residual_px") or {}).get("rms") for f in frames]
@@ -149,15 +201,17 @@ def render_quality(solution, width: int = MAP_WIDTH):
             _text(bgr, f"{rms[k]:.2f} px", (x - 26, y + 14), 0.45)
     overall = (sol.get("stats") or {}).get("rms_px")
     chart = _chart(rms, colours, overall if isinstance(overall, (int, float)) else None, bgr.shape[1])
-    picture = np.vstack([bgr, chart])
+    measures = _measures(solution, out_dir, workspace) if out_dir is not None else {}
+    picture = np.vstack([_header(bgr.shape[1], measures), bgr, chart])
     return np.ascontiguousarray(picture[..., ::-1]), {"frames": facts, "width": int(label.shape[1]),
-                                                      "height": int(label.shape[0])}
+                                                      "height": int(label.shape[0]), **measures}
 
 
-def write_quality(solution, out_path, width: int = MAP_WIDTH) -> dict:
+def write_quality(solution, out_path, width: int = MAP_WIDTH, workspace=None) -> dict:
     """Write the quality picture of ``solution`` (path to solution.json) as a PNG; return its facts
-    (with ``"path"``). Map pixels whose colour is a frame's ``colour`` are that frame's."""
-    rgb, facts = render_quality(solution, width)
+    (with ``"path"``). Map pixels whose colour is a frame's ``colour`` are that frame's.
+    ``workspace``: where the tie points are (default: ``work/`` beside the solution)."""
+    rgb, facts = render_quality(solution, width, workspace, Path(out_path).parent)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise RuntimeError(f"{out_path}: PNG encoding failed")

@@ -238,7 +238,7 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) ->
     options = render_options(config, photos)
     key = digest("render", hashlib.sha256(json.dumps(solution, sort_keys=True).encode()).hexdigest(),
                  options,
-                 code_key("mosaic.render.panorama"),
+                 *(code_key(f"mosaic.render.{m}") for m in ("panorama", "photometry", "seams", "masks", "warp", "blend")),
                  file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
     if ws.stage_done("render", key) and (out / "panorama.tif").exists() and (out / "preview.jpg").exists():
@@ -249,8 +249,13 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) ->
         log.info("render: skipped (unchanged)")
         return {"stage": stage, "panorama": str(out / "panorama.tif")}
     ws.invalidate("render")
+    from .products import control_points
+
+    # The registration's tie points: the photometric fit's best samples (a share held out).
+    ties = control_points(ws, [f["id"] for f in solution["frames"] if f.get("used", True)], per_pair=None)
     with PeakMemory() as mem:
         produced = render_panorama(solution, products.dir, client=client, parts_dir=ws.root / "render" / key,
+                                   ties=ties,
                                    **options)
     counts = produced if isinstance(produced, dict) else {}
     # The renderer wrote into the staging folder; the products' paths are OUT's once published.

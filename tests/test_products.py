@@ -18,7 +18,7 @@ from PIL import Image
 
 import mosaic
 from mosaic.products import control_points, write_products
-from mosaic.quality import ownership, palette
+from mosaic.quality import HEADER_HEIGHT, ownership, palette
 from synth_cache import QUICK_360, scene
 
 
@@ -45,7 +45,7 @@ def test_quality_one_colour_per_used_frame(stitched):
     pic = np.asarray(Image.open(out / "quality.png").convert("RGB"))
     label, frames = ownership(out / "solution.json", 1024)
     assert [f.id for f in frames] == [f["id"] for f in used]
-    top = pic[: label.shape[0]]
+    top = pic[HEADER_HEIGHT:HEADER_HEIGHT + label.shape[0]]
     colours = palette(len(frames))
     assert len({tuple(c) for c in colours.tolist()}) == len(frames)
     for k in range(len(frames)):
@@ -135,3 +135,25 @@ def test_a_failing_product_does_not_stop_the_others(stitched, tmp_path):
     done = write_products(copy)
     assert "viewer" in done["failed"] and not (copy / "index.html").exists()
     assert (copy / "quality.png").is_file() and (copy / "panorama.pto").is_file()
+
+
+def test_quality_and_eval_report_seamlessness(stitched, capsys):
+    """quality.png's strip and ``mosaic eval OUT`` (no truth needed) state the edge visibility
+    ratio and the overlap agreement on the tie points the photometric fit held out."""
+    from mosaic.cli import main
+    from mosaic.quality import render_quality
+
+    out, _ = stitched
+    record = json.loads((out / "render.json").read_text())
+    assert record["photometry"]["tie_points"] > 0 and record["photometry"]["tie_points_held_out"] > 0
+    _, facts = render_quality(out / "solution.json")
+    assert 0.3 < facts["edge_visibility"]["ratio"] < 3  # a 1/16-scale pan: the horizon runs along edges
+    agree = facts["overlap_agreement"]
+    assert agree["pairs"] >= 3 and 0 <= agree["median"] <= agree["p90"] <= agree["worst"] < 0.05
+    strip = np.asarray(Image.open(out / "quality.png").convert("L"))[:HEADER_HEIGHT]
+    assert (strip < 128).mean() > 0.01  # text on it
+    assert main(["eval", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "edge visibility ratio" in text and "overlap agreement" in text
+    result = json.loads((out / "eval.json").read_text())
+    assert result["panorama"]["frames"]["visible"] == result["panorama"]["frames"]["used"]

@@ -1,14 +1,23 @@
 """Render a solved frame set into a panorama, tile by tile on dask.
 
-``render_panorama(solution, out_dir, ...)`` reads a ``solution.json`` (contract, DESIGN.md),
-solves one gain per frame from the overlaps (:mod:`.photometry`), cuts the output into tiles and
-renders each tile as a dask task: the task gets the few frames whose cone of view meets the tile's
-window (the tile plus a halo as wide as the blender's support), maps the window into each frame
-(:mod:`.warp`), picks the seams (:mod:`.seams`), blends (:mod:`.blend`) and returns the tile's
-pixels, which the client writes into ``panorama.tif`` (:class:`mosaic.cog.CogWriter`) as they
-arrive. Memory is O(tile x frames touching it) per task plus a bounded number of tiles in
-flight, whatever the panorama's size; ``plan()`` states the sizes before anything is allocated
-and ``max_pixels`` refuses outputs beyond a limit.
+``render_panorama(solution, out_dir, ...)`` reads a ``solution.json`` (contract, DESIGN.md), then
+
+1. reads every frame once (a dask task each, :func:`.photometry.prepare`): its valid area
+   (:mod:`.masks`), its largest value and a reduced copy;
+2. for every pair of overlapping frames (a task each, :func:`_pair_task`) samples the overlap for
+   the photometric fit and cuts the pair's seam (:mod:`.seams`), on the reduced copies;
+3. solves the pan's photometric model from all pairs at once (:func:`.photometry.solve`);
+4. cuts the output into tiles and renders each tile as a dask task: the task gets the few frames
+   whose cone of view meets the tile's window (the tile plus a halo as wide as the blender's
+   support) with their tones, margins and the seams of their pairs, maps the window into each
+   frame (:mod:`.warp`), decides each pixel's owner (:func:`.seams.assign`), blends
+   (:mod:`.blend`) and returns the tile's pixels, which the client writes into ``panorama.tif``
+   (:class:`mosaic.cog.CogWriter`) as they arrive.
+
+Memory is O(tile x frames touching it) per tile task, O(reduced frame) per pair task, plus a
+bounded number of tiles in flight and the reduced copies (about 0.1 MP per frame) on the client,
+whatever the panorama's size; ``plan()`` states the sizes before anything is allocated and
+``max_pixels`` refuses outputs beyond a limit.
 
 Because every tile window starts on the coarsest pyramid level's grid and carries the full halo,
 tiles blend exactly as one whole image would (tested: a 2-tile and a 1-tile render agree), and a
@@ -22,7 +31,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -32,6 +41,8 @@ from calib.errors import InputError
 from calib.models import model_from_dict
 
 from . import blend, photometry, seams, warp
+from .masks import NONE as NO_MARGINS
+from .masks import valid_box as masks_box
 from .projections import Equirectangular, EquirectWindow, covered_window, make_projection
 
 log = logging.getLogger("mosaic")
@@ -55,8 +66,12 @@ class FrameInfo:
     model: object
     boresight: np.ndarray
     radius: float  # half-angle (radians) of a cone holding the frame's view
-    gain: float = 1.0
+    gain: float = 1.0  # the mean of the tone's channel gains (reported)
     scale: float = 1.0  # to the output's value range (8-bit frames in a 16-bit panorama: 257)
+    tone: photometry.Tone = photometry.Tone()
+    margins: object = NO_MARGINS
+    alpha: bool = False
+    top: float = 0.0  # the frame's largest value
 
 
 def _cone(model, w, h):
@@ -255,19 +270,21 @@ class TileJob:
     proj: object
     core: tuple
     window: tuple
-    frames: tuple  # FrameInfo
+    frames: tuple  # FrameInfo, in increasing index
     bands: int
     dtype: str
     levels: int
     range_m: float | None
     step: int
     tol: float
+    seams: tuple = ()  # PairSeam of pairs of these frames
 
 
-def _place(fm, img, gain, bands, rr, cc):
-    """The frame's warped pixels times ``gain``, zero where it does not see (premultiplied by its
-    cover, as :meth:`blend.MultiBand.add` takes them), and the cover, embedded in the region
-    rr x cc, straight from the remap's dtype."""
+def _place(fm, img, f: FrameInfo, bands, rr, cc, out_top=np.inf):
+    """The frame's warped pixels as rendered (its tone: gains, spatial field, highlights; nothing
+    above the data's white, ``out_top`` being the output type's largest value), zero where it
+    does not see (premultiplied by its cover, as :meth:`blend.MultiBand.add` takes
+    them), and the cover, embedded in the region rr x cc, straight from the remap's dtype."""
     h, w = rr.stop - rr.start, cc.stop - cc.start
     # The map usually spans the whole region: then nothing needs zeroing first.
     whole = img.shape[:2] == (h, w)
@@ -278,22 +295,63 @@ def _place(fm, img, gain, bands, rr, cc):
     sl = (slice(r0, r0 + img.shape[0]), slice(c0, c0 + img.shape[1]))
     cover[sl] = fm.valid
     dst = out[sl]
-    # A scalar gain, then zeros where the frame does not see: multiplying by a broadcast
-    # (h, w, 1) cover costs 4x as much. Broadcasts a grey frame into every colour band.
-    np.multiply(img, np.float32(gain), out=dst, casting="unsafe")
+    t = f.tone
+    src = img.reshape(img.shape[:2] + (-1,))
+    if src.shape[2] != bands:
+        src = np.repeat(src[..., :1], bands, axis=2)
+    if fm.field is None:
+        # A uniform tone: one scalar per channel. A scalar gain, then zeros where the frame does
+        # not see: multiplying by a broadcast (h, w, 1) cover costs 4x as much.
+        g = np.resize(np.asarray(t.gain, np.float32), bands) * np.float32(f.scale)
+        rows = _row_view(dst)
+        if (g == g[0]).all():
+            np.multiply(src, g[0], out=dst, casting="unsafe")
+        elif rows is not None:
+            # Per-channel gains as one pattern along each row of interleaved pixels: as fast as
+            # a scalar (a (3,) broadcast or OpenCV's per-channel scalar cost 3-4x as much).
+            np.multiply(src.reshape(rows.shape), np.tile(g, src.shape[1])[None, :], out=rows, casting="unsafe")
+        else:
+            np.multiply(src, g, out=dst, casting="unsafe")
+        if t.offset[0]:
+            dst -= (g * np.float32(t.offset[0])).reshape(1, 1, -1)
+    else:
+        # fm.field: the tone's gains (and gain x offset) interpolated with the maps.
+        cv2.multiply(src, fm.field[..., :bands].reshape(dst.shape), dst=dst, dtype=cv2.CV_32F)
+        if fm.field.shape[2] > bands:
+            cv2.subtract(dst, fm.field[..., bands:].reshape(dst.shape), dst=dst)
+    darkened = min(t.gain) < 1 or any(t.offset) or (fm.field is not None and fm.field[..., :bands].min() < f.scale)
+    white_out = t.white * f.scale
+    if f.top > t.knee and darkened:
+        # Highlights and clipped pixels of a darkened frame go to white (brightened ones saturate).
+        for b in range(bands):
+            photometry.rolloff(dst[..., b], img[..., b if img.shape[2] > 1 else 0], t.white, t.knee, white_out)
+    elif white_out < out_top:
+        # Data of fewer bits than the output's type: brightened values stop at the data's white.
+        most = f.top * (max(t.gain) * f.scale if fm.field is None else float(fm.field[..., :bands].max()))
+        if most > white_out:
+            np.minimum(dst, np.float32(white_out), out=dst)
     if not fm.valid.all():
         dst[~fm.valid] = 0
     return out, cover
 
 
-def _crop(fm, rr, cc):
-    """The part of a frame map inside the window region rr x cc (None if empty)."""
-    r0, r1 = max(fm.rows.start, rr.start), min(fm.rows.stop, rr.stop)
-    c0, c1 = max(fm.cols.start, cc.start), min(fm.cols.stop, cc.stop)
-    if r1 <= r0 or c1 <= c0:
+def _row_view(a):
+    """A (h, w * bands) view of a (h, w, bands) array whose rows are contiguous, else None."""
+    h, w, b = a.shape
+    if a.strides[2] != a.itemsize or a.strides[1] != b * a.itemsize:
         return None
-    a = (slice(r0 - fm.rows.start, r1 - fm.rows.start), slice(c0 - fm.cols.start, c1 - fm.cols.start))
-    return warp.FrameMap(slice(r0, r1), slice(c0, c1), fm.mapx[a], fm.mapy[a], fm.valid[a], fm.step, 0)
+    return np.lib.stride_tricks.as_strided(a, shape=(h, w * b), strides=(a.strides[0], a.itemsize))
+
+
+def _field_of(f: FrameInfo, bands: int):
+    """The frame's tone as the smooth function of frame pixels the warp interpolates."""
+    return lambda x, y: f.tone.field(x, y, f.scale, bands)
+
+
+def _alpha_valid(fm, alpha):
+    """Where a frame's alpha band lets it be seen: all four pixels of the bilinear sample opaque."""
+    a = warp.remap((alpha > 0).astype(np.float32), fm)[..., 0]
+    return fm.valid & (a >= 1.0 - 1e-6)
 
 
 def render_tile(job: TileJob):
@@ -301,21 +359,31 @@ def render_tile(job: TileJob):
     (None, stats) when no frame covers the tile."""
     x0, y0, w, h = job.window
     cx, cy, cw, ch = job.core
-    fmaps = [warp.frame_map(job.proj, job.window, f.model, f.width, f.height, job.range_m, job.step, job.tol)
+    fmaps = [warp.frame_map(job.proj, job.window, f.model, f.width, f.height, job.range_m, job.step, job.tol,
+                            margins=f.margins, field=None if f.tone.uniform else _field_of(f, job.bands))
              for f in job.frames]
+    for k, f in enumerate(job.frames):
+        if f.alpha and fmaps[k] is not None:
+            fmaps[k].valid = _alpha_valid(fmaps[k], warp.CACHE.get(f.path)[1])
+            if not fmaps[k].valid.any():
+                fmaps[k] = None
     stats = {"frames": sum(m is not None for m in fmaps),
              "exact_px": sum(m.exact_px for m in fmaps if m is not None)}
     if not stats["frames"]:
         return None, stats
-    label = seams.assign((h, w), fmaps, [(f.width, f.height) for f in job.frames])
+    pair_seams = {(s.i, s.j): s for s in job.seams}
+    label = seams.assign((h, w), fmaps, [(f.width, f.height) for f in job.frames], pair_seams,
+                         [f.index for f in job.frames])
     core = (slice(cy - y0, cy - y0 + ch), slice(cx - x0, cx - x0 + cw))
     if not (label[core] >= 0).any():
         return None, stats
     present = [i for i in range(len(fmaps)) if fmaps[i] is not None and (label[fmaps[i].rows, fmaps[i].cols] == i).any()]
+    dt = np.dtype(job.dtype)
+    top = float(np.iinfo(dt).max) if dt.kind == "u" else np.inf
 
     def placed(i, fm, rr, cc):
         f = job.frames[i]
-        return _place(fm, warp.remap(warp.CACHE.get(f.path), fm, float32=False), f.gain * f.scale, job.bands, rr, cc)
+        return _place(fm, warp.remap(warp.CACHE.get(f.path)[0], fm, float32=False), f, job.bands, rr, cc, top)
 
     if len(present) == 1:
         out, _ = placed(present[0], fmaps[present[0]], slice(0, h), slice(0, w))
@@ -328,18 +396,22 @@ def render_tile(job: TileJob):
             rows, cols = np.nonzero(own.any(axis=1))[0], np.nonzero(own.any(axis=0))[0]
             rr, cc = mb.region(slice(fm.rows.start + rows[0], fm.rows.start + rows[-1] + 1),
                                slice(fm.cols.start + cols[0], fm.cols.start + cols[-1] + 1))
-            fm = _crop(fm, rr, cc)
+            fm = fm.crop(rr, cc)
             img, cover = placed(i, fm, rr, cc)
             weight = (label[rr, cc] == i).astype(np.float32)
             mb.add(rr, cc, img, cover, weight)
         out = mb.result()
     out = out[core]
     alpha = label[core] >= 0
-    dt = np.dtype(job.dtype)
     arr = np.empty((job.bands + 1, ch, cw), dt)
     top = np.iinfo(dt).max if dt.kind == "u" else 1.0
+    # The blend may overshoot a little at sharp edges: nothing above the data's white (12-bit
+    # data in a 16-bit panorama ends at 4095).
+    white = max(f.tone.white * f.scale for f in job.frames)
     for b in range(job.bands):
         band = np.ascontiguousarray(out[..., b])
+        if white < top:
+            np.minimum(band, np.float32(white), out=band)
         if dt.kind == "u":
             # OpenCV's saturating conversion rounds half to even like np.rint, clips like np.clip,
             # in one pass instead of three.
@@ -451,8 +523,9 @@ def plan(solution, *, projection="equirect", resolution=None, tile=512, elevatio
 
 
 def render_panorama(solution, out_dir, *, projection="equirect", resolution=None, tile=512, client=None,
-                    elevation_range=None, range_m=None, levels=LEVELS, gains=True, max_pixels=MAX_PIXELS,
-                    step=16, tol=0.1, preview_width=4096, parts_dir=None, **proj_kw) -> dict:
+                    elevation_range=None, range_m=None, levels=LEVELS, gains=True, seams=True, ties=None,
+                    max_pixels=MAX_PIXELS, step=16, tol=0.1, preview_width=4096, parts_dir=None,
+                    **proj_kw) -> dict:
     """Render ``solution`` (path to solution.json, or its dict with paths relative to the working
     directory) into ``out_dir/panorama.tif`` (COG) and ``out_dir/preview.jpg``.
 
@@ -460,8 +533,14 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     polar (``max_angle``), perspective (``direction=(az, el)``, ``fov=(h, v)``), vertical
     (``extent`` metres, ``ground_z``). ``resolution``: degrees per pixel (metres for vertical),
     default the finest input pixel. ``range_m``: render far-field directions (None) or points at
-    that distance from the rover origin. ``gains``: solve per-frame gains (or pass an array).
-    ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the local default. ``parts_dir``: a folder that
+    that distance from the rover origin. ``gains``: solve the photometric model (True), none
+    (False), or one gain per used frame (an array). ``seams``: cut seams where frames agree
+    (True) or give each pixel to the frame that sees it nearest its centre (False). ``ties``:
+    the registration's tie points (i, j, xi, yi, xj, yj), i and j indexing the used frames
+    (:func:`mosaic.products.control_points`), which the photometric fit samples first (all but
+    every :data:`.photometry.HOLD_OUT`-th, held out for the agreement measure).
+    ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the
+    local default. ``parts_dir``: a folder that
     keeps each finished tile (tasks write it there; the caller keys the folder by its inputs), so
     a run killed mid-render and started again renders only the missing tiles. Returns paths and stats.
     """
@@ -483,22 +562,12 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
         client = own.__enter__()
     try:
         t1, c1 = time.monotonic(), time.process_time()
-        if isinstance(gains, bool):
-            if gains:
-                g, gstats = photometry.frame_gains(frames, client, saturation=out_top if dtype != "float32" else 1.0)
-            else:
-                g, gstats = np.ones(len(frames)), {"pairs": 0}
-        else:
-            g = np.asarray(gains, dtype=float)
-            if g.shape != (len(frames),):
-                raise InputError(None, f"{len(g)} gains given for {len(frames)} used frames", field="gains")
-            gstats = {"pairs": 0}
-        frames = [FrameInfo(f.index, f.id, f.path, f.width, f.height, f.model, f.boresight, f.radius,
-                            float(gi), float(s)) for f, gi, s in zip(frames, g, scales)]
+        frames, pair_seams, gstats = prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains, seams, ties)
         t2, c2 = time.monotonic(), time.process_time()
         windows = _windows(proj, tile, _halo(levels, step))
         hits = _tile_frames(proj, windows, frames, range_m)
-        jobs = [TileJob(proj, core, win, tuple(frames[i] for i in hit), bands, dtype, levels, range_m, step, tol)
+        jobs = [TileJob(proj, core, win, tuple(frames[i] for i in sorted(hit)), bands, dtype, levels, range_m, step, tol,
+                        _seams_among(pair_seams, hit))
                 for (core, win), hit in zip(windows, hits) if hit]
         transform = (equirect_transform(proj.width, proj.height) if isinstance(proj, Equirectangular)
                      else _affine(proj.transform))
@@ -524,6 +593,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
             t3, c3 = time.monotonic(), time.process_time()
         t4, c4 = time.monotonic(), time.process_time()
         preview = write_preview(path, out_dir / "preview.jpg", preview_width)
+        write_record(out_dir / "render.json", frames, pair_seams, gstats)
     finally:
         if own is not None:
             own.__exit__(None, None, None)
@@ -535,12 +605,225 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
         if projection in ("equirect", "cylindrical") else None,
         "window": [proj.x0, proj.y0, proj.full_width, proj.full_width // 2] if isinstance(proj, EquirectWindow) else None,
         "frames": len(frames), "gains": {f.id: f.gain for f in frames}, "photometry": gstats,
+        "tones": {f.id: photometry.tone_to_dict(f.tone) for f in frames},
+        "margins": {f.id: f.margins.as_list() for f in frames},
         **tstats,
         "seconds": {"total": t5 - t0, "gains": t2 - t1, "render": t3 - t2, "cog": t4 - t3, "preview": t5 - t4},
         # CPU seconds of this process (all its threads: the embedded cluster's workers included,
         # a remote cluster's not): on a shared machine the honest measure of cost.
         "cpu_seconds": {"total": c5 - c0, "gains": c2 - c1, "render": c3 - c2, "cog": c4 - c3, "preview": c5 - c4},
     }
+
+
+def _pair_task(i, j, fa, fb, ma, mb, size_a, size_b, white, seams_on):
+    """One pair of overlapping frames (i < j), on i's reduced grid: photometric samples of the
+    overlap and the pair's seam. Returns (PairSamples or None, PairSeam or None)."""
+    cv2.setNumThreads(1)
+    rh, rw = fa.valid.shape
+    # The grid and a ring of pixels beyond it, where only b may see (the seam needs to know).
+    mapx, mapy = warp.reduced_pair_map(ma, mb, rw + 2, rh + 2, fa.scale, origin=-1)
+    wb, hb = size_b
+    bx0, bx1, by0, by1 = masks_box(fb.margins, wb, hb)
+    inside_b = (mapx >= bx0) & (mapx <= bx1) & (mapy >= by0) & (mapy <= by1)
+    inside_a = np.pad(fa.valid, 1, constant_values=False)
+    overlap = inside_a & inside_b
+    ys, xs = np.nonzero(overlap)
+    if len(ys) < 16:
+        return None, None
+    # Everything from here on works on the overlap's box (plus the seam's border band).
+    band = seams.band(fa.scale, fa.valid.shape)
+    pad = band + 3
+    y0, y1 = max(0, ys.min() - pad), min(rh + 2, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(rw + 2, xs.max() + pad + 1)
+    box = (slice(y0, y1), slice(x0, x1))
+    mx, my = mapx[box], mapy[box]
+    qx, qy = (mx + 0.5) / fb.scale - 0.5, (my + 0.5) / fb.scale - 0.5
+    inside_b = inside_b[box]
+    if fb.alpha:
+        inside_b &= warp.bilinear(fb.valid.astype(np.float32), qx, qy) >= 1.0 - 1e-6
+    inside_a = inside_a[box]
+    overlap = inside_a & inside_b
+    # Frame a's values on the box (the ring beyond the frame is never in the overlap).
+    va = np.zeros((y1 - y0, x1 - x0, fa.image.shape[2]), np.float32)
+    gy0, gx0 = max(y0 - 1, 0), max(x0 - 1, 0)
+    sub = fa.image[gy0:y1 - 1, gx0:x1 - 1].astype(np.float32)
+    va[gy0 + 1 - y0:gy0 + 1 - y0 + sub.shape[0], gx0 + 1 - x0:gx0 + 1 - x0 + sub.shape[1]] = sub
+    x0, y0 = x0 - 1, y0 - 1  # box origin in a's grid coordinates
+    vb = np.stack([warp.bilinear(fb.image[..., c], qx, qy) for c in range(fb.image.shape[2])], axis=-1)
+    if va.shape[2] != vb.shape[2]:  # a grey frame beside a colour one: compare brightness
+        va, vb = va.mean(axis=2, keepdims=True), vb.mean(axis=2, keepdims=True)
+    samples = photometry.pair_samples(i, j, va, vb, overlap, mx, my, (x0, y0), fa.scale, white, (ma, mb))
+    seam = None
+    # A corner overlap (a few percent of either frame) keeps the centre rule: cheaper, and there
+    # the seam meets other frames' within a few reduced pixels anyway.
+    if seams_on and len(ys) >= seams.MIN_OVERLAP * min(fa.valid.size, fb.valid.size):
+        wa, ha = size_a
+        gx = ((np.arange(x0, x0 + va.shape[1]) + 0.5) * fa.scale - 0.5 - (wa - 1) / 2.0) * (2.0 / wa)
+        gy = ((np.arange(y0, y0 + va.shape[0]) + 0.5) * fa.scale - 0.5 - (ha - 1) / 2.0) * (2.0 / ha)
+        sa = (gx * gx)[None, :] + (gy * gy)[:, None]
+        sb = ((mx - (wb - 1) / 2.0) * (2.0 / wb)) ** 2 + ((my - (hb - 1) / 2.0) * (2.0 / hb)) ** 2
+        seam = seams.solve_pair(i, j, va, vb, overlap, inside_a, inside_b, fa.scale, white, (x0, y0), band,
+                                np.abs(sa - sb).astype(np.float32))
+    return samples, seam
+
+
+def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, seams_on=True, ties=None):
+    """Read every frame once and solve what the tiles need from all of them: each frame's valid
+    area, tone and the pair seams. ``ties``: tie points (i, j, xi, yi, xj, yj) between the frames
+    (indices), the photometric fit's best samples (all but the held-out share). Returns (frames
+    with them, {(i, j): PairSeam}, stats)."""
+    from mosaic.progress import track_futures
+
+    n = len(frames)
+    red = [photometry.reduction(f.width, f.height) for f in frames]
+    ties = np.zeros((0, 6)) if ties is None or not len(ties) else np.asarray(ties, float)
+    fit = ~photometry.held_out(len(ties))
+    ti, tj = ties[:, 0].astype(int), ties[:, 1].astype(int)
+    points = [np.concatenate([ties[fit & (ti == k), 2:4], ties[fit & (tj == k), 4:6]]) for k in range(n)]
+    read = client.map(photometry.prepare, [f.path for f in frames], [f.width for f in frames],
+                      [f.height for f in frames], red, points, pure=False)
+    data = track_futures("frames", read)  # a bar per frame read: the first pass over every pixel
+    whites = []
+    for k, f in enumerate(frames):
+        same = [d.top for d, dt in zip(data, fdtypes) if dt == fdtypes[k]]
+        whites.append(photometry.white_level(same, fdtypes[k]))
+    pairs = [(i, j) for i, j in photometry.overlapping_pairs(np.array([f.boresight for f in frames]),
+                                                             np.array([f.radius for f in frames]))
+             if _sees_other(frames[i], frames[j])]
+    want_samples = isinstance(gains, bool) and gains
+    samples, pair_seams = [], {}
+    if pairs and (want_samples or seams_on):
+        # The reduced frames themselves (small: ~0.2 MB), so that any executor runs the tasks as
+        # they are (a dask cluster ships them in the graph, twice per pair).
+        futs = client.map(_pair_task, [i for i, _ in pairs], [j for _, j in pairs], [data[i] for i, _ in pairs],
+                          [data[j] for _, j in pairs], [frames[i].model for i, _ in pairs],
+                          [frames[j].model for _, j in pairs], [(frames[i].width, frames[i].height) for i, _ in pairs],
+                          [(frames[j].width, frames[j].height) for _, j in pairs], [whites[i] for i, _ in pairs],
+                          [seams_on] * len(pairs), pure=False)
+        for smp, seam in track_futures("overlaps", futs):
+            if smp is not None:
+                samples.append(smp)
+            if seam is not None:
+                pair_seams[(seam.i, seam.j)] = seam
+    lenses = [photometry.lens_of(f.model, f.width, f.height) for f in frames]
+    sizes = [(f.width, f.height) for f in frames]
+    channels = max(d.image.shape[2] for d in data)
+    tie_samples = _tie_samples(ties[fit], data, whites) if want_samples else []
+    if tie_samples:
+        samples = [replace(s, w=s.w * np.float32(photometry.DENSE_WEIGHT)) for s in samples] + tie_samples
+    if want_samples:
+        tones, stats = photometry.fit(n, channels, samples, lenses, sizes, max(whites))
+        tones = [replace(t, white=w, knee=photometry.KNEE * w) for t, w in zip(tones, whites)]
+    else:
+        if isinstance(gains, bool):
+            g = np.ones(n)
+        else:
+            g = np.asarray(gains, dtype=float)
+            if g.shape != (n,):
+                raise InputError(None, f"{len(g)} gains given for {n} used frames", field="gains")
+        tones = [photometry.Tone(gain=(float(gi),), centre=lens.centre, white=w, knee=photometry.KNEE * w)
+                 for gi, lens, w in zip(g, lenses, whites)]
+        stats = {"pairs": 0}
+    stats["tie_points"] = int(sum(len(s.w) for s in tie_samples))
+    stats["tie_points_held_out"] = int((~fit).sum())
+    stats["seams"] = len(pair_seams)
+    stats["overlapping_pairs"] = len(pairs)
+    out = [replace(f, gain=float(np.mean(t.gain)), scale=float(s), tone=t, margins=d.margins, alpha=d.alpha,
+                   top=d.top) for f, t, s, d in zip(frames, tones, scales, data)]
+    return out, pair_seams, stats
+
+
+#: A pair's tie points weigh sqrt(TIE_PAIR_POINTS / n) each: a pair's say grows with the square
+#: root of its tie count, so pairs with few ties (which count as much in the agreement figures)
+#: are not outvoted.
+TIE_PAIR_POINTS = 100.0
+
+
+def _sees_other(fa: FrameInfo, fb: FrameInfo, n: int = 8) -> bool:
+    """Whether two frames whose cones meet overlap at all: some of either's border or centre
+    rays (far field) land inside the other (cones are a loose bound: a third of a pan's cone
+    pairs do not overlap, and a pair task costs more than this test)."""
+    for a, b in ((fa, fb), (fb, fa)):
+        pix = np.concatenate([a.model.border_pixels(a.width, a.height, n), [[(a.width - 1) / 2.0, (a.height - 1) / 2.0]]])
+        q = warp.frame_to_frame(a.model, b.model, pix)
+        ok = np.isfinite(q).all(axis=1)
+        if (ok & (q[:, 0] >= -0.5) & (q[:, 0] <= b.width - 0.5) & (q[:, 1] >= -0.5) & (q[:, 1] <= b.height - 0.5)).any():
+            return True
+    return False
+
+
+def _tie_samples(ties, data, whites):
+    """PairSamples of tie points (i, j, xi, yi, xj, yj) from the brightness each frame's read
+    measured at them (in the order its points were asked for: as i, then as j)."""
+    ti, tj = ties[:, 0].astype(int), ties[:, 1].astype(int)
+    n = len(data)
+    vi = np.full((len(ties), 3), np.nan)
+    vj = np.full((len(ties), 3), np.nan)
+    for k in range(n):
+        vals = data[k].points
+        a, b = np.flatnonzero(ti == k), np.flatnonzero(tj == k)
+        if vals is None or not len(a) + len(b):
+            continue
+        c = vals.shape[1]
+        vi[a, :c] = vals[:len(a)]
+        vj[b, :c] = vals[len(a):]
+    out = []
+    for i, j in sorted(set(zip(ti.tolist(), tj.tolist()))):
+        sel = np.flatnonzero((ti == i) & (tj == j))
+        ci, cj = data[i].image.shape[2], data[j].image.shape[2]
+        a, b = vi[sel, :ci], vj[sel, :cj]
+        if ci != cj:
+            a, b = a.mean(axis=1, keepdims=True), b.mean(axis=1, keepdims=True)
+        wi, wj = whites[i], whites[j]
+        ok = (np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)
+              & (a > photometry.BLACK * wi).all(axis=1) & (b > photometry.BLACK * wj).all(axis=1)
+              & (a < photometry.WHITE_VOTE * wi).all(axis=1) & (b < photometry.WHITE_VOTE * wj).all(axis=1))
+        if ok.sum() < 3:
+            continue
+        out.append(photometry.PairSamples(i, j, ties[sel[ok], 2:4], ties[sel[ok], 4:6], a[ok].astype(np.float32),
+                                          b[ok].astype(np.float32),
+                                          np.full(int(ok.sum()), np.sqrt(TIE_PAIR_POINTS / ok.sum()), np.float32)))
+    return out
+
+
+def _seams_among(pair_seams, hit):
+    """The seams of pairs of the frames ``hit`` (indices)."""
+    hs = sorted(hit)
+    return tuple(pair_seams[(a, b)] for k, a in enumerate(hs) for b in hs[k + 1:] if (a, b) in pair_seams)
+
+
+def write_record(path, frames, pair_seams, stats):
+    """``render.json`` beside the panorama: how each frame was rendered (its tone,
+    :func:`.photometry.tone_to_dict`, and valid margins), the pair seams and the photometric fit's
+    statistics, keyed by frame id; what ``mosaic eval`` and ``quality.png`` measure it with."""
+    from mosaic.atomic import write_json
+
+    ids = {f.index: f.id for f in frames}
+    return write_json(path, {
+        "frames": {f.id: {**photometry.tone_to_dict(f.tone), "margins": f.margins.as_list(), "alpha": f.alpha}
+                   for f in frames},
+        "seams": [seams.seam_to_dict(sm, ids[sm.i], ids[sm.j]) for _, sm in sorted(pair_seams.items())],
+        "photometry": stats})
+
+
+def read_record(path, frames):
+    """(tones {id: Tone}, margins {id: Margins}, pair seams {(i, j): PairSeam} re-indexed to
+    ``frames``) from a ``render.json``; empty where it is missing."""
+    from .masks import Margins
+
+    p = Path(path)
+    if not p.is_file():
+        return {}, {}, {}
+    d = json.loads(p.read_text())
+    index = {f.id: f.index for f in frames}
+    tones = {fid: photometry.tone_from_dict(t) for fid, t in d.get("frames", {}).items()}
+    margins = {fid: Margins(*t.get("margins", [0, 0, 0, 0])) for fid, t in d.get("frames", {}).items()}
+    found = {}
+    for sd in d.get("seams", []):
+        if sd["a"] in index and sd["b"] in index:
+            sm = seams.seam_from_dict(sd, index[sd["a"]], index[sd["b"]])
+            found[(sm.i, sm.j)] = sm
+    return tones, margins, found
 
 
 def _affine(gt):

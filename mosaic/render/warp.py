@@ -32,6 +32,9 @@ import numpy as np
 
 from calib.errors import InputError
 
+from .masks import NONE as NO_MARGINS
+from .masks import valid_box
+
 #: Range (m) standing in for infinity: 1e6 m puts a 2 m baseline at 2e-6 rad, 0.03 px of a
 #: Mastcam-Z pixel, and keeps CAHVORE's entrance-pupil terms negligible.
 FAR = 1.0e6
@@ -56,23 +59,38 @@ def _project(proj, model, xs, ys, range_m):
 
 class FrameMap:
     """Where one frame lands in a window: ``rows``/``cols`` slices of the window, float32 maps
-    ``mapx``/``mapy`` into the frame and the ``valid`` mask, all of the slices' shape."""
+    ``mapx``/``mapy`` into the frame, the ``valid`` mask and (when asked for) ``field``, a
+    smooth function of the frame position interpolated like the maps, all of the slices' shape."""
 
-    __slots__ = ("rows", "cols", "mapx", "mapy", "valid", "step", "exact_px")
+    __slots__ = ("rows", "cols", "mapx", "mapy", "valid", "step", "exact_px", "field")
 
-    def __init__(self, rows, cols, mapx, mapy, valid, step, exact_px):
+    def __init__(self, rows, cols, mapx, mapy, valid, step, exact_px, field=None):
         self.rows, self.cols = rows, cols
         self.mapx, self.mapy, self.valid = mapx, mapy, valid
         self.step, self.exact_px = step, exact_px
+        self.field = field
+
+    def crop(self, rows: slice, cols: slice):
+        """The part of the map inside window rows x cols (None if empty)."""
+        r0, r1 = max(self.rows.start, rows.start), min(self.rows.stop, rows.stop)
+        c0, c1 = max(self.cols.start, cols.start), min(self.cols.stop, cols.stop)
+        if r1 <= r0 or c1 <= c0:
+            return None
+        a = (slice(r0 - self.rows.start, r1 - self.rows.start), slice(c0 - self.cols.start, c1 - self.cols.start))
+        return FrameMap(slice(r0, r1), slice(c0, c1), self.mapx[a], self.mapy[a], self.valid[a], self.step, 0,
+                        None if self.field is None else self.field[a])
 
 
-def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
+def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margins=None, field=None):
     """Map the output ``window`` (x0, y0, w, h) into a ``fw`` x ``fh`` frame.
 
     Returns a FrameMap restricted to the rectangle of grid cells that reach the image, or None
     when the frame sees nothing of the window. ``step`` must be even and divide the window's
     origin: cells then sit on a global grid, so every window computes a given output pixel
-    from the same nodes and tiles agree exactly where their windows overlap.
+    from the same nodes and tiles agree exactly where their windows overlap. ``margins``
+    (:class:`.masks.Margins`) shrink the valid area to the frame's image; ``field(x, y)``, a
+    smooth function of frame pixels (the photometric gain), is evaluated at the grid's nodes and
+    interpolated with the maps (same global grid, so tiles agree on it too).
     """
     x0, y0, w, h = window
     if step < 2 or step % 2 or x0 % step or y0 % step:
@@ -145,11 +163,17 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1):
         b = bad_cell
         sink.target(mapx, mapy, rs0, cs0)
         sink.refine(ax[b], ay[b], step, [cc[b] for cc in corners], [m[b] for m in mids])
+    bx0, bx1, by0, by1 = valid_box(margins or NO_MARGINS, fw, fh)
     with np.errstate(invalid="ignore"):
-        valid = (mapx >= -0.5) & (mapx <= fw - 0.5) & (mapy >= -0.5) & (mapy <= fh - 0.5)
+        valid = (mapx >= bx0) & (mapx <= bx1) & (mapy >= by0) & (mapy <= by1)
     if not valid.any():
         return None
-    return FrameMap(slice(rs0, rs1), slice(cs0, cs1), mapx, mapy, valid, step, sink.exact_px)
+    values = None
+    if field is not None:
+        f = np.ascontiguousarray(field(sub[..., 0], sub[..., 1]), dtype=np.float32)
+        values = cv2.resize(f, size, interpolation=cv2.INTER_LINEAR)[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
+        values = values.reshape(values.shape[:2] + f.shape[2:])
+    return FrameMap(slice(rs0, rs1), slice(cs0, cs1), mapx, mapy, valid, step, sink.exact_px, values)
 
 
 class _Sink:
@@ -240,13 +264,71 @@ def remap(image, fmap: FrameMap, float32=True) -> np.ndarray:
     return out.astype(np.float32, copy=False) if float32 else out
 
 
+def bilinear(img, x, y):
+    """Bilinear samples of a 2-D float32 image at float coordinates (any shape, pixel centres);
+    0 outside."""
+    shape = np.shape(x)
+    x = np.asarray(x, np.float32).ravel()
+    y = np.asarray(y, np.float32).ravel()
+    n = len(x)
+    cols = 4096  # cv2.remap wants maps under 32767 on a side
+    pad = (-n) % cols
+    mx = np.concatenate([x, np.full(pad, -1e6, np.float32)]).reshape(-1, cols)
+    my = np.concatenate([y, np.full(pad, -1e6, np.float32)]).reshape(-1, cols)
+    out = cv2.remap(np.ascontiguousarray(img, dtype=np.float32), mx, my, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.ravel()[:n].reshape(shape)
+
+
+def frame_to_frame(model_a, model_b, pix):
+    """Pixels (N, 2) of frame b that see, in the far field, what frame a's pixels (N, 2) see (the
+    renderer's correspondence: one direction seen from each camera's own centre); NaN where b
+    does not see it."""
+    _, d = model_a.backproject(pix)
+    return model_b.project(model_b.C[None, :] + FAR * d)
+
+
+def reduced_pair_map(model_a, model_b, rw, rh, scale, step=8, origin=0):
+    """Frame b's full-resolution pixels (mapx, mapy, each (rh, rw) float32; -1e6 where b does not
+    see) of frame a's reduced pixel centres (blocks of ``scale`` pixels), exact at every
+    ``step``-th reduced pixel and bilinear in between (a frame's distortion bends slowly).
+    ``origin``: the reduced pixel (x = y) the first row and column stand for (-1: a ring of
+    pixels just beyond the frame)."""
+    nx, ny = -(-(rw - 1) // step) + 1, -(-(rh - 1) // step) + 1
+    kx = np.minimum(np.arange(nx) * step, (nx - 1) * step) + origin
+    ky = np.minimum(np.arange(ny) * step, (ny - 1) * step) + origin
+    gx, gy = np.meshgrid(kx, ky)
+    full = np.stack([(gx.ravel() + 0.5) * scale - 0.5, (gy.ravel() + 0.5) * scale - 0.5], axis=1)
+    q = frame_to_frame(model_a, model_b, full).reshape(ny, nx, 2)
+    q = np.where(np.isfinite(q), np.clip(q, -_OFF, _OFF), -_OFF).astype(np.float32)
+    return _node_interp(q[..., 0], step, rw, rh), _node_interp(q[..., 1], step, rw, rh)
+
+
+def _node_interp(nodes, step, rw, rh):
+    """Bilinear interpolation of node values at reduced pixels k * step (exact at the nodes)."""
+    ny, nx = nodes.shape
+    t = np.arange(rw) / step
+    u = np.arange(rh) / step
+    ix = np.minimum(t.astype(int), nx - 2) if nx > 1 else np.zeros(rw, int)
+    iy = np.minimum(u.astype(int), ny - 2) if ny > 1 else np.zeros(rh, int)
+    fx = (t - ix).astype(np.float32) if nx > 1 else np.zeros(rw, np.float32)
+    fy = (u - iy).astype(np.float32) if ny > 1 else np.zeros(rh, np.float32)
+    jx = np.minimum(ix + 1, nx - 1)
+    jy = np.minimum(iy + 1, ny - 1)
+    top = nodes[iy][:, ix] * (1 - fx) + nodes[iy][:, jx] * fx
+    bot = nodes[jy][:, ix] * (1 - fx) + nodes[jy][:, jx] * fx
+    return (top * (1 - fy)[:, None] + bot * fy[:, None]).astype(np.float32)
+
+
 # -- reading frames ------------------------------------------------------------------------------
 
-def read_image(path) -> np.ndarray:
-    """Pixels (h, w) or (h, w, 3) of a frame: PNG/JPG/TIF through OpenCV (BGR -> RGB, alpha
-    dropped), VICAR/PDS3 ``.IMG`` through ``calib.labels``. dtype as stored (uint8 or uint16;
-    other integer types are clipped into uint16, floats stay float32)."""
+def read_pixels(path):
+    """(pixels, alpha) of a frame: pixels (h, w) or (h, w, 3), RGB, in the stored dtype (uint8 or
+    uint16; other integer types are clipped into uint16, floats stay float32), and the alpha band
+    (h, w) when the file has one (grey + alpha or RGBA), else None. PNG/JPG/TIF through OpenCV,
+    VICAR/PDS3 ``.IMG`` through ``calib.labels``."""
     path = Path(path)
+    alpha = None
     if path.suffix.lower() in (".img", ".vic"):
         from calib.labels import read_image as read_vicar  # written in parallel; imported on need
 
@@ -258,41 +340,56 @@ def read_image(path) -> np.ndarray:
         if img is None:
             raise InputError(path, "cannot read image (missing or not a PNG/JPEG/TIFF)")
         if img.ndim == 3:
+            if img.shape[2] in (2, 4):
+                alpha = np.ascontiguousarray(img[..., -1])
+                # OpenCV expands grey + alpha to BGRA: such a frame is grey.
+                if img.shape[2] == 4 and not cv2.countNonZero(cv2.absdiff(img[..., 0], img[..., 1])) \
+                        and not cv2.countNonZero(cv2.absdiff(img[..., 1], img[..., 2])):
+                    img = img[..., :1]
             # cvtColor: a reversed-channel numpy copy costs as much as decoding the JPEG.
             conv = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(img.shape[2])
             img = cv2.cvtColor(img, conv) if conv is not None else img[..., 0]
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
+    if alpha is not None and alpha.min() > 0:
+        alpha = None  # opaque everywhere: nothing to mask
     if img.dtype == np.uint8 or img.dtype == np.uint16:
-        return np.ascontiguousarray(img)
+        return np.ascontiguousarray(img), alpha
     if np.issubdtype(img.dtype, np.integer):
-        return np.clip(img, 0, 65535).astype(np.uint16)
-    return np.ascontiguousarray(img, dtype=np.float32)
+        return np.clip(img, 0, 65535).astype(np.uint16), alpha
+    return np.ascontiguousarray(img, dtype=np.float32), alpha
+
+
+def read_image(path) -> np.ndarray:
+    """The pixels of :func:`read_pixels` (alpha dropped)."""
+    return read_pixels(path)[0]
 
 
 class ImageCache:
-    """Per-process LRU of decoded frames, bounded in bytes (threads of one worker share it)."""
+    """Per-process LRU of decoded frames as (pixels, alpha or None), bounded in bytes (threads of
+    one worker share it)."""
 
     def __init__(self, max_bytes=384 << 20):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[str, tuple] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, path) -> np.ndarray:
+    def get(self, path) -> tuple:
         key = str(path)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        img = read_image(key)
+        item = read_pixels(key)
+        size = item[0].nbytes + (0 if item[1] is None else item[1].nbytes)
         with self._lock:
             if key not in self._items:
-                self._items[key] = img
-                self._bytes += img.nbytes
+                self._items[key] = item
+                self._bytes += size
                 while self._bytes > self.max_bytes and len(self._items) > 1:
                     _, old = self._items.popitem(last=False)
-                    self._bytes -= old.nbytes
+                    self._bytes -= old[0].nbytes + (0 if old[1] is None else old[1].nbytes)
             return self._items[key]
 
 

@@ -3,7 +3,9 @@
 Detection runs on an 8-bit grey copy at a working resolution (``work_megapixels``): 12-bit and
 16-bit data are stretched between percentiles first (a plain cast would leave Mars frames nearly
 black), and the frame is area-downsampled. Keypoints are stored in the pixels of the frame as
-delivered. Masked: a border band, and invalid pixels (zero fill of subframes and telemetry rows).
+delivered. Masked: a border band (``border_px`` beyond the frame's own dark or odd border rows and
+columns, :func:`mosaic.render.masks.detect_margins`, the renderer's valid-pixel margins), and
+invalid pixels (zero fill of subframes and telemetry rows, an alpha band).
 Keypoints are put in a canonical order (response, then position) and OpenCV runs single-threaded
 inside a task, so the same frame gives the same bytes on any cluster.
 """
@@ -103,6 +105,11 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     w, h = int(record["width"]), int(record["height"])
     s, rs, refine = scales(record, options)
     arr, r = frame_pixels(record, rs)
+    from ..render.masks import detect_margins
+
+    # The frame's own border (dark rows, dim columns), in pixels as delivered.
+    margins = detect_margins(arr[..., :3] if arr.ndim == 3 and arr.shape[2] == 4 else arr,
+                             arr[..., 3] if arr.ndim == 3 and arr.shape[2] == 4 else None).scaled(r)
     gray, valid = to_gray8(arr, options["stretch_percentiles"])
     rw = gray.shape[1]
     fine = None
@@ -120,8 +127,8 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     mask = valid.astype(np.uint8) * 255
     # Invalid areas grow by a descriptor's reach so no keypoint straddles a fill edge.
     mask = cv2.erode(mask, np.ones((7, 7), np.uint8))
-    b = max(1, int(np.ceil(options["border_px"] * s)))
-    mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = 0, 0, 0, 0
+    bt, bb, bl, br = (max(1, int(np.ceil((options["border_px"] + m) * s))) for m in margins.as_list())
+    mask[:bt], mask[-bb:], mask[:, :bl], mask[:, -br:] = 0, 0, 0, 0
     keep = options["photo_keypoints"] if refine else options["max_keypoints"]
     det = _detector(options["feature"], keep)
     kps, desc = det.detectAndCompute(gray, mask)
@@ -212,7 +219,7 @@ def load(ws: Workspace, frame_id: str) -> dict:
 def run(ws: Workspace, config, client) -> dict:
     frames = ws.read_json("ingest", "frames.json")["frames"]
     options = config.key_of(*CONFIG_FIELDS)
-    key = digest("features", code_key(__name__), upstream_key(ws, "ingest"), options)
+    key = digest("features", code_key(__name__), code_key("mosaic.render.masks"), upstream_key(ws, "ingest"), options)
     if ws.stage_done("features", key):
         return ws.stage_report("features")
     # Per-frame records: a killed run's finished frames are not detected again.

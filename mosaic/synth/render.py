@@ -6,11 +6,15 @@ cast shadow of rocks and crater walls within the mid layer, ``raycast.in_shadow`
 sky by dust haze ``exp(-t / HAZE_M)``; the sky brightens towards the horizon and the sun.
 
 Sensor: a 12-bit linear signal (``GAIN`` DN per radiance unit at exposure 1) times a per-frame
-exposure factor and a radial vignetting ``1 - VIGNETTE r^2`` (r = distance from the full
-sensor's centre over its half diagonal, so tiles and downsampled frames vignette alike), plus
-shot noise (``ELECTRONS_PER_DN``) and read noise (``READ_NOISE_DN``), then companded to 8 bits
-by a square-root table, as the flight cameras' 12->8 bit LUTs do. Every random draw comes from
-the frame's own generator, so frames are reproducible one by one and in any order.
+exposure factor and a radial vignetting ``1 - v r^2`` (r = distance from the full sensor's
+centre over its half diagonal, so tiles and downsampled frames vignette alike; v =
+``VIGNETTE`` unless the scene's :class:`Photometry` says otherwise), plus a veiling glare where
+the scene has one (:func:`veil`), shot noise (``ELECTRONS_PER_DN``) and read noise
+(``READ_NOISE_DN``), clipped at 4095, then companded to 8 bits by a square-root table, as the
+flight cameras' 12->8 bit LUTs do (or, ``response="linear12"``, kept as 12-bit DN in a 16-bit
+container, as MER/MSL inverse-LUT products are). Dark borders (:func:`dark_borders`) blank the
+edge rows and columns the way linearised Curiosity products have them. Every random draw comes
+from the frame's own generator, so frames are reproducible one by one and in any order.
 """
 
 from __future__ import annotations
@@ -27,6 +31,34 @@ GAIN = 3600.0
 VIGNETTE = 0.3
 ELECTRONS_PER_DN = 8.0
 READ_NOISE_DN = 1.5
+
+
+#: Veiling glare: e-folding angle (radians) of the veil about the sun's direction, and of its
+#: strength with the sun's angle from the boresight.
+GLARE_SPREAD = np.radians(25.0)
+GLARE_FALLOFF = np.radians(30.0)
+#: Dark borders of a linearised Curiosity Navcam product: rows blank at the top and bottom,
+#: columns at the left and right (the outer one blank, the next ones dim or ragged).
+BORDER_ROWS = (3, 2)
+BORDER_COLUMNS = (3, 2)
+
+
+@dataclass(frozen=True)
+class Photometry:
+    """The troubles a scene's frames carry (``mosaic synth --exposure --vignetting --glare
+    --dark-borders --bits``), written to scene.json as the truth of the photometric fit."""
+
+    exposure: float = 0.15      # per-frame exposure uniform in [1 - e, 1 + e]
+    vignetting: float = VIGNETTE  # 1 - v r^2 over the full sensor's half diagonal
+    glare: float = 0.0          # veil at the sun, in DN at exposure 1, for a frame aimed at the sun
+    dark_borders: bool = False
+    response: str = "sqrt8"     # sqrt8 (8-bit companded) | linear12 (12-bit DN, 16-bit PNG)
+
+    def to_dict(self) -> dict:
+        return {"exposure_spread": self.exposure, "vignetting": self.vignetting, "glare_dn": self.glare,
+                "dark_borders": {"rows": list(BORDER_ROWS), "columns": list(BORDER_COLUMNS)} if self.dark_borders
+                else None, "response": self.response,
+                "response_gamma": 0.5 if self.response == "sqrt8" else 1.0}
 
 
 @dataclass(frozen=True)
@@ -90,19 +122,58 @@ def radiance(terrain, model_site, width, height):
     return out.reshape(height, width), t.reshape(height, width)
 
 
-def expose(rad, sensor: Sensor, exposure: float, rng, noise: bool = True):
-    """8-bit companded frame from radiance: exposure, vignetting, noise, 12-bit clip, sqrt LUT."""
+def expose(rad, sensor: Sensor, exposure: float, rng, noise: bool = True, photometry: Photometry = Photometry(),
+           veil_dn=None):
+    """The frame's pixels from radiance: exposure, vignetting, veil (DN, added after the optics'
+    vignetting), noise, 12-bit clip, then the response (8-bit sqrt LUT, or 12-bit DN as uint16)
+    and dark borders."""
     h, w = rad.shape
     yy, xx = np.mgrid[0:h, 0:w]
     fx, fy = sensor.full_pixels(xx, yy)
     cx, cy = (sensor.full_width - 1) / 2.0, (sensor.full_height - 1) / 2.0
     r2 = ((fx - cx) ** 2 + (fy - cy) ** 2) / (cx**2 + cy**2)
-    dn = rad * GAIN * exposure * (1 - VIGNETTE * r2)
+    dn = rad * GAIN * exposure * (1 - photometry.vignetting * r2)
+    if veil_dn is not None:
+        dn = dn + veil_dn * exposure
     if noise:
         electrons = rng.poisson(np.clip(dn, 0, None) * ELECTRONS_PER_DN) / ELECTRONS_PER_DN
         dn = electrons + rng.normal(0.0, READ_NOISE_DN, dn.shape)
     dn = np.clip(np.rint(dn), 0, 4095).astype(np.int64)
-    return compand_lut()[dn]
+    img = dn.astype(np.uint16) if photometry.response == "linear12" else compand_lut()[dn]
+    if photometry.dark_borders:
+        dark_borders(img, rng)
+    return img
+
+
+def veil(dirs_neu, boresight_neu, sun, strength):
+    """Veiling glare (DN at exposure 1) over a frame's pixels (unit ray directions (N, 3),
+    north-east-up): stray light of the optics, strongest towards the sun and in frames aimed
+    near it, ``strength`` x exp(-angle(boresight, sun) / GLARE_FALLOFF) x exp(-angle(ray, sun) /
+    GLARE_SPREAD). It belongs to the frame, not the scene: overlapping frames disagree about it."""
+    ab = np.arccos(np.clip(float(boresight_neu @ sun), -1, 1))
+    ar = np.arccos(np.clip(dirs_neu @ sun, -1, 1))
+    return strength * np.exp(-ab / GLARE_FALLOFF) * np.exp(-ar / GLARE_SPREAD)
+
+
+def dark_borders(img, rng):
+    """Blank and dim the edge rows and columns in place, as linearised Curiosity Navcam products
+    have them: BORDER_ROWS blank rows, an outer blank column, a ragged next one (half its rows
+    blank, the rest at a fifth) and a dim one (two thirds) on the left; on the right an outer
+    column at a half and a ragged next one."""
+    top, bottom = BORDER_ROWS
+    img[:top] = 0
+    img[img.shape[0] - bottom:] = 0
+    col = img.astype(np.float64)
+    shape = (img.shape[0],) + (1,) * (img.ndim - 2)  # one draw per row, all bands alike
+    ragged = (rng.random(img.shape[0]) < 0.5).reshape(shape)
+    img[:, 0] = 0
+    img[:, 1] = np.where(ragged, 0, np.rint(0.2 * col[:, 1])).astype(img.dtype)
+    img[:, 2] = np.rint(0.66 * col[:, 2]).astype(img.dtype)
+    img[:, -1] = np.rint(0.5 * col[:, -1]).astype(img.dtype)
+    ragged = (rng.random(img.shape[0]) < 0.5).reshape(shape)
+    img[:, -2] = np.where(ragged, 0, np.rint(0.85 * col[:, -2])).astype(img.dtype)
+    img[:top] = 0
+    img[img.shape[0] - bottom:] = 0
 
 
 def compand_lut():

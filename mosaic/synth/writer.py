@@ -67,7 +67,7 @@ def _imageid(shot, sclk, tile, downsample, seq_index):
             f"{seq}{shot.sequence:03d}{seq_index:02d}_{tile:02d}_{shot.tier:01d}{downsample:02d}J")
 
 
-def plan_frames(scene, seed, scale, zoom_mm=None, tiles=False):
+def plan_frames(scene, seed, scale, zoom_mm=None, tiles=False, exposure_spread=0.15):
     """Every frame of the scene with its perturbation, exposure and name (deterministic)."""
     shots = scenes.scene_shots(scene, zoom_mm)
     plans = []
@@ -83,7 +83,7 @@ def plan_frames(scene, seed, scale, zoom_mm=None, tiles=False):
         # cameras of a stereo pair (rigid on the same head), which also share the clock.
         pointing = pointings.setdefault((shot.sequence, shot.mast_az, shot.mast_el), len(pointings))
         rot, rotvec = scenes.pointing_error(np.random.default_rng([seed, 1, pointing]))
-        exposure = float(np.random.default_rng([seed, 4, j]).uniform(0.85, 1.15))
+        exposure = float(np.random.default_rng([seed, 4, j]).uniform(1.0 - exposure_spread, 1.0 + exposure_spread))
         for t, sub in enumerate(subs):
             sclk = SCLK0 + 37.25 * pointing + 0.125 * t + (seed % 1000) * 1000.0
             ident = _imageid(shot, sclk, t + 1 if len(subs) > 1 else 0, scale, pointing % 100)
@@ -146,13 +146,20 @@ class _Job:
 
 
 def _render_one(args):
-    plan, site_model_dict, width, height, sensor, seed = args
+    plan, site_model_dict, width, height, sensor, seed, phot = args
     from calib.models import model_from_dict
 
     model_site = model_from_dict(site_model_dict)
     rad, _ = render.radiance(_Job.terrain, model_site, width, height)
     rng = np.random.default_rng([seed, 2, plan.index])
-    return render.expose(rad, sensor, plan.exposure, rng)
+    veil = None
+    if phot.glare > 0:
+        yy, xx = np.mgrid[0:height, 0:width]
+        _, dirs = model_site.backproject(np.stack([xx.ravel(), yy.ravel()], 1).astype(float))
+        flip = np.array([1.0, 1.0, -1.0])  # SITE (down) -> north-east-up
+        veil = render.veil(np.nan_to_num(dirs * flip), model_site.boresight(width, height) * flip,
+                           _Job.terrain.sun_vector(), phot.glare).reshape(height, width)
+    return render.expose(rad, sensor, plan.exposure, rng, photometry=phot, veil_dn=veil)
 
 
 def _save_png(path, img):
@@ -193,8 +200,10 @@ def write_truth_rasters(terrain, truth_dir, gsd, half=DEM_HALF_M, origin=geo.DEF
     return {"gsd_m": gsd, "size": [n, n], "transform": list(transform)[:6], "half_extent_m": half}
 
 
-def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=None):
-    """Generate a scene into ``out``; returns (the parameters written to scene.json, timings in s)."""
+def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=None,
+               photometry: render.Photometry = render.Photometry()):
+    """Generate a scene into ``out``; returns (the parameters written to scene.json, timings in s).
+    ``photometry``: exposure spread, vignetting, glare, dark borders and response of the frames."""
     out = Path(out)
     scenes.scene_shots(scene, zoom_mm)  # validates the name and zoom
     _, default_scale, description = scenes.SCENES[scene]
@@ -207,7 +216,7 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
     rnav_to_site, heading, pitch, roll = scenes.rover_attitude(rng)
     quat = matrix_to_quat(rnav_to_site)
     pivot = mast_pivot()
-    plans = plan_frames(scene, seed, scale, zoom_mm, tiles)
+    plans = plan_frames(scene, seed, scale, zoom_mm, tiles, photometry.exposure)
 
     tasks = []
     frames_truth = []
@@ -221,7 +230,7 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
         width, height = inst.product_size(p.downsample, p.subframe)
         site_model = true.transformed(rnav_to_site, rover_pos)
         sensor = render.Sensor(inst.width, inst.height, p.subframe, p.downsample)
-        tasks.append((p, site_model.to_dict(), width, height, sensor, seed))
+        tasks.append((p, site_model.to_dict(), width, height, sensor, seed, photometry))
         write_json(out / (p.imageid + "01.json"), record(p, reported, width, height, quat, rover_pos, rnav_to_site))
         frames_truth.append({
             "id": p.imageid, "image": p.imageid + "01.png", "width": width, "height": height, "used": True,
@@ -237,6 +246,11 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
             "pointing": p.pointing,
             "exposure": p.exposure,
         })
+        if photometry.glare > 0:
+            flip = np.array([1.0, 1.0, -1.0])
+            b = site_model.boresight(width, height) * flip
+            ab = float(np.arccos(np.clip(b @ terrain.sun_vector(), -1, 1)))
+            frames_param[-1]["glare_dn"] = float(photometry.glare * np.exp(-ab / render.GLARE_FALLOFF))
 
     t1 = time.perf_counter()
     _Job.terrain = terrain
@@ -271,6 +285,7 @@ def synthesise(out, scene, seed=0, scale=None, zoom_mm=None, tiles=False, jobs=N
                     "layers": [{"name": l.name, "cell_m": l.cell, "size": list(l.shape)} for l in terrain.layers],
                     "rock_sfd": "N(>D) = 0.002 D^-2.5 per m^2"},
         "truth_grid": grid,
+        "photometry": photometry.to_dict(),
         "mast_pivot_rnav": [float(v) for v in pivot],
         "frames": frames_param,
     }
