@@ -4,12 +4,13 @@
 
     R = rolloff(v * exp(a_ic + V_g(rho) + t_i . (rho_x, rho_y)))
 
-with ``rho = ((x, y) - principal point) / focal / rho_ref`` the field position (1 at the
-group's farthest corner), ``a_ic`` the frame's exposure per channel (one for grey frames),
+with ``rho = ((x, y) - principal point) / r_g`` the field position (``r_g`` the pixel distance
+of the lens group's farthest corner: the same sensor pixel has the same rho in every frame of
+the lens), ``a_ic`` the frame's exposure per channel (one for grey frames),
 ``V_g(rho) = b1 rho^2 + b2 rho^4 + b3 rho^6`` the vignetting of the frame's lens group (frames of
-one size and focal length share a lens) and ``t_i`` a tilt of the frame's gain across its field,
-which takes up what neither exposure nor vignetting explains (a gradient of stray light, a
-flat field off by a few percent) where the overlaps support it. The correction works on the
+one size whose focal lengths form one cluster share a lens: :func:`lens_groups`) and ``t_i`` a
+tilt of the frame's gain across its field, which takes up what neither exposure nor vignetting
+explains (a gradient of stray light, a flat field off by a few percent) where the overlaps support it. The correction works on the
 stored values: for a power-law response (the square-root companding of rover frames, linear
 data) a multiplicative correction in values is one in radiance, with the exponent of the
 response (a frame exposed ``e`` times longer through a square-root LUT is ``sqrt(e)`` brighter
@@ -169,7 +170,7 @@ class Tone:
     gain: tuple = (1.0,)            # per channel: exp(a_ic)
     centre: tuple = (0.0, 0.0)      # principal point (frame pixels): the fields' origin
     vcentre: tuple | None = None    # the vignetting's centre (frame pixels; None: the principal point)
-    norm: float = 1.0               # pixels of field radius per unit rho (focal x rho_ref)
+    norm: float = 1.0               # pixels of field radius per unit rho (the lens group's farthest corner)
     vignetting: tuple = (0.0, 0.0, 0.0)
     tilt: tuple = (0.0,)            # log gain field: u, v, u^2, uv, v^2 terms (as many as given)
     offset: tuple = (0.0, 0.0, 0.0)  # subtracted before the gain (a veil, a black level): o0 + ou rho_x + ov rho_y
@@ -354,31 +355,47 @@ def lens_of(model, width: int, height: int) -> Lens:
 
 
 def lens_groups(lenses, sizes):
-    """Group index per frame: frames of one size whose focal lengths agree within LENS_TOLERANCE share a
-    lens (and its vignetting); and each group's rho_ref (its farthest corner, in focal lengths)."""
-    keys, groups, refs = [], [], []
-    for lens, (w, h) in zip(lenses, sizes):
-        key = None
-        for g, (kw, kh, kf) in enumerate(keys):
-            if (kw, kh) == (w, h) and abs(math.log(lens.focal / kf)) < LENS_TOLERANCE:
-                key = g
-                break
-        if key is None:
-            keys.append((w, h, lens.focal))
-            refs.append(0.0)
-            key = len(keys) - 1
-        cx, cy = lens.centre
-        corner = max(math.hypot(x - cx, y - cy) for x in (-0.5, w - 0.5) for y in (-0.5, h - 0.5)) / lens.focal
-        refs[key] = max(refs[key], corner)
-        groups.append(key)
-    return groups, refs
+    """Which frames share a lens (and its vignetting), and the scale of their field positions:
+    (group index per frame, field radius in pixels per unit rho, per group).
+
+    Frames of one size share a lens when their focal lengths form one cluster: sorted, no step
+    between neighbours above LENS_TOLERANCE (log). A field position is the pixel's offset from
+    the principal point over the group's farthest corner (rho = 1 there), the same for every
+    frame of the lens: not over each frame's focal length, since the focal lengths of plain
+    photos are estimated per frame and absorb parallax (one Navcam's 17 frames: 1057 to
+    1406 px), which stretched the same vignetting and fields by up to a third from frame to
+    frame and split one camera into two lenses."""
+    by_size = {}
+    for k, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(k)
+    members = []
+    for ks in by_size.values():
+        ks = sorted(ks, key=lambda k: lenses[k].focal)
+        run = [ks[0]]
+        for a, b in zip(ks, ks[1:]):
+            if math.log(lenses[b].focal / lenses[a].focal) >= LENS_TOLERANCE:
+                members.append(run)
+                run = []
+            run.append(b)
+        members.append(run)
+    members.sort(key=min)  # numbered in the frames' order
+    groups, norms = [0] * len(lenses), []
+    for g, ks in enumerate(members):
+        radius = 0.0
+        for k in ks:
+            groups[k] = g
+            (w, h), (cx, cy) = sizes[k], lenses[k].centre
+            radius = max(radius, max(math.hypot(x - cx, y - cy) for x in (-0.5, w - 0.5) for y in (-0.5, h - 0.5)))
+        norms.append(radius)
+    return groups, norms
 
 
 #: The models tried, simplest first: (name, vignetting, tilt, offset terms).
 MODELS = (("exposure", False, 0, 0), ("exposure+vignetting", True, 0, 0), ("+offset", True, 0, 1),
           ("+tilt+offset field", True, 2, OFFSET_TERMS), ("+gain field+offset field", True, 5, OFFSET_TERMS))
-#: Frames of one size whose focal lengths agree within this (log) share a lens and its vignetting:
-#: zoom steps differ by more, focal lengths estimated for plain photos of one camera by less.
+#: Frames of one size share a lens and its vignetting unless their sorted focal lengths step by
+#: more than this (log) somewhere between them: Mastcam-Z's zoom steps mostly do (26, 34, 48, 63,
+#: 79, 100 mm), the focal lengths estimated for plain photos of one camera scatter without a gap.
 LENS_TOLERANCE = 0.15
 #: Samples per pair that choose the model.
 CHOICE_SAMPLES = 60
@@ -455,15 +472,15 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
-    groups, refs = lens_groups(lenses, sizes)
-    ng = len(refs)
+    groups, radii = lens_groups(lenses, sizes)
+    ng = len(radii)
     C = channels
     Q = offset_terms
     nt = int(tilt) * 2 if isinstance(tilt, bool) else int(tilt)
     nv = NV if vignetting else 0
     pf = C + nt + Q  # parameters per frame: exposure per channel, tilt, offset field
     m = n * pf + ng * nv
-    norms = [lenses[i].focal * refs[groups[i]] for i in range(n)]
+    norms = [radii[groups[i]] for i in range(n)]
     samples = [s for s in samples if len(s.w)]
     if not samples:
         tones = [_tone(lenses[i], norms[i], np.zeros(C), (0.0,), (0.0, 0.0, 0.0), (0.0,), white) for i in range(n)]
