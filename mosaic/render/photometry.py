@@ -74,7 +74,8 @@ PRIOR_OFFSET_FIELD = 0.01
 #: Terms of a frame's offset field (1, u, v, u^2, uv, v^2: a veil of stray light is smooth).
 OFFSET_TERMS = 6
 #: Tie points: brightness is the mean of a (2r+1)^2 box (well above a residual misregistration);
-#: every HOLD_OUT-th tie point is held out of the fit (for the agreement measure); where tie
+#: every HOLD_OUT-th distinct tie point is held out of the fit (for the agreement measure,
+#: :func:`tie_roles`); where tie
 #: points are given, a dense sample weighs DENSE_WEIGHT of one (dense samples in near terrain
 #: compare different things: parallax).
 TIE_RADIUS = 4
@@ -146,9 +147,22 @@ def point_values(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return out
 
 
-def held_out(n: int) -> np.ndarray:
-    """Which of n tie points (in the order the registration lists them) the fit leaves out."""
-    return np.arange(n) % HOLD_OUT == 0
+def tie_roles(ties) -> tuple[np.ndarray, np.ndarray]:
+    """Which tie points (i, j, xi, yi, xj, yj) (N, 6), in the order the registration lists them,
+    the fit uses and which it holds out for the agreement measure: (fit, held) masks. Each
+    distinct tie counts once: SIFT gives one place up to four orientations, so the registration
+    lists the same tie several times in a row (11 % of the Curiosity pan's ties), and a share
+    taken over the list held out a fifth of its points while their copies stayed in the fit.
+    Every HOLD_OUT-th distinct tie, in the order of first appearance, is held out; later copies
+    are in neither set."""
+    t = np.asarray(ties, float).reshape(-1, 6)
+    _, first, inverse = np.unique(t, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), int)
+    rank[np.argsort(first)] = np.arange(len(first))  # a distinct tie's rank by first appearance
+    once = np.zeros(len(t), bool)
+    once[first] = True
+    held = once & (rank[inverse.ravel()] % HOLD_OUT == 0)
+    return once & ~held, held
 
 
 def white_level(tops, dtype: str) -> float:
