@@ -19,7 +19,7 @@ box, after gains, vignetting, offsets and the highlight roll-off:
 mismatch is the median of ``(Ra - Rb) / mean(Ra, Rb)`` over its points (a bias: the scatter of
 single points from misregistration and parallax averages out); the figures are the median, 90th
 percentile and worst of the pairs' absolute mismatches. Only the tie points the photometric fit
-held out count (every third: :func:`mosaic.render.photometry.held_out`), so the figure is not
+held out count (every third distinct one: :func:`mosaic.render.photometry.tie_roles`), so the figure is not
 the fit's own residual; ``noise`` is the typical standard error of a pair's figure.
 """
 
@@ -243,7 +243,7 @@ def overlap_agreement(out_dir, solution=None, workspace=None) -> dict:
     ties = control_points(workspace, ids, per_pair=None) if workspace.is_dir() else []
     if not ties:
         return {"pairs": [], "reason": "no tie points (OUT/work/matches)"}
-    t = np.array(ties, float)[photometry.held_out(len(ties))]
+    t = np.array(ties, float)[photometry.tie_roles(ties)[1]]
     pi, pj = t[:, 0].astype(int), t[:, 1].astype(int)
     values = np.full((len(t), 2), np.nan)
     for k, f in enumerate(frames):

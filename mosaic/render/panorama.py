@@ -538,7 +538,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     (True) or give each pixel to the frame that sees it nearest its centre (False). ``ties``:
     the registration's tie points (i, j, xi, yi, xj, yj), i and j indexing the used frames
     (:func:`mosaic.products.control_points`), which the photometric fit samples first (all but
-    every :data:`.photometry.HOLD_OUT`-th, held out for the agreement measure).
+    every :data:`.photometry.HOLD_OUT`-th distinct one, held out for the agreement measure).
     ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the
     local default. ``parts_dir``: a folder that
     keeps each finished tile (tasks write it there; the caller keys the folder by its inputs), so
@@ -677,7 +677,7 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     n = len(frames)
     red = [photometry.reduction(f.width, f.height) for f in frames]
     ties = np.zeros((0, 6)) if ties is None or not len(ties) else np.asarray(ties, float)
-    fit = ~photometry.held_out(len(ties))
+    fit, held = photometry.tie_roles(ties)
     ti, tj = ties[:, 0].astype(int), ties[:, 1].astype(int)
     points = [np.concatenate([ties[fit & (ti == k), 2:4], ties[fit & (tj == k), 4:6]]) for k in range(n)]
     read = client.map(photometry.prepare, [f.path for f in frames], [f.width for f in frames],
@@ -725,7 +725,7 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
                  for gi, lens, w in zip(g, lenses, whites)]
         stats = {"pairs": 0}
     stats["tie_points"] = int(sum(len(s.w) for s in tie_samples))
-    stats["tie_points_held_out"] = int((~fit).sum())
+    stats["tie_points_held_out"] = int(held.sum())
     stats["seams"] = len(pair_seams)
     stats["overlapping_pairs"] = len(pairs)
     out = [replace(f, gain=float(np.mean(t.gain)), scale=float(s), tone=t, margins=d.margins, alpha=d.alpha,

@@ -4,12 +4,13 @@
 
     R = rolloff(v * exp(a_ic + V_g(rho) + t_i . (rho_x, rho_y)))
 
-with ``rho = ((x, y) - principal point) / focal / rho_ref`` the field position (1 at the
-group's farthest corner), ``a_ic`` the frame's exposure per channel (one for grey frames),
+with ``rho = ((x, y) - principal point) / r_g`` the field position (``r_g`` the pixel distance
+of the lens group's farthest corner: the same sensor pixel has the same rho in every frame of
+the lens), ``a_ic`` the frame's exposure per channel (one for grey frames),
 ``V_g(rho) = b1 rho^2 + b2 rho^4 + b3 rho^6`` the vignetting of the frame's lens group (frames of
-one size and focal length share a lens) and ``t_i`` a tilt of the frame's gain across its field,
-which takes up what neither exposure nor vignetting explains (a gradient of stray light, a
-flat field off by a few percent) where the overlaps support it. The correction works on the
+one size whose focal lengths form one cluster share a lens: :func:`lens_groups`) and ``t_i`` a
+tilt of the frame's gain across its field, which takes up what neither exposure nor vignetting
+explains (a gradient of stray light, a flat field off by a few percent) where the overlaps support it. The correction works on the
 stored values: for a power-law response (the square-root companding of rover frames, linear
 data) a multiplicative correction in values is one in radiance, with the exponent of the
 response (a frame exposed ``e`` times longer through a square-root LUT is ``sqrt(e)`` brighter
@@ -26,7 +27,8 @@ through both camera models (far-field directions, as the renderer), giving value
 (:func:`pair_samples`). Samples near black or near clipping, on steep gradients (where a residual
 misregistration matters) or outside either frame's valid area get no vote. All pairs are solved
 together (:func:`solve`), so loops close: linear least squares in log values, iteratively
-reweighted (Cauchy) so that parallax, moving shadows and glare in one frame do not pull the rest,
+reweighted (Huber) so that parallax, moving shadows and glare in one frame pull the rest with a
+bounded vote only,
 with weak priors (exposure 0, tilt 0, no vignetting) for what the overlaps do not determine and
 one strong constraint: the mean log exposure of each channel is 0 (mean gain 1).
 
@@ -73,7 +75,8 @@ PRIOR_OFFSET_FIELD = 0.01
 #: Terms of a frame's offset field (1, u, v, u^2, uv, v^2: a veil of stray light is smooth).
 OFFSET_TERMS = 6
 #: Tie points: brightness is the mean of a (2r+1)^2 box (well above a residual misregistration);
-#: every HOLD_OUT-th tie point is held out of the fit (for the agreement measure); where tie
+#: every HOLD_OUT-th distinct tie point is held out of the fit (for the agreement measure,
+#: :func:`tie_roles`); where tie
 #: points are given, a dense sample weighs DENSE_WEIGHT of one (dense samples in near terrain
 #: compare different things: parallax).
 TIE_RADIUS = 4
@@ -82,6 +85,13 @@ DENSE_WEIGHT = 0.02
 #: Robust scale floor (log units) and reweighting rounds.
 SIGMA_FLOOR = 0.01
 ROUNDS = 8
+#: Huber's constant (in robust sigmas; the usual 95 % efficiency at normal residuals). The fit
+#: weighs residuals by Huber's weights, not Cauchy's: a pair's residuals on real pans are broad
+#: and lopsided (Curiosity ring pair 6-7: a sixth of its tie points more than 8 % off, all on one
+#: side), and Cauchy weights, which fall to nothing beyond a few sigma of the pan's pooled scale,
+#: left such a pair's balance at the mode of the rest, while the agreement measure reports the
+#: median (a lopsided test pair: 0.35-0.46 % from it, Huber 0.04-0.12 %).
+HUBER_K = 1.345
 
 
 def reduction(width: int, height: int) -> int:
@@ -145,9 +155,22 @@ def point_values(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return out
 
 
-def held_out(n: int) -> np.ndarray:
-    """Which of n tie points (in the order the registration lists them) the fit leaves out."""
-    return np.arange(n) % HOLD_OUT == 0
+def tie_roles(ties) -> tuple[np.ndarray, np.ndarray]:
+    """Which tie points (i, j, xi, yi, xj, yj) (N, 6), in the order the registration lists them,
+    the fit uses and which it holds out for the agreement measure: (fit, held) masks. Each
+    distinct tie counts once: SIFT gives one place up to four orientations, so the registration
+    lists the same tie several times in a row (11 % of the Curiosity pan's ties), and a share
+    taken over the list held out a fifth of its points while their copies stayed in the fit.
+    Every HOLD_OUT-th distinct tie, in the order of first appearance, is held out; later copies
+    are in neither set."""
+    t = np.asarray(ties, float).reshape(-1, 6)
+    _, first, inverse = np.unique(t, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), int)
+    rank[np.argsort(first)] = np.arange(len(first))  # a distinct tie's rank by first appearance
+    once = np.zeros(len(t), bool)
+    once[first] = True
+    held = once & (rank[inverse.ravel()] % HOLD_OUT == 0)
+    return once & ~held, held
 
 
 def white_level(tops, dtype: str) -> float:
@@ -169,7 +192,7 @@ class Tone:
     gain: tuple = (1.0,)            # per channel: exp(a_ic)
     centre: tuple = (0.0, 0.0)      # principal point (frame pixels): the fields' origin
     vcentre: tuple | None = None    # the vignetting's centre (frame pixels; None: the principal point)
-    norm: float = 1.0               # pixels of field radius per unit rho (focal x rho_ref)
+    norm: float = 1.0               # pixels of field radius per unit rho (the lens group's farthest corner)
     vignetting: tuple = (0.0, 0.0, 0.0)
     tilt: tuple = (0.0,)            # log gain field: u, v, u^2, uv, v^2 terms (as many as given)
     offset: tuple = (0.0, 0.0, 0.0)  # subtracted before the gain (a veil, a black level): o0 + ou rho_x + ov rho_y
@@ -354,31 +377,47 @@ def lens_of(model, width: int, height: int) -> Lens:
 
 
 def lens_groups(lenses, sizes):
-    """Group index per frame: frames of one size whose focal lengths agree within LENS_TOLERANCE share a
-    lens (and its vignetting); and each group's rho_ref (its farthest corner, in focal lengths)."""
-    keys, groups, refs = [], [], []
-    for lens, (w, h) in zip(lenses, sizes):
-        key = None
-        for g, (kw, kh, kf) in enumerate(keys):
-            if (kw, kh) == (w, h) and abs(math.log(lens.focal / kf)) < LENS_TOLERANCE:
-                key = g
-                break
-        if key is None:
-            keys.append((w, h, lens.focal))
-            refs.append(0.0)
-            key = len(keys) - 1
-        cx, cy = lens.centre
-        corner = max(math.hypot(x - cx, y - cy) for x in (-0.5, w - 0.5) for y in (-0.5, h - 0.5)) / lens.focal
-        refs[key] = max(refs[key], corner)
-        groups.append(key)
-    return groups, refs
+    """Which frames share a lens (and its vignetting), and the scale of their field positions:
+    (group index per frame, field radius in pixels per unit rho, per group).
+
+    Frames of one size share a lens when their focal lengths form one cluster: sorted, no step
+    between neighbours above LENS_TOLERANCE (log). A field position is the pixel's offset from
+    the principal point over the group's farthest corner (rho = 1 there), the same for every
+    frame of the lens: not over each frame's focal length, since the focal lengths of plain
+    photos are estimated per frame and absorb parallax (one Navcam's 17 frames: 1057 to
+    1406 px), which stretched the same vignetting and fields by up to a third from frame to
+    frame and split one camera into two lenses."""
+    by_size = {}
+    for k, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(k)
+    members = []
+    for ks in by_size.values():
+        ks = sorted(ks, key=lambda k: lenses[k].focal)
+        run = [ks[0]]
+        for a, b in zip(ks, ks[1:]):
+            if math.log(lenses[b].focal / lenses[a].focal) >= LENS_TOLERANCE:
+                members.append(run)
+                run = []
+            run.append(b)
+        members.append(run)
+    members.sort(key=min)  # numbered in the frames' order
+    groups, norms = [0] * len(lenses), []
+    for g, ks in enumerate(members):
+        radius = 0.0
+        for k in ks:
+            groups[k] = g
+            (w, h), (cx, cy) = sizes[k], lenses[k].centre
+            radius = max(radius, max(math.hypot(x - cx, y - cy) for x in (-0.5, w - 0.5) for y in (-0.5, h - 0.5)))
+        norms.append(radius)
+    return groups, norms
 
 
 #: The models tried, simplest first: (name, vignetting, tilt, offset terms).
 MODELS = (("exposure", False, 0, 0), ("exposure+vignetting", True, 0, 0), ("+offset", True, 0, 1),
           ("+tilt+offset field", True, 2, OFFSET_TERMS), ("+gain field+offset field", True, 5, OFFSET_TERMS))
-#: Frames of one size whose focal lengths agree within this (log) share a lens and its vignetting:
-#: zoom steps differ by more, focal lengths estimated for plain photos of one camera by less.
+#: Frames of one size share a lens and its vignetting unless their sorted focal lengths step by
+#: more than this (log) somewhere between them: Mastcam-Z's zoom steps mostly do (26, 34, 48, 63,
+#: 79, 100 mm), the focal lengths estimated for plain photos of one camera scatter without a gap.
 LENS_TOLERANCE = 0.15
 #: Samples per pair that choose the model.
 CHOICE_SAMPLES = 60
@@ -447,7 +486,7 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     0..n-1, values with ``channels`` bands), ``lenses`` and ``sizes`` ((width, height)) per frame.
 
     Gauss-Newton on the log residuals (the offsets enter non-linearly), each step a weighted
-    linear least squares whose weights are the samples' own times Cauchy weights of the last
+    linear least squares whose weights are the samples' own times Huber weights of the last
     residuals (scale from their MAD). A residual involves the parameters of two frames and their
     lens groups only, so the normal equations are summed pair by pair from small dense blocks
     into a sparse system. Exposures are free up to a common factor per channel: weak priors pick
@@ -455,15 +494,15 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
-    groups, refs = lens_groups(lenses, sizes)
-    ng = len(refs)
+    groups, radii = lens_groups(lenses, sizes)
+    ng = len(radii)
     C = channels
     Q = offset_terms
     nt = int(tilt) * 2 if isinstance(tilt, bool) else int(tilt)
     nv = NV if vignetting else 0
     pf = C + nt + Q  # parameters per frame: exposure per channel, tilt, offset field
     m = n * pf + ng * nv
-    norms = [lenses[i].focal * refs[groups[i]] for i in range(n)]
+    norms = [radii[groups[i]] for i in range(n)]
     samples = [s for s in samples if len(s.w)]
     if not samples:
         tones = [_tone(lenses[i], norms[i], np.zeros(C), (0.0,), (0.0, 0.0, 0.0), (0.0,), white) for i in range(n)]
@@ -488,7 +527,7 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
     for _ in range(ROUNDS):
         rows, cols, vals, grad = [], [], [], np.zeros(m)
         for bt, (r, usable, D) in zip(batches, res):
-            w = bt.w0[:, :, None] * usable / (1.0 + (r / sigma) ** 2)  # (P, N, C)
+            w = bt.w0[:, :, None] * usable * _huber(r, sigma)  # (P, N, C)
             P, k = D.shape[0], D.shape[-1]
             Dm = D.reshape(P, -1, k)
             Dw = Dm * w.reshape(P, -1, 1)
@@ -526,6 +565,12 @@ def solve(n: int, channels: int, samples: list, lenses: list, sizes: list, white
              "log_rms_before": before, "log_rms_after": after, "robust_sigma": float(sigma),
              "pair_bias_abs_log": {"median": float(np.median(per_pair)), "max": float(np.max(per_pair))}}
     return tones, stats
+
+
+def _huber(r, sigma):
+    """Huber weights of residuals r at scale sigma: 1 within HUBER_K sigma, falling as 1 / |r|
+    beyond (a bounded vote, never none)."""
+    return 1.0 / np.maximum(np.abs(r) / (HUBER_K * sigma), 1.0)
 
 
 def _mad_sigma(res) -> float:
