@@ -127,13 +127,14 @@ def test_bundle_jacobians_match_finite_differences():
         assert np.abs(num - jp[:, :, k]).max() < 1e-3 * np.abs(jp[:, :, k]).max()
 
 
-def test_photo_bundle_recovers_focal_and_rotation():
-    rng = np.random.default_rng(5)
-    f_true, w, h = 900.0, 1200, 800
+def photo_scene(seed=5, f_true=900.0, w=1200, h=800, k1=-0.05):
+    """Three photos of a pan (true cameras, shared lens) and the observations of directions
+    seen by at least two of them."""
+    rng = np.random.default_rng(seed)
     rots = [rotvec_to_matrix([0, 0, np.radians(a)]) @ np.array([[0, 0, 1.0], [1, 0, 0], [0, 1, 0]])
             for a in (0, 25, 50)]
     lens = Lens(f_true)
-    lens.k1 = -0.05
+    lens.k1 = k1
     true = [PhotoCamera(r, lens, w, h, 1.0) for r in rots]
     dirs = azel_to_vector(rng.uniform(-20, 70, 3000), rng.uniform(-15, 15, 3000))
     of, op, oxy = [], [], []
@@ -146,8 +147,12 @@ def test_photo_bundle_recovers_focal_and_rotation():
     of, op, oxy = np.array(of), np.array(op), np.concatenate(oxy)
     seen = np.bincount(op, minlength=len(dirs)) >= 2
     sel = seen[op]
-    of, op, oxy = of[sel], (np.cumsum(seen) - 1)[op[sel]], oxy[sel]
-    start_lens = Lens(1000.0)
+    return rots, dirs[seen], of[sel], (np.cumsum(seen) - 1)[op[sel]], oxy[sel]
+
+
+def photo_bundle(rots, of, op, oxy, focal=1000.0, w=1200, h=800, seed=5):
+    rng = np.random.default_rng(seed)
+    start_lens = Lens(focal)
     cams = [PhotoCamera(rotvec_to_matrix(rng.normal(0, 0.02, 3)) @ r if i else r, start_lens, w, h,
                         1e-6 if i == 0 else np.pi) for i, r in enumerate(rots)]
     start = np.zeros((op.max() + 1, 3))
@@ -155,12 +160,102 @@ def test_photo_bundle_recovers_focal_and_rotation():
         m = of == i
         np.add.at(start, op[m], c.model().backproject(oxy[m])[1])
     start /= np.linalg.norm(start, axis=1, keepdims=True)
-    bundle = Bundle(cams, Points(start, None), of, op, oxy, np.ones(len(of)))
+    return cams, start_lens, Bundle(cams, Points(start, None), of, op, oxy, np.ones(len(of)))
+
+
+def test_photo_bundle_recovers_focal_and_rotation():
+    rots, _, of, op, oxy = photo_scene()
+    cams, start_lens, bundle = photo_bundle(rots, of, op, oxy)
     bundle.solve(100)
     r = bundle.residuals()[0]
     assert np.sqrt(np.mean(np.sum(r**2, 1))) < 0.01
-    assert abs(start_lens.focal - f_true) < 0.5
+    assert abs(start_lens.focal - 900.0) < 0.5
     assert abs(start_lens.k1 + 0.05) < 1e-3
+
+
+def test_photo_residuals_are_the_cahvor_model():
+    """The photos' closed-form projection (all observations at once) is the CAHVOR model that
+    solution.json records for each photo."""
+    rots, _, of, op, oxy = photo_scene()
+    cams, lens, bundle = photo_bundle(rots, of, op, oxy)
+    lens.k1 = 0.03
+    r = bundle.residuals()[0]
+    for i, c in enumerate(cams):
+        m = bundle.f == i
+        pix = c.model().project(bundle.points.dirs[bundle.p[m]])
+        assert np.abs(r[m] + bundle.xy[m] - pix).max() < 1e-9
+
+
+def test_photo_jacobians_match_finite_differences():
+    rots, _, of, op, oxy = photo_scene(seed=6)
+    cams, lens, bundle = photo_bundle(rots, of, op, oxy, seed=6)
+    lens.k1 = 0.02
+    r, jc, jp = bundle.residuals(True)
+    eps = 1e-7
+    for k in range(5):  # rotation of photo 1, then its lens: log f and k1
+        saved = bundle._state()
+        d = np.zeros(bundle.n_params)
+        d[bundle.index[1][k]] = eps
+        bundle._update(d, np.zeros((len(bundle.points.dirs), 2)))
+        num = (bundle.residuals()[0] - r) / eps
+        bundle._restore(saved)
+        m = bundle.f == 1
+        assert np.abs(num[m] - jc[m][:, :, k]).max() < 1e-3 * np.abs(jc[m][:, :, k]).max()
+    for k in range(2):
+        saved = bundle._state()
+        d = np.zeros((len(bundle.points.dirs), 2))
+        d[:, k] = eps
+        bundle.points.update(d)
+        num = (bundle.residuals()[0] - r) / eps
+        bundle._restore(saved)
+        assert np.abs(num - jp[:, :, k]).max() < 1e-3 * np.abs(jp[:, :, k]).max()
+
+
+@pytest.mark.parametrize("kind", ["posed", "photos"])
+def test_schur_step_is_the_dense_gauss_newton_step(kind):
+    """The step from the Schur complement (assembled by camera pairs, points eliminated) equals
+    the one from the full dense normal equations."""
+    if kind == "posed":
+        truth, errors, of, op, oxy = ring_scene(seed=4, n_points=300)
+        _, bundle = posed_bundle(truth, errors, of, op, oxy)
+    else:
+        rots, _, of, op, oxy = photo_scene(seed=7)
+        keep = np.flatnonzero(np.random.default_rng(0).random(len(of)) < 0.2)
+        sel = np.isin(op, np.unique(op[keep]))
+        _, ids = np.unique(op[sel], return_inverse=True)
+        _, _, bundle = photo_bundle(rots, of[sel], ids, oxy[sel])
+    bundle.loss_scale = 1e9  # least squares: every weight 1
+    r, jc, jp = bundle.residuals(True)
+    dc, dp = bundle._step(r, jc, jp, 0.0)
+    n, P, b = len(r), bundle.n_params, bundle.points.b
+    npnt = len(bundle.points.dirs)
+    J = np.zeros((2 * n, P + npnt * b))
+    rows = np.arange(n)
+    for a in range(2):
+        for q in range(bundle.k):
+            J[2 * rows + a, bundle.index[bundle.f][:, q]] += jc[:, a, q]
+        for q in range(b):
+            J[2 * rows + a, P + bundle.p * b + q] = jp[:, a, q]
+    H = J.T @ J
+    g = J.T @ r.ravel()
+    for i, cam in enumerate(bundle.cams):
+        pr, pj = cam.prior()
+        idx = bundle.index[i]
+        H[np.ix_(idx, idx)] += pj.T @ pj
+        g[idx] += pj.T @ pr
+    for lens, idx in zip(bundle.lenses, bundle.lens_index):
+        pr, pj = lens.prior()
+        H[np.ix_(idx, idx)] += pj.T @ pj
+        g[idx] += pj.T @ pr
+    pr = bundle.points.prior()
+    if pr is not None:
+        k = P + np.arange(npnt) * b + 2
+        H[k, k] += pr[1] ** 2
+        g[k] += pr[1] * pr[0]
+    H[np.diag_indices_from(H)] += 1e-12
+    dense = np.linalg.solve(H, -g)
+    assert np.allclose(dc, dense[:P], rtol=1e-6, atol=1e-9 * np.abs(dense[:P]).max())
+    assert np.allclose(dp.ravel(), dense[P:], rtol=1e-6, atol=1e-9 * np.abs(dense[P:]).max())
 
 
 def test_triangulate_far_and_near():

@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 
 from calib.models import CAHVOR
 from calib.rotation import matrix_to_rotvec, rotvec_to_matrix, skew
@@ -91,9 +90,6 @@ class PosedCamera:
 
     def model(self):
         return self.model0.moved(self.rot, self.pivot)
-
-    def param_jacobian(self, pix, jr, points):
-        return jr
 
     def update(self, delta):
         self.rot = rotvec_to_matrix(delta[:3]) @ self.rot
@@ -216,7 +212,8 @@ class Points:
         return 2 if self.rho is None else 3
 
     def rays(self, idx, centre):
-        """Points ``idx`` as seen from a camera centre: (P, D, dP/dparams) with P = centre + D v,
+        """Points ``idx`` as seen from a camera centre (3,) or from one centre each (N, 3):
+        (P, D, dP/dparams) with P = centre + D v,
         v = d + rho (origin - centre). For rho >= RHO_MIN, P is the point itself (exact for every
         model); below, P stays at 1/RHO_MIN along v, which keeps the direction exact (and a
         slightly negative rho, a point 'beyond infinity' that inconsistent rays ask for, valid)."""
@@ -270,6 +267,38 @@ def _group_sum(values, index, n, order=None):
     return out
 
 
+def _inv_small(m):
+    """Inverses of a stack of 2x2 or 3x3 matrices by their adjugates (numpy's batched inverse
+    takes a LAPACK call per matrix: 4 ms for 7400 points, a tenth of this in closed form)."""
+    if m.shape[1:] == (2, 2):
+        a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+        adj = np.stack([np.stack([d, -b], 1), np.stack([-c, a], 1)], 1)
+        return adj / (a * d - b * c)[:, None, None]
+    if m.shape[1:] == (3, 3):
+        r0, r1, r2 = m[:, 0], m[:, 1], m[:, 2]
+        # The adjugate's columns are cross products of the rows; det = r0 . (r1 x r2).
+        c0, c1, c2 = _cross(r1, r2), _cross(r2, r0), _cross(r0, r1)
+        det = np.einsum("ij,ij->i", r0, c0)
+        return np.stack([c0, c1, c2], axis=2) / det[:, None, None]
+    return np.linalg.inv(m)
+
+
+def _observation_pairs(obs_point, order):
+    """(i, j): every ordered pair of observations of one point, (i, i) included: the terms of the
+    Schur complement. ``order`` sorts ``obs_point``."""
+    ps = np.asarray(obs_point)[order]
+    if len(ps) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    size = np.diff(np.r_[starts, len(ps)])
+    first = np.repeat(starts, size)  # each sorted observation's group start...
+    n = np.repeat(size, size)  # ...and group size
+    oi = np.repeat(np.arange(len(ps)), n)
+    within = np.arange(len(oi)) - np.repeat(np.cumsum(n) - n, n)
+    oj = np.repeat(first, n) + within
+    return order[oi], order[oj]
+
+
 def robust_weights(s, kind, scale):
     """IRLS weights and robust costs of residual norms s."""
     if kind == "cauchy":
@@ -294,6 +323,7 @@ class Bundle:
         self.loss, self.loss_scale = loss, loss_scale
         self.k = cams[0].k if cams else 3
         self.iterations = 0
+        self._lam = 1e-4
         # Global parameter layout: 3 rotation unknowns per camera, then each shared lens's own.
         self.lenses = []
         for c in cams:
@@ -313,36 +343,31 @@ class Bundle:
                 self.index[i, 3:] = lens_start[li] + np.arange(self.lenses[li].k)
         self.lens_index = [lens_start[j] + np.arange(m.k) for j, m in enumerate(self.lenses)]
         self._point_order = np.argsort(self.p, kind="stable")
+        self._photos = bool(cams) and all(isinstance(c, PhotoCamera) for c in cams) and points.rho is None
+        # The Schur complement's terms, grouped by the pair of cameras (cells of S) they add to.
+        oi, oj = _observation_pairs(self.p, self._point_order)
+        gi = self.index[self.f]
+        block = self.f[oi].astype(np.int64) * len(cams) + self.f[oj]
+        order = np.argsort(block, kind="stable")
+        self._pairs = oi[order], oj[order]
+        bstart = np.flatnonzero(np.r_[True, block[order][1:] != block[order][:-1]]) if len(order) else np.zeros(0, int)
+        self._pair_starts = bstart
+        first = order[bstart]
+        self._pair_cells = (gi[oi[first]][:, :, None] * self.n_params + gi[oj[first]][:, None, :]).ravel()
+        self._cam_bounds = np.searchsorted(self.f, np.arange(len(cams) + 1))
 
     # -- evaluation ------------------------------------------------------------------------
 
     def residuals(self, with_jacobian=False):
         """Residuals (N,2) in sigma units, and optionally dr/dcam (N,2,k), dr/dpoint (N,2,b)."""
-        n = len(self.f)
-        r = np.zeros((n, 2))
-        jc = np.zeros((n, 2, self.k)) if with_jacobian else None
-        jp = np.zeros((n, 2, self.points.b)) if with_jacobian else None
-        bounds = np.searchsorted(self.f, np.arange(len(self.cams) + 1))
-        for fi, cam in enumerate(self.cams):
-            lo, hi = bounds[fi], bounds[fi + 1]
-            if lo == hi:
-                continue
-            model = cam.model()
-            idx = self.p[lo:hi]
-            P, dist, dP = self.points.rays(idx, model.C)
-            if with_jacobian:
-                pix, jpt, _ = model.project_jacobian(P, cam.pivot)
-                # Rotating the camera about the pivot = rotating the point the other way; in
-                # terms of the scaled point this is exact also for far ("beyond infinity") points.
-                lever = P - model.C + (dist * self.points.rho[idx])[:, None] * (model.C - cam.pivot) if self.points.rho is not None \
-                    else P - cam.pivot
-                jr = jpt @ skew(lever)
-                s = self.sigma[lo:hi, None, None]
-                jc[lo:hi] = cam.param_jacobian(pix, jr, P) / s
-                jp[lo:hi] = (jpt @ dP) / s
-            else:
-                pix = model.project(P)
-            r[lo:hi] = (pix - self.xy[lo:hi]) / self.sigma[lo:hi, None]
+        if self._photos:
+            r, jc, jp = self._photo_residuals(with_jacobian)
+        else:
+            r, jc, jp = self._posed_residuals(with_jacobian)
+        r /= self.sigma[:, None]
+        if with_jacobian:
+            jc /= self.sigma[:, None, None]
+            jp /= self.sigma[:, None, None]
         # A point behind a camera or absurdly far off: no information, only numerical trouble.
         bad = ~np.isfinite(r).all(1) | (np.abs(r) > 1e4).any(1)
         if bad.any():
@@ -350,6 +375,74 @@ class Bundle:
             if with_jacobian:
                 jc[bad] = 0
                 jp[bad] = 0
+        return r, jc, jp
+
+    def _posed_residuals(self, with_jacobian):
+        """Pixel residuals of frames with models, one projection call per frame. The frame's
+        reported model stays fixed and the points turn the other way about its pivot (a model
+        moved by the correction would be a new model per frame and evaluation: its construction
+        and checks were a third of the adjustment)."""
+        n = len(self.f)
+        r = np.zeros((n, 2))
+        jc = np.zeros((n, 2, self.k)) if with_jacobian else None
+        jp = np.zeros((n, 2, self.points.b)) if with_jacobian else None
+        bounds = self._cam_bounds
+        centres = np.stack([c.pivot + c.rot @ (c.model0.C - c.pivot) for c in self.cams])
+        # Every observation's point from its camera's centre at once, then one projection per frame.
+        P, dist, dP = self.points.rays(self.p, centres[self.f])
+        for fi, cam in enumerate(self.cams):
+            lo, hi = bounds[fi], bounds[fi + 1]
+            if lo == hi:
+                continue
+            model0, rot, piv = cam.model0, cam.rot, cam.pivot
+            Pc = P[lo:hi]
+            P0 = piv + (Pc - piv) @ rot  # R^T (P - pivot): the point as the reported model sees it
+            if with_jacobian:
+                pix, jpt, _ = model0.project_jacobian(P0)
+                jpt = jpt @ rot.T
+                # Rotating the camera about the pivot = rotating the point the other way; in
+                # terms of the scaled point this is exact also for far ("beyond infinity") points.
+                lever = Pc - centres[fi] + (dist[lo:hi] * self.points.rho[self.p[lo:hi]])[:, None] * (centres[fi] - piv) \
+                    if self.points.rho is not None else Pc - piv
+                jc[lo:hi] = jpt @ skew(lever)
+                jp[lo:hi] = jpt @ dP[lo:hi]
+            else:
+                pix = model0.project(P0)
+            r[lo:hi] = pix - self.xy[lo:hi]
+        return r, jc, jp
+
+    def _photo_residuals(self, with_jacobian):
+        """Pixel residuals of plain photos, every observation at once: a photo is a pinhole at
+        the origin with one radial term, exactly the CAHVOR model ``PhotoCamera.model`` writes
+        (O = A, R = (0, k1, 0): pixel = c + f (1 + k1 |n|^2) n for normalised coordinates n)."""
+        cams, o = self.cams, self.f
+        rot = np.stack([c.rot for c in cams])[o]
+        focal = np.array([c.lens.focal for c in cams])[o]
+        k1 = np.array([c.lens.k1 for c in cams])[o]
+        X = self.points.origin + self.points.dirs[self.p]
+        v = np.einsum("ni,nij->nj", X, rot)  # camera coordinates: R^T X
+        z = v[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nrm = v[:, :2] / z[:, None]
+        r2 = np.einsum("ni,ni->n", nrm, nrm)
+        s = 1.0 + k1 * r2
+        centre = np.stack([c.c for c in cams])[o]
+        pix = centre + (focal * s)[:, None] * nrm
+        # Behind the camera, or where the radial term folds the image back (CAHVOR's own rule).
+        pix[~(z > 0) | (1.0 + 3.0 * k1 * r2 <= 0)] = np.nan
+        r = pix - self.xy
+        if not with_jacobian:
+            return r, None, None
+        # d pixel / d n = f (s I + 2 k1 n n^T); d n / d v = [I / z, -n / z].
+        dn = focal[:, None, None] * (s[:, None, None] * np.eye(2) + 2 * k1[:, None, None] * nrm[:, :, None] * nrm[:, None, :])
+        jv = np.concatenate([dn, -(dn @ nrm[:, :, None])], axis=2) / z[:, None, None]
+        jx = jv @ rot.transpose(0, 2, 1)  # d pixel / d X
+        e1, e2 = (e[self.p] for e in self.points.basis())
+        jp = np.stack([np.einsum("naj,nj->na", jx, e1), np.einsum("naj,nj->na", jx, e2)], axis=2)
+        # A rotation w applied on the left of the camera's moves X by -w x X in its frame.
+        jr = np.stack([_cross(jx[:, 0], X), _cross(jx[:, 1], X)], axis=1)
+        # The lens's unknowns, log f and kf = k1 f (see Lens): d pixel = f n dlogf + |n|^2 n dkf.
+        jc = np.concatenate([jr, (pix - centre)[:, :, None], (focal * r2)[:, None, None] * nrm[:, :, None]], axis=2)
         return r, jc, jp
 
     def cost(self, r=None):
@@ -368,60 +461,94 @@ class Bundle:
 
     # -- one damped Gauss-Newton step ---------------------------------------------------------
 
-    def _step(self, r, jc, jp, lam):
+    def _system(self, r, jc, jp, lam):
+        """The damped Gauss-Newton system at the current state, as a function
+        ``solve(residuals, priors) -> (dc, dp)``: the step that makes the linearised
+        ``residuals`` (weighted as ``r``) zero, with the priors' pull or without.
+
+        The points are eliminated (Schur complement), the cameras' system S dc = rhs solved
+        densely, then the points back-substituted. S = U - sum over points of W_p V_p^-1 W_p^T,
+        where W_p holds one block per observation of the point: its terms are the products of the
+        blocks of two observations of one point (``_observation_pairs``), summed straight into
+        S's cells by one bincount (with scipy.sparse the assembly took most of a step, and
+        importing it 0.2 s of a stitch). One system serves several right-hand sides: the step
+        and its geodesic acceleration (``solve``)."""
         nc, npnt, k, b = len(self.cams), len(self.points.dirs), self.k, self.points.b
-        keep = self.keep
-        s = np.linalg.norm(r, axis=1)
-        w, _ = robust_weights(s, self.loss, self.loss_scale)
-        w = np.where(keep, w, 0.0)
-        sw = np.sqrt(w)[:, None, None]
-        rw, jcw, jpw = r * sw[:, :, 0], jc * sw, jp * sw
-        f, p = self.f, self.p
+        w, _ = robust_weights(np.linalg.norm(r, axis=1), self.loss, self.loss_scale)
+        sw = np.sqrt(np.where(self.keep, w, 0.0))
+        jcw, jpw = jc * sw[:, None, None], jp * sw[:, None, None]
+        f, p, order = self.f, self.p, self._point_order
         jcwt, jpwt = jcw.transpose(0, 2, 1), jpw.transpose(0, 2, 1)
         P = self.n_params
         # Per-camera sums first (observations are sorted by camera), then scattered to the
         # global layout, where photos of one camera share their lens unknowns.
-        Ub = _group_sum(jcwt @ jcw, f, nc)
-        gb = _group_sum((jcwt @ rw[:, :, None])[:, :, 0], f, nc)
+        bounds = self._cam_bounds
+        Ub = np.zeros((nc, k, k))
+        for i in range(nc):  # observations are sorted by camera: one product each
+            blk = jcw[bounds[i]:bounds[i + 1]].reshape(-1, k)
+            Ub[i] = blk.T @ blk
         U = np.zeros((P, P))
-        gc = np.zeros(P)
+        gprior = np.zeros(P)
         for i, cam in enumerate(self.cams):
             idx = self.index[i]
             pr, pj = cam.prior()
             U[np.ix_(idx, idx)] += Ub[i] + pj.T @ pj
-            gc[idx] += gb[i] + pj.T @ pr
+            gprior[idx] += pj.T @ pr
         for lens, idx in zip(self.lenses, self.lens_index):
             pr, pj = lens.prior()
             U[np.ix_(idx, idx)] += pj.T @ pj
-            gc[idx] += pj.T @ pr
-        V = _group_sum(jpwt @ jpw, p, npnt, self._point_order)
-        gp = _group_sum((jpwt @ rw[:, :, None])[:, :, 0], p, npnt, self._point_order)
+            gprior[idx] += pj.T @ pr
+        V = _group_sum(jpwt @ jpw, p, npnt, order)
+        pprior = np.zeros((npnt, b))
         pr = self.points.prior()
         if pr is not None:
             V[:, 2, 2] += pr[1] ** 2
-            gp[:, 2] += pr[1] * pr[0]
+            pprior[:, 2] = pr[1] * pr[0]
         Wb = jcwt @ jpw  # (N, k, b), one block per observation
         # Marquardt damping, plus a floor so that unobserved parameters stay finite.
         di = np.arange(P)
         U[di, di] = U[di, di] * (1 + lam) + 1e-12
         dj = np.arange(b)
         V[:, dj, dj] = V[:, dj, dj] * (1 + lam) + 1e-12
-        Vinv = np.linalg.inv(V)
-        rows = self.index[f][:, :, None].repeat(b, axis=2)
-        cols = (p[:, None, None] * b + np.arange(b)[None, None, :]).repeat(k, axis=1)
-        W = sp.csr_matrix((Wb.ravel(), (rows.ravel(), cols.ravel())), shape=(P, npnt * b))
-        vr = np.repeat(np.arange(npnt * b).reshape(npnt, b), b, axis=1).ravel()
-        vc = np.tile(np.arange(npnt * b).reshape(npnt, b), (1, b)).ravel()
-        Vi = sp.csr_matrix((Vinv.ravel(), (vr, vc)), shape=(npnt * b, npnt * b))
-        Y = W @ Vi
-        S = U - (Y @ W.T).toarray()
-        rhs = -(gc - Y @ gp.ravel())
-        try:
-            dc = np.linalg.solve(S, rhs)
-        except np.linalg.LinAlgError:
-            dc = np.linalg.lstsq(S, rhs, rcond=None)[0]
-        dp = Vi @ (-gp.ravel() - W.T @ dc)
-        return dc, dp.reshape(npnt, b)
+        Vinv = _inv_small(V)
+        Y = Wb @ Vinv[p]  # (N, k, b): W V^-1, observation by observation
+        gi = self.index[f]  # each observation's camera unknowns in the global layout
+        oi, oj = self._pairs
+        if len(oi):
+            # One product per pair of cameras: (k, m b) @ (m b, k) over the m points they share.
+            yg = Y.transpose(1, 0, 2)[:, oi, :]
+            wg = Wb.transpose(1, 0, 2)[:, oj, :]
+            edges = np.r_[self._pair_starts, len(oi)]
+            terms = np.stack([yg[:, s:e].reshape(k, -1) @ wg[:, s:e].reshape(k, -1).T
+                              for s, e in zip(edges[:-1], edges[1:])])
+            U -= np.bincount(self._pair_cells, weights=terms.ravel(), minlength=P * P).reshape(P, P)
+        S = U
+        WbT = Wb.transpose(0, 2, 1)
+
+        def solve(res, priors=True):
+            rw = res * sw[:, None]
+            gc = np.bincount(gi.ravel(), weights=(jcwt @ rw[:, :, None]).ravel(), minlength=P)
+            gp = _group_sum((jpwt @ rw[:, :, None])[:, :, 0], p, npnt, order)
+            if priors:
+                gc, gp = gc + gprior, gp + pprior
+            rhs = np.bincount(gi.ravel(), weights=(Y @ gp[p][:, :, None]).ravel(), minlength=P) - gc
+            try:
+                dc = np.linalg.solve(S, rhs)
+            except np.linalg.LinAlgError:
+                dc = np.linalg.lstsq(S, rhs, rcond=None)[0]
+            back = _group_sum((WbT @ dc[gi][:, :, None])[:, :, 0], p, npnt, order)
+            return dc, (Vinv @ (-gp - back)[:, :, None])[:, :, 0]
+
+        return solve
+
+    def _step(self, r, jc, jp, lam):
+        """One damped Gauss-Newton step (dc, dp)."""
+        return self._system(r, jc, jp, lam)(r)
+
+    def _along(self, jc, jp, dc, dp):
+        """J (dc, dp): the linearised change of every residual along a step."""
+        gi = self.index[self.f]
+        return (jc @ dc[gi][:, :, None])[:, :, 0] + (jp @ dp[self.p][:, :, None])[:, :, 0]
 
     def _state(self):
         return [c.state() for c in self.cams], [m.state() for m in self.lenses], self.points.state()
@@ -462,25 +589,39 @@ class Bundle:
 
     def solve(self, max_iterations=50, tol=1e-6, chi2_tol=0.0) -> dict:
         """Levenberg-Marquardt until an accepted step lowers the cost by less than ``tol`` of it
-        or by less than ``chi2_tol`` (sigma units squared: 0.01 is a step of ~0.1 sigma, too
-        small to matter, while a relative 1e-6 of a cost in the thousands is far below that)."""
-        lam = 1e-4
+        or by less than ``chi2_tol`` (sigma units squared: 0.1 is a step of ~0.3 sigma, too
+        small to matter, while a relative 1e-6 of a cost in the thousands is far below that).
+
+        The damping carries over from the previous solve of the same bundle: after outliers
+        are removed the next solve starts where this one ended, with full Gauss-Newton steps,
+        whose first cost drop then says how far the optimum still is (a solve restarted at a
+        high damping took small first steps and stopped on them). Photos' steps follow the
+        geodesic (``_accelerated``)."""
+        lam = self._lam
         r, jc, jp = self.residuals(True)
         cost = self.cost(r)
         it = 0
         for it in range(1, max_iterations + 1):
-            dc, dp = self._step(r, jc, jp, lam)
+            system = self._system(r, jc, jp, lam)
+            dc, dp = system(r)
             saved = self._state()
-            self._update(dc, dp)
-            new_cost = self.cost()
-            if not (np.isfinite(new_cost) and new_cost <= cost):
-                # Overshot along the curved valley: half the step often still descends, which
-                # saves a new solve at a larger damping.
-                dc, dp = 0.5 * dc, 0.5 * dp
-                self._restore(saved)
+            new_cost = np.inf
+            if self._photos:
+                dc, dp, bent = self._accelerated(system, r, jc, jp, dc, dp, saved)
+                if bent:
+                    self._update(dc, dp)
+                    new_cost = self.cost()
+            else:
                 self._update(dc, dp)
                 new_cost = self.cost()
-                lam *= 3
+                if not (np.isfinite(new_cost) and new_cost <= cost):
+                    # Overshot along the curved valley: half the step often still descends,
+                    # which saves a new solve at a larger damping.
+                    dc, dp = 0.5 * dc, 0.5 * dp
+                    self._restore(saved)
+                    self._update(dc, dp)
+                    new_cost = self.cost()
+                    lam *= 3
             if np.isfinite(new_cost) and new_cost <= cost:
                 new_cost = self._extrapolate(dc, dp, saved, new_cost)
                 gain = (cost - new_cost) / max(cost, 1e-300)
@@ -493,11 +634,28 @@ class Bundle:
                 r, jc, jp = self.residuals(True)
             else:
                 self._restore(saved)
-                lam *= 10
+                lam *= 3 if self._photos else 10
                 if lam > 1e8:
                     break
         self.iterations += it
+        self._lam = lam
         return {"cost": cost, "iterations": it}
+
+    def _accelerated(self, system, r, jc, jp, dc, dp, saved, h=0.1, alpha=0.75):
+        """The step plus half its geodesic acceleration (Transtrum and Sethna 2012), and whether
+        to take it. A pan of photos determines its focal lengths only together with the angles
+        between the photos, along a narrow curved valley where plain steps overshoot and creep
+        (boat: 52 iterations before, 38 now; budapest 45, 12): the residuals' second derivative
+        along the step, from one evaluation a tenth of the way, bends the step along the valley.
+        The step is refused where the bend is not small beside it."""
+        self._update(h * dc, h * dp)
+        rh = self.residuals()[0]
+        self._restore(saved)
+        rvv = (2.0 / h) * ((rh - r) / h - self._along(jc, jp, dc, dp))
+        rvv[~np.isfinite(rvv) | (np.abs(rh) >= 1e4)] = 0.0
+        ac, ap = system(rvv, priors=False)
+        ratio = 2.0 * np.sqrt((ac ** 2).sum() + (ap ** 2).sum()) / max(np.sqrt((dc ** 2).sum() + (dp ** 2).sum()), 1e-300)
+        return dc + 0.5 * ac, dp + 0.5 * ap, ratio <= alpha
 
     def remove_outliers(self, threshold) -> int:
         """Drop observations beyond ``threshold`` (sigma units); returns how many were dropped."""
