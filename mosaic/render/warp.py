@@ -365,32 +365,61 @@ def read_image(path) -> np.ndarray:
     return read_pixels(path)[0]
 
 
+#: Bytes of decoded frames a process keeps for the tiles (and the frames pass, when all fit).
+CACHE_BYTES = 384 << 20
+
+
 class ImageCache:
     """Per-process LRU of decoded frames as (pixels, alpha or None), bounded in bytes (threads of
-    one worker share it)."""
+    one worker share it). A frame asked for by several threads at once is decoded once: the first
+    decodes, the others wait for its pixels. Cached arrays are read-only (every reader shares them).
+    ``decodes`` counts the frames decoded here."""
 
-    def __init__(self, max_bytes=384 << 20):
+    def __init__(self, max_bytes=CACHE_BYTES):
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple] = OrderedDict()
+        self._loading: dict[str, threading.Event] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self.decodes = 0
 
     def get(self, path) -> tuple:
         key = str(path)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        item = read_pixels(key)
-        size = item[0].nbytes + (0 if item[1] is None else item[1].nbytes)
-        with self._lock:
-            if key not in self._items:
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                busy = self._loading.get(key)
+                if busy is None:
+                    busy = self._loading[key] = threading.Event()
+                    break
+            busy.wait()  # then take its pixels (or, if that decode failed, try once more here)
+        try:
+            item = read_pixels(key)
+            for a in item:
+                if a is not None:
+                    a.setflags(write=False)
+            with self._lock:
+                self.decodes += 1
                 self._items[key] = item
-                self._bytes += size
+                self._bytes += _nbytes(item)
                 while self._bytes > self.max_bytes and len(self._items) > 1:
                     _, old = self._items.popitem(last=False)
-                    self._bytes -= old[0].nbytes + (0 if old[1] is None else old[1].nbytes)
-            return self._items[key]
+                    self._bytes -= _nbytes(old)
+            return item
+        finally:
+            with self._lock:
+                del self._loading[key]
+            busy.set()
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether frames of ``nbytes`` decoded bytes in all would stay in the cache together."""
+        return nbytes <= self.max_bytes
+
+
+def _nbytes(item) -> int:
+    return sum(a.nbytes for a in item if a is not None)
 
 
 CACHE = ImageCache()
