@@ -72,6 +72,7 @@ class FrameInfo:
     margins: object = NO_MARGINS
     alpha: bool = False
     top: float = 0.0  # the frame's largest value
+    darkened: bool = False  # the tone lowers some value of the frame (its highlights roll off to white)
 
 
 def _cone(model, w, h):
@@ -316,18 +317,18 @@ def _place(fm, img, f: FrameInfo, bands, rr, cc, out_top=np.inf):
             dst -= (g * np.float32(t.offset[0])).reshape(1, 1, -1)
     else:
         # fm.field: the tone's gains (and gain x offset) interpolated with the maps.
-        cv2.multiply(src, fm.field[..., :bands].reshape(dst.shape), dst=dst, dtype=cv2.CV_32F)
-        if fm.field.shape[2] > bands:
-            cv2.subtract(dst, fm.field[..., bands:].reshape(dst.shape), dst=dst)
-    darkened = min(t.gain) < 1 or any(t.offset) or (fm.field is not None and fm.field[..., :bands].min() < f.scale)
+        cv2.multiply(src, fm.field.values(fm.rows, fm.cols, slice(0, bands)).reshape(dst.shape), dst=dst,
+                     dtype=cv2.CV_32F)
+        if fm.field.nodes.shape[2] > bands:
+            cv2.subtract(dst, fm.field.values(fm.rows, fm.cols, slice(bands, None)).reshape(dst.shape), dst=dst)
     white_out = t.white * f.scale
-    if f.top > t.knee and darkened:
+    if f.top > t.knee and f.darkened:
         # Highlights and clipped pixels of a darkened frame go to white (brightened ones saturate).
-        for b in range(bands):
-            photometry.rolloff(dst[..., b], img[..., b if img.shape[2] > 1 else 0], t.white, t.knee, white_out)
+        photometry.rolloff(dst, src, t.white, t.knee, white_out)
     elif white_out < out_top:
         # Data of fewer bits than the output's type: brightened values stop at the data's white.
-        most = f.top * (max(t.gain) * f.scale if fm.field is None else float(fm.field[..., :bands].max()))
+        most = f.top * (max(t.gain) * f.scale if fm.field is None else
+                        fm.field.bounds(fm.rows, fm.cols, slice(0, bands))[1])
         if most > white_out:
             np.minimum(dst, np.float32(white_out), out=dst)
     if not fm.valid.all():
@@ -792,8 +793,20 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     stats["seams"] = len(pair_seams)
     stats["overlapping_pairs"] = len(pairs)
     out = [replace(f, gain=float(np.mean(t.gain)), scale=float(s), tone=t, margins=d.margins, alpha=d.alpha,
-                   top=d.top) for f, t, s, d in zip(frames, tones, scales, data)]
+                   top=d.top, darkened=_darkens(t, f.width, f.height)) for f, t, s, d in zip(frames, tones, scales, data)]
     return out, pair_seams, stats
+
+
+def _darkens(tone: photometry.Tone, width: int, height: int, n: int = 33) -> bool:
+    """Whether a tone lowers some value of a frame: a gain below 1, an offset, or a spatial gain
+    field below 1 somewhere (on an n x n grid over the frame, corners included). A property of
+    the frame, so its pixels render alike in every tile."""
+    if min(tone.gain) < 1 or any(tone.offset):
+        return True
+    if tone.uniform:
+        return False
+    x, y = np.meshgrid(np.linspace(-0.5, width - 0.5, n), np.linspace(-0.5, height - 0.5, n))
+    return bool(tone.log_field(x, y).min() + np.log(min(tone.gain)) < 0)
 
 
 #: A pair's tie points weigh sqrt(TIE_PAIR_POINTS / n) each: a pair's say grows with the square

@@ -36,6 +36,7 @@ containers is white at 4095, not 65535.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -269,14 +270,38 @@ def rolloff(out, v, white, knee, white_out):
     becomes ``white_out`` where v >= white (clipped input), and blends by a smoothstep in
     between; where ``out`` exceeds ``white_out`` it is clipped. In place on ``out`` (float32),
     which is returned."""
+    if v.dtype in (np.uint8, np.uint16) and knee < white:
+        # Integer values: the smoothstep from a table of every value (0 up to the knee), applied
+        # to all pixels at once (masked gathers and scatters cost 3-5x as much), the same numbers.
+        if v.max() > knee:
+            s = _smoothstep_table(v.dtype, float(white), float(knee))[v]
+            s *= np.float32(white_out) - out
+            out += s
+        np.minimum(out, np.float32(white_out), out=out)
+        return out
     hi = v > knee
     if knee < white and hi.any():
-        t = np.clip((v[hi].astype(np.float32) - np.float32(knee)) / np.float32(white - knee), 0, 1)
-        s = t * t * (3 - 2 * t)
-        o = out[hi]
-        out[hi] = o + (np.float32(white_out) - o) * s
+        out[hi] = _towards_white(out[hi], _smoothstep(v[hi], white, knee), white_out)
     np.minimum(out, np.float32(white_out), out=out)
     return out
+
+
+def _smoothstep(v, white, knee):
+    t = np.clip((v.astype(np.float32) - np.float32(knee)) / np.float32(white - knee), 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def _towards_white(o, s, white_out):
+    return o + (np.float32(white_out) - o) * s
+
+
+@functools.lru_cache(maxsize=8)
+def _smoothstep_table(dtype, white: float, knee: float) -> np.ndarray:
+    v = np.arange(np.iinfo(dtype).max + 1)
+    s = _smoothstep(v, white, knee)
+    s[v <= knee] = 0
+    s.setflags(write=False)
+    return s
 
 
 # -- samples from one pair ------------------------------------------------------------------------

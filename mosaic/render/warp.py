@@ -59,8 +59,9 @@ def _project(proj, model, xs, ys, range_m):
 
 class FrameMap:
     """Where one frame lands in a window: ``rows``/``cols`` slices of the window, float32 maps
-    ``mapx``/``mapy`` into the frame, the ``valid`` mask and (when asked for) ``field``, a
-    smooth function of the frame position interpolated like the maps, all of the slices' shape."""
+    ``mapx``/``mapy`` into the frame, the ``valid`` mask, all of the slices' shape, and (when
+    asked for) ``field``, a smooth function of the frame position interpolated like the maps
+    (:class:`NodeField`: its values are made for the pixels that need them)."""
 
     __slots__ = ("rows", "cols", "mapx", "mapy", "valid", "step", "exact_px", "field")
 
@@ -78,7 +79,42 @@ class FrameMap:
             return None
         a = (slice(r0 - self.rows.start, r1 - self.rows.start), slice(c0 - self.cols.start, c1 - self.cols.start))
         return FrameMap(slice(r0, r1), slice(c0, c1), self.mapx[a], self.mapy[a], self.valid[a], self.step, 0,
-                        None if self.field is None else self.field[a])
+                        self.field)
+
+
+class NodeField:
+    """A function's values (C channels) at a window's grid nodes (node (l, k) at window pixel
+    ((k - 0.5) step - 0.5, (l - 0.5) step - 0.5); ``nodes[0, 0]`` is node (l0, k0)), interpolated
+    bilinearly to the pixels of any part of the window: the maps' own interpolation, made from the
+    few nodes around that part only, so a pixel's value is the same whatever part is asked for."""
+
+    __slots__ = ("nodes", "l0", "k0", "step")
+
+    def __init__(self, nodes, l0, k0, step):
+        self.nodes, self.l0, self.k0, self.step = nodes, l0, k0, step
+
+    def _block(self, rows, cols, channels):
+        s, h = self.step, self.step // 2
+        # Pixel x lies in cell (x + step/2) // step, between that node and the next.
+        k0, k1 = (cols.start + h) // s, (cols.stop - 1 + h) // s + 1
+        l0, l1 = (rows.start + h) // s, (rows.stop - 1 + h) // s + 1
+        return self.nodes[l0 - self.l0:l1 - self.l0 + 1, k0 - self.k0:k1 - self.k0 + 1, channels], k0, l0
+
+    def values(self, rows: slice, cols: slice, channels=slice(None)) -> np.ndarray:
+        """float32 (h, w, c) at window pixels rows x cols (inside the nodes' span)."""
+        nodes, k0, l0 = self._block(rows, cols, channels)
+        s = self.step
+        up = cv2.resize(np.ascontiguousarray(nodes), (nodes.shape[1] * s, nodes.shape[0] * s),
+                        interpolation=cv2.INTER_LINEAR)
+        jx, jy = cols.start - (k0 - 1) * s, rows.start - (l0 - 1) * s
+        up = up[jy:jy + rows.stop - rows.start, jx:jx + cols.stop - cols.start]
+        return up.reshape(up.shape[:2] + (-1,))
+
+    def bounds(self, rows: slice, cols: slice, channels=slice(None)) -> tuple[float, float]:
+        """(min, max) over those pixels' nodes: bounds of the values there (bilinear values lie
+        between their nodes')."""
+        nodes = self._block(rows, cols, channels)[0]
+        return float(nodes.min()), float(nodes.max())
 
 
 def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margins=None, field=None):
@@ -89,8 +125,9 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margi
     origin: cells then sit on a global grid, so every window computes a given output pixel
     from the same nodes and tiles agree exactly where their windows overlap. ``margins``
     (:class:`.masks.Margins`) shrink the valid area to the frame's image; ``field(x, y)``, a
-    smooth function of frame pixels (the photometric gain), is evaluated at the grid's nodes and
-    interpolated with the maps (same global grid, so tiles agree on it too).
+    smooth function of frame pixels (the photometric gain), is evaluated at the grid's nodes, to
+    be interpolated like the maps where needed (:class:`NodeField`; same global grid, so tiles
+    agree on it too).
     """
     x0, y0, w, h = window
     if step < 2 or step % 2 or x0 % step or y0 % step:
@@ -170,9 +207,8 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margi
         return None
     values = None
     if field is not None:
-        f = np.ascontiguousarray(field(sub[..., 0], sub[..., 1]), dtype=np.float32)
-        values = cv2.resize(f, size, interpolation=cv2.INTER_LINEAR)[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
-        values = values.reshape(values.shape[:2] + f.shape[2:])
+        f = np.asarray(field(sub[..., 0], sub[..., 1]), dtype=np.float32)
+        values = NodeField(f.reshape(f.shape[:2] + (-1,)), la, ka, step)
     return FrameMap(slice(rs0, rs1), slice(cs0, cs1), mapx, mapy, valid, step, sink.exact_px, values)
 
 
