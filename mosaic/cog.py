@@ -1,28 +1,29 @@
 """Cloud Optimized GeoTIFF output, written window by window and converted once.
 
 A COG cannot be written window by window (its tiles and overviews must follow a fixed order), so
-writes go to a tiled, uncompressed, sparse intermediate GeoTIFF in a private temporary folder
-beside the target; ``close()`` (or leaving the ``with`` block) converts it once with GDAL's COG
-driver (overviews included) and renames the result onto the target (``mosaic.atomic``). If the
-block raises, nothing appears at the target and the temporary folder is removed.
+writes go to a tiled, uncompressed, sparse intermediate GeoTIFF; ``close()`` (or leaving the
+``with`` block) converts it once with GDAL's COG driver (overviews included) and renames the
+result onto the target (``mosaic.atomic``). If the block raises, nothing appears at the target.
 
 API::
 
     with CogWriter(path, width, height, count, dtype, transform=..., crs=..., nodata=None,
-                   alpha=False, tile=512, colorinterp=None, tags=None) as w:
-        w.write((row0, col0), array)        # array (bands, h, w) or (h, w); any thread
-        sink = w.sink()                     # picklable; sink.write(window, array) in any process
+                   alpha=False, tile=512, colorinterp=None, tags=None,
+                   window_overviews=False, workdir=None) as w:
+        w.done                              # {(row0, col0): record} of a resumed writer
+        w.write((row0, col0), array, record=None)   # array (bands, h, w) or (h, w); any thread
+        w.note((row0, col0), record)        # a window with nothing to write, done
+    overview_levels(array, n, alpha=..., nodata=...) -> [level arrays]   # in a worker, say
     validate(path) -> (ok, errors, warnings)
     equirect_transform(width, height) -> Affine   # the panorama contract, no CRS
 
-Writers in other processes (dask workers, ``processes=True`` or a remote cluster on a shared
-filesystem) use ``sink()``: each ``sink.write`` puts its window in its own small GeoTIFF in the
-temporary folder, written atomically, and ``close()`` copies the parts into the intermediate in
-a fixed (row, col) order before converting. We chose part files over windowed writes into one
-file under a ``distributed.Lock``: no lock to hold (writers never wait on each other or on the
-scheduler), a retried task simply rewrites its part, and nothing depends on the lock API that
-broke rioxarray's ``Lock("rio-write", client=...)`` with distributed 2026.8. Overlapping windows
-resolve deterministically: in-process writes apply in call order, then parts in (row, col) order.
+Where the intermediate lives: by default a private temporary folder beside the target, removed
+at the end. With ``workdir`` it lives there with a journal, and a run killed half-way and started
+again resumes (``done``): the writer closes and reopens the intermediate at checkpoints (GDAL then
+writes its blocks and directory) and only then journals the windows written since, so every
+journaled window is whole on disk. Writes come from threads of this process: a task on another
+machine returns its window to the process that owns the writer (the renderer's tiles do), which
+needs no shared filesystem, no lock across processes and no part files to merge.
 
 Compression: DEFLATE (every GDAL, QGIS and browser COG reader has it) at level 1 with a predictor.
 Measured on an 8192 x 4096 RGBA panorama (2 busy cores): conversion 8.7 s / 71 MB at level 1
@@ -36,7 +37,9 @@ time-dependent tags; two runs over the same input give identical files (tested).
 Transparency: with ``alpha=True`` the last band is alpha (0 transparent). GDAL uses an alpha band
 as the mask of the other bands when it averages overviews, so transparent pixels do not bleed into
 the colour of overview pixels (tested); it masks the alpha band by itself too, so an overview pixel
-is as opaque as the covered pixels under it (coverage edges grow by up to half a coarse pixel). Float rasters (DEMs) take ``nodata``; overviews skip it.
+is as opaque as the covered pixels under it (coverage edges grow by up to half a coarse pixel).
+Float rasters (DEMs) take ``nodata``; overviews skip it. ``overview_levels`` (window overviews)
+follows the same rules.
 
 The equirectangular panorama contract (DESIGN.md): transform ``(0, 360/W, 0, 90, 0, -180/H)`` in
 GDAL order, degrees of (azimuth, elevation), and no CRS: ``equirect_transform(W, H)``.
@@ -45,12 +48,14 @@ GDAL order, degrees of (azimuth, elevation), and no CRS: ``equirect_transform(W,
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from .atomic import atomic_path
+
+log = logging.getLogger("mosaic")
 
 #: Data types a COG here may hold: 8/16-bit unsigned imagery and float32 elevations.
 DTYPES = ("uint8", "uint16", "float32")
@@ -119,30 +126,13 @@ def _colorinterp(count: int, alpha: bool, colorinterp) -> list[ColorInterp]:
     return [ColorInterp[n] if isinstance(n, str) else ColorInterp(n) for n in names]
 
 
-@dataclass(frozen=True)
-class PartSink:
-    """Picklable handle for writers in other processes: one small GeoTIFF per window.
-
-    ``write`` is atomic and idempotent (a retried task rewrites the same part), needs no lock and
-    no scheduler; the folder must be visible to the workers (same machine or shared filesystem).
-    """
-
-    folder: str
-    width: int
-    height: int
-    count: int
-    dtype: str
-
-    def write(self, where, array) -> None:
-        a = _as_bands(array, self.count).astype(self.dtype, copy=False)
-        win = _window(where, a.shape[1:])
-        _check_window(win, a, self.width, self.height)
-        name = f"part_r{int(win.row_off):09d}_c{int(win.col_off):09d}.tif"
-        target = Path(self.folder) / name
-        with atomic_path(target) as tmp, _quiet_ungeoreferenced():
-            with rasterio.open(tmp, "w", driver="GTiff", width=a.shape[2], height=a.shape[1],
-                               count=self.count, dtype=self.dtype) as ds:
-                ds.write(a)
+def overview_factors(width: int, height: int, tile: int = 512) -> list[int]:
+    """2, 4, ... while the level above is larger than a tile: the COG driver's own count."""
+    factors, w, h = [], width, height
+    while w > tile or h > tile:
+        w, h = w // 2, h // 2
+        factors.append(2 * (factors[-1] if factors else 1))
+    return factors
 
 
 def _check_window(win: Window, a: np.ndarray, width: int, height: int) -> None:
@@ -152,8 +142,17 @@ def _check_window(win: Window, a: np.ndarray, width: int, height: int) -> None:
         raise ValueError(f"window {win} outside the {width}x{height} raster")
 
 
+#: A resumable writer (``workdir``) makes its finished windows durable at its first window and then
+#: at most this often (seconds): each checkpoint closes and reopens the files (GDAL writes their
+#: directories then) and appends the windows written since to the journal. A killed run loses at
+#: most this much work.
+CHECKPOINT_S = 1.0
+
+_JOURNAL = "journal.jsonl"
+
+
 class CogWriter:
-    """Write a raster window by window, from threads or processes; ``close()`` produces the COG.
+    """Write a raster window by window, from any thread of this process; ``close()`` produces the COG.
 
     Parameters: ``path`` target; ``width``, ``height``, ``count`` (bands, alpha included), ``dtype``
     (``uint8``, ``uint16`` or ``float32``); ``transform`` (Affine) and ``crs`` (anything rasterio
@@ -163,12 +162,29 @@ class CogWriter:
     metadata, str -> str); ``resampling`` (overviews, default ``average``); ``compress``
     (``deflate``, ``zstd``, ``lzw``, ``none``) and ``level``; ``threads`` (compression threads of
     the final conversion; the bytes do not depend on it).
+
+    ``window_overviews``: the overviews come from the windows as they are written
+    (:func:`overview_levels`, or ``levels=`` computed by the caller, e.g. in a worker) instead of
+    from GDAL over the whole raster at close: every write must then start on the grid of the
+    coarsest overview (``self.align`` pixels) and be whole multiples of it unless it ends at the
+    raster's edge. Uncovered (transparent, nodata) pixels never enter an average; an overview pixel
+    is opaque where any pixel under it is. On a mostly empty canvas (a rover pan's sky and nadir)
+    this skips the empty blocks GDAL would average, and the work is spread over the writers.
+
+    ``workdir``: where the intermediate (and the overview levels and the journal) live. None: a
+    private temporary folder beside the target, removed at close or on failure. A folder: kept when
+    the ``with`` block raises or the process dies, so that a writer opened again on it with the same
+    raster resumes: ``done`` maps every window recorded with ``write(..., record=)`` or ``note``
+    by a checkpoint (:data:`CHECKPOINT_S`) to its record, and those windows need not be written
+    again. The intermediate's pixels are plain values, so a resumed COG has the same bytes as an
+    uninterrupted one.
     """
 
     def __init__(self, path, width: int, height: int, count: int, dtype, *, transform=None, crs=None,
                  nodata=None, alpha: bool = False, tile: int = 512, colorinterp=None, tags=None,
                  resampling: str = "average", compress: str = "deflate", level: int | None = 1,
-                 threads: int | str = "ALL_CPUS"):
+                 threads: int | str = "ALL_CPUS", window_overviews: bool = False, workdir=None,
+                 checkpoint_s: float | None = None):
         self.path = Path(path)
         self.width, self.height, self.count = int(width), int(height), int(count)
         self.dtype = np.dtype(dtype).name
@@ -184,25 +200,78 @@ class CogWriter:
         self.interp = _colorinterp(self.count, alpha, colorinterp)
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.resampling, self.compress, self.level, self.threads = resampling, compress, level, threads
+        self.window_overviews = bool(window_overviews)
+        self.factors = self.overview_factors()
+        self.align = self.factors[-1] if self.factors else 1
+        self.checkpoint_s = CHECKPOINT_S if checkpoint_s is None else float(checkpoint_s)
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.cog-", dir=self.path.parent))
-        self.intermediate = self.workdir / "intermediate.tif"
-        self._parts = self.workdir / "parts"
-        self._parts.mkdir()
         self._closed = False
+        self._pending: list[str] = []
+        self._last = -np.inf
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.persistent = workdir is not None
+        if self.persistent:
+            self.workdir = Path(workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.cog-", dir=self.path.parent))
+        self.intermediate = self.workdir / "intermediate.tif"
+        self.done: dict = {}
         try:
-            self._ds = self._open_intermediate()
+            self._open()
         except BaseException:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._cleanup()
             raise
 
-    def _open_intermediate(self):
-        profile = dict(driver="GTiff", width=self.width, height=self.height, count=self.count,
+    # -- the intermediate files and the journal ---------------------------------------------
+
+    def _level_path(self, k: int) -> Path:
+        return self.workdir / f"overview-{self.factors[k]}.tif"
+
+    def _files(self) -> list[Path]:
+        return [self.intermediate] + ([self._level_path(k) for k in range(len(self.factors))]
+                                      if self.window_overviews else [])
+
+    def _spec(self) -> dict:
+        t = None if self.transform is None else list(self.transform)[:6]
+        return {"width": self.width, "height": self.height, "count": self.count, "dtype": self.dtype,
+                "tile": self.tile, "factors": self.factors if self.window_overviews else None,
+                "transform": t, "crs": None if self.crs is None else str(self.crs), "nodata": self.nodata,
+                "alpha": self.alpha, "interp": [int(c) for c in self.interp], "tags": self.tags}
+
+    def _open(self) -> None:
+        journal = self.workdir / _JOURNAL
+        if self.persistent and journal.exists():
+            try:
+                self.done = self._read_journal(journal)
+                self._ds = self._reopen()
+                return
+            except Exception as e:  # noqa: BLE001 - anything unreadable: start again
+                log.info("%s: not resuming from %s (%s)", self.path, self.workdir, e)
+                self.done = {}
+                self._close_files()
+        for p in self._files() + [journal, self.workdir / "overviews.vrt"]:
+            p.unlink(missing_ok=True)
+        self._ds = [self._create(self.intermediate, self.width, self.height)]
+        for k, f in enumerate(self.factors if self.window_overviews else ()):
+            self._ds.append(self._create(self._level_path(k), -(-self.width // f), -(-self.height // f)))
+        if self.persistent:
+            self._checkpoint_files()
+            with open(journal, "w") as fh:
+                fh.write(json.dumps({"spec": self._spec()}) + "\n")
+
+    def _read_journal(self, journal: Path) -> dict:
+        spec, done = read_journal(journal.parent)
+        if spec != json.loads(json.dumps(self._spec())):
+            raise ValueError("the journal is of another raster")
+        return done
+
+    def _create(self, path: Path, width: int, height: int):
+        profile = dict(driver="GTiff", width=width, height=height, count=self.count,
                        dtype=self.dtype, tiled=True, blockxsize=self.tile, blockysize=self.tile,
                        interleave="pixel", sparse_ok=True, bigtiff="IF_SAFER")
         if self.transform is not None:
-            profile["transform"] = self.transform
+            profile["transform"] = self.transform @ Affine.scale(self.width / width, self.height / height)
         if self.crs is not None:
             profile["crs"] = self.crs
         if self.nodata is not None:
@@ -210,36 +279,95 @@ class CogWriter:
         if self.count == 3 + self.alpha and self.interp[:3] == [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
             profile["photometric"] = "RGB"
         with _quiet_ungeoreferenced():
-            ds = rasterio.open(self.intermediate, "w", **profile)
+            ds = rasterio.open(path, "w", **profile)
         ds.colorinterp = self.interp
         if self.tags:
             ds.update_tags(**self.tags)
         return ds
 
+    def _reopen(self) -> list:
+        with _quiet_ungeoreferenced():
+            out = []
+            try:
+                for p in self._files():
+                    out.append(rasterio.open(p, "r+"))
+            except BaseException:
+                for ds in out:
+                    ds.close()
+                raise
+            return out
+
+    def _close_files(self) -> None:
+        for ds in getattr(self, "_ds", []):
+            with contextlib.suppress(Exception):
+                if not ds.closed:
+                    ds.close()
+
+    def _checkpoint_files(self) -> None:
+        # Closing makes GDAL write the blocks and the directories: what is on disk is then whole.
+        self._close_files()
+        self._ds = self._reopen()
+
+    def checkpoint(self) -> None:
+        """Make every window written so far durable and record it in the journal (resumable
+        writers; a no-op for the others)."""
+        with self._lock:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._last = time.monotonic()
+        if not self.persistent or not self._pending:
+            return
+        self._checkpoint_files()
+        with open(self.workdir / _JOURNAL, "a") as fh:
+            fh.write("".join(self._pending))
+        self._pending = []
+
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, where, array) -> None:
-        """Write ``array`` (bands, h, w) at ``where`` (a Window or (row0, col0)); thread-safe."""
+    def write(self, where, array, record=None, levels=None) -> None:
+        """Write ``array`` (bands, h, w) at ``where`` (a Window or (row0, col0)); thread-safe.
+        ``record`` (JSON-able): what ``done`` gives for this window once a checkpoint made it
+        durable. ``levels``: the window's overview levels (:func:`overview_levels`), when the
+        writer takes the overviews from its windows and the caller computed them already."""
         a = _as_bands(array, self.count).astype(self.dtype, copy=False)
         win = _window(where, a.shape[1:])
         _check_window(win, a, self.width, self.height)
+        if self.window_overviews:
+            self._check_aligned(win)
+            if levels is None:
+                levels = overview_levels(a, len(self.factors), alpha=self.alpha, nodata=self.nodata)
+        else:
+            levels = None
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.path}: write after close")
-            self._ds.write(a, window=win)
+            self._ds[0].write(a, window=win)
+            for k, lv in enumerate(levels or ()):
+                f = self.factors[k]
+                self._ds[k + 1].write(lv, window=Window(int(win.col_off) // f, int(win.row_off) // f,
+                                                        lv.shape[2], lv.shape[1]))
+            self._note(win, record)
 
-    def sink(self) -> PartSink:
-        """A picklable writer for other processes (see the module docstring)."""
-        return PartSink(str(self._parts), self.width, self.height, self.count, self.dtype)
+    def note(self, where, record) -> None:
+        """Record a window with nothing to write (all transparent) as done."""
+        with self._lock:
+            self._note(_window(where, (0, 0)), record)
+
+    def _note(self, win, record) -> None:
+        if not self.persistent or record is None:
+            return
+        self._pending.append(json.dumps({"at": [int(win.row_off), int(win.col_off)], "record": record}) + "\n")
+        if time.monotonic() - self._last >= self.checkpoint_s:
+            self._checkpoint()
+
+    def _check_aligned(self, win) -> None:
+        a = self.align
+        r0, c0, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
+        if r0 % a or c0 % a or (h % a and r0 + h != self.height) or (w % a and c0 + w != self.width):
+            raise ValueError(f"window {win} is not on the {a}-pixel grid the overviews need")
 
     # -- finishing -------------------------------------------------------------------------
-
-    def _merge_parts(self) -> None:
-        for part in sorted(self._parts.glob("part_r*_c*.tif")):
-            stem = part.stem.split("_")
-            row0, col0 = int(stem[1][1:]), int(stem[2][1:])
-            with _quiet_ungeoreferenced(), rasterio.open(part) as src:
-                self._ds.write(src.read(), window=Window(col0, row0, src.width, src.height))
 
     def _options(self) -> dict:
         opts = dict(driver="COG", blocksize=self.tile, compress=self.compress.upper(),
@@ -256,17 +384,44 @@ class CogWriter:
         return opts
 
     def overview_factors(self) -> list[int]:
-        """2, 4, ... while the level above is larger than a tile: the COG driver's own count."""
-        factors, w, h = [], self.width, self.height
-        while w > self.tile or h > self.tile:
-            w, h = w // 2, h // 2
-            factors.append(2 * (factors[-1] if factors else 1))
-        return factors
+        return overview_factors(self.width, self.height, self.tile)
+
+    def _vrt(self) -> Path:
+        """The intermediate with the window overviews as its own: what the COG driver copies."""
+        from xml.sax.saxutils import escape
+
+        types = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
+        head = ds_head = ""
+        with rasterio.open(self.intermediate) as ds:
+            if ds.transform != Affine.identity() or self.transform is not None:
+                head += f"<GeoTransform>{', '.join(repr(v) for v in ds.transform.to_gdal())}</GeoTransform>"
+            if ds.crs is not None:
+                head += f"<SRS>{escape(ds.crs.to_wkt())}</SRS>"
+            if self.tags:
+                ds_head = "<Metadata>" + "".join(f'<MDI key="{escape(k)}">{escape(v)}</MDI>'
+                                                 for k, v in self.tags.items()) + "</Metadata>"
+        bands = []
+        for b in range(1, self.count + 1):
+            src = (f'<SourceFilename relativeToVRT="1">{self.intermediate.name}</SourceFilename>'
+                   f"<SourceBand>{b}</SourceBand>")
+            nd = "" if self.nodata is None else f"<NoDataValue>{self.nodata!r}</NoDataValue>"
+            ovr = "".join(f'<Overview><SourceFilename relativeToVRT="1">{self._level_path(k).name}</SourceFilename>'
+                          f"<SourceBand>{b}</SourceBand></Overview>" for k in range(len(self.factors)))
+            bands.append(f'<VRTRasterBand dataType="{types[self.dtype]}" band="{b}">{nd}'
+                         f"<ColorInterp>{self.interp[b - 1].name.capitalize()}</ColorInterp>"
+                         f'<SimpleSource>{src}<SrcRect xOff="0" yOff="0" xSize="{self.width}" ySize="{self.height}"/>'
+                         f'<DstRect xOff="0" yOff="0" xSize="{self.width}" ySize="{self.height}"/></SimpleSource>'
+                         f"{ovr}</VRTRasterBand>")
+        vrt = self.workdir / "overviews.vrt"
+        vrt.write_text(f'<VRTDataset rasterXSize="{self.width}" rasterYSize="{self.height}">{head}{ds_head}'
+                       + "".join(bands) + "</VRTDataset>\n")
+        return vrt
 
     def close(self) -> Path:
-        """Merge any parts, build the overviews, convert to a COG and rename it onto ``path``.
+        """Build the overviews (unless the windows brought them), convert to a COG and rename it
+        onto ``path``.
 
-        The overviews are built once, into the uncompressed intermediate, and the COG driver
+        GDAL's overviews are built once, into the uncompressed intermediate, and the COG driver
         copies them (``OVERVIEWS=FORCE_USE_EXISTING``). Left to itself it computes them into a
         compressed temporary file and decompresses them again: boat's 10880 x 2688 panorama took
         4.7 s (2.5 CPU-s) that way and 2.6 s (1.7 CPU-s) this way on 2 busy cores, and the file
@@ -277,30 +432,46 @@ class CogWriter:
             if self._closed:
                 return self.path
             self._closed = True
+            self._checkpoint()  # a run killed during the conversion resumes with every window
         try:
-            self._merge_parts()
-            factors = self.overview_factors()
-            if factors:
+            source = self.intermediate
+            if self.window_overviews:
+                self._close_files()
+                if self.factors:
+                    source = self._vrt()
+            elif self.factors:
                 with rasterio.Env(GDAL_NUM_THREADS=str(self.threads)):
-                    self._ds.build_overviews(factors, Resampling[self.resampling])
-            self._ds.close()
+                    self._ds[0].build_overviews(self.factors, Resampling[self.resampling])
+            self._close_files()
             with atomic_path(self.path) as tmp, _quiet_ungeoreferenced():
-                rasterio.shutil.copy(self.intermediate, tmp, overviews="FORCE_USE_EXISTING", **self._options())
-        finally:
-            self._cleanup()
+                rasterio.shutil.copy(source, tmp, overviews="FORCE_USE_EXISTING", **self._options())
+        except BaseException:
+            self._cleanup(keep=self.persistent)
+            raise
+        self._cleanup()
         return self.path
 
     def abort(self) -> None:
-        """Drop everything written so far; nothing is left at ``path``."""
+        """Drop everything written so far (a resumable writer keeps what its last checkpoint
+        recorded); nothing is left at ``path``."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-        self._cleanup()
+            if self.persistent:
+                with contextlib.suppress(Exception):
+                    self._checkpoint()
+        self._cleanup(keep=self.persistent)
 
-    def _cleanup(self) -> None:
-        with contextlib.suppress(Exception):
-            if not self._ds.closed:
-                self._ds.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def _cleanup(self, keep: bool = False) -> None:
+        self._close_files()
+        if keep:
+            return
+        if self.persistent:
+            for p in self._files() + [self.workdir / _JOURNAL, self.workdir / "overviews.vrt"]:
+                p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -317,6 +488,79 @@ class CogWriter:
         if not getattr(self, "_closed", True):
             with contextlib.suppress(Exception):
                 self.abort()
+
+
+def read_journal(workdir) -> tuple[dict, dict]:
+    """(raster spec, {(row0, col0): record}) of the windows a resumable writer in ``workdir``
+    made durable; ({}, {}) when it has no journal."""
+    path = Path(workdir) / _JOURNAL
+    if not path.exists():
+        return {}, {}
+    lines = path.read_text().split("\n")
+    done = {}
+    for line in lines[1:]:
+        try:  # the last line may be cut short by a kill: it never counts
+            d = json.loads(line)
+        except ValueError:
+            continue
+        done[tuple(d["at"])] = d["record"]
+    return json.loads(lines[0]).get("spec", {}), done
+
+
+def overview_levels(array: np.ndarray, n: int, alpha: bool = False, nodata=None) -> list[np.ndarray]:
+    """The first ``n`` overview levels (factors 2, 4, ...) of a window (bands, h, w) that starts on
+    the grid of the coarsest: each pixel the mean of the covered pixels under it (alpha > 0 with
+    ``alpha``, != ``nodata`` with it, all otherwise), rounded to the band's type; where none is
+    covered, transparent (alpha 0, colour 0) or ``nodata``. A side that is odd at some level ends
+    with the mean of what it has, as GDAL's overview sizes (rounded up) do."""
+    import cv2
+
+    a = np.asarray(array)
+    bands, h, w = a.shape
+    colour = bands - 1 if alpha else bands
+    if alpha:
+        cover = (a[-1] > 0).astype(np.float32)
+    elif nodata is not None:
+        cover = np.all(a != np.asarray(nodata, a.dtype), axis=0).astype(np.float32)
+    else:
+        cover = np.ones((h, w), np.float32)
+    # Premultiplied means and the covered share, halved level by level (means of means of equal
+    # blocks are the blocks' means); odd sides padded with uncovered pixels.
+    num = [a[b].astype(np.float32) * cover for b in range(colour)]
+    empty = 0 if nodata is None else nodata
+    out = []
+    for _ in range(n):
+        hh, ww = cover.shape
+
+        def halve(x):
+            if hh % 2 or ww % 2:
+                x = cv2.copyMakeBorder(x, 0, hh % 2, 0, ww % 2, cv2.BORDER_CONSTANT, value=0)
+            return cv2.resize(x, ((ww + 1) // 2, (hh + 1) // 2), interpolation=cv2.INTER_AREA)
+
+        num = [halve(x) for x in num]
+        cover = halve(cover)
+        seen = cover > 0
+        lv = np.empty((bands,) + cover.shape, a.dtype)
+        for b in range(colour):
+            lv[b] = _to_dtype(num[b] / np.maximum(cover, np.float32(1e-30)), a.dtype)
+            lv[b][~seen] = empty
+        if alpha:
+            lv[-1] = np.where(seen, np.iinfo(a.dtype).max if a.dtype.kind == "u" else 1.0, 0)
+        out.append(lv)
+    return out
+
+
+def _to_dtype(v: np.ndarray, dtype) -> np.ndarray:
+    """float32 values in ``dtype``: integers rounded half to even and clipped (OpenCV's saturating
+    conversion, one pass)."""
+    import cv2
+
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return cv2.add(v, 0.0, dtype=cv2.CV_8U)
+    if dtype == np.uint16:
+        return cv2.add(v, 0.0, dtype=cv2.CV_16U)
+    return v.astype(dtype, copy=False)
 
 
 def write_cog(path, array, *, transform=None, crs=None, nodata=None, alpha=False, **kw) -> Path:

@@ -257,7 +257,7 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) ->
     # The registration's tie points: the photometric fit's best samples (a share held out).
     ties = control_points(ws, [f["id"] for f in solution["frames"] if f.get("used", True)], per_pair=None)
     with PeakMemory() as mem:
-        produced = render_panorama(solution, products.dir, client=client, parts_dir=ws.root / "render" / key,
+        produced = render_panorama(solution, products.dir, client=client, work_dir=ws.root / "render" / key,
                                    ties=ties,
                                    **options)
     counts = produced if isinstance(produced, dict) else {}

@@ -1,13 +1,15 @@
-"""CogWriter: windowed writes from threads and processes, valid COGs, Mars CRS, contract transform,
-no alpha bleed in overviews, deterministic bytes, nothing left behind on failure."""
+"""CogWriter: windowed writes from threads, resumable writers, overviews from the windows, valid
+COGs, Mars CRS, contract transform, no alpha bleed in overviews, deterministic bytes, nothing left
+behind on failure."""
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import shutil
 import subprocess
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,26 +173,92 @@ def test_bad_writes_are_refused(tmp_path):
         CogWriter(tmp_path / "y.tif", 10, 10, 1, "int64")
 
 
-def _write_part(args):
-    sink, row0, col0, block = args
-    sink.write((row0, col0), block)
-    return row0, col0
+def _masked_means(img, f):
+    """Reference overview: per f x f block, the mean of the opaque pixels (rounded), alpha 255 where any."""
+    bands, h, w = img.shape
+    hh, ww = -(-h // f), -(-w // f)
+    pad = np.zeros((bands, hh * f, ww * f), np.float64)
+    pad[:, :h, :w] = img
+    cov = (pad[-1] > 0).reshape(hh, f, ww, f).sum(axis=(1, 3))
+    out = np.zeros((bands, hh, ww), np.uint8)
+    for b in range(bands - 1):
+        s = (pad[b] * (pad[-1] > 0)).reshape(hh, f, ww, f).sum(axis=(1, 3))
+        out[b] = np.where(cov > 0, np.rint(s / np.maximum(cov, 1)), 0)
+    out[-1] = np.where(cov > 0, 255, 0)
+    return out
 
 
-def test_sink_writes_from_other_processes(tmp_path):
-    h, w, tile = 256, 384, 128
-    img = _rgba(h, w, seed=5)
-    target = tmp_path / "proc.tif"
-    with CogWriter(target, w, h, 4, "uint8", alpha=True, tile=128) as cw:
-        sink = cw.sink()
-        jobs = [(sink, r, c, img[:, r:r + tile, c:c + tile]) for r in range(0, h, tile) for c in range(0, w, tile)]
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-            done = list(ex.map(_write_part, jobs))
-        assert len(done) == 6
-    ref = write_cog(tmp_path / "ref.tif", img, alpha=True, tile=128)
-    with rasterio.open(target) as ds:
+def test_window_overviews_are_masked_means_and_any_order_gives_the_same_bytes(tmp_path):
+    h, w, tile = 1000, 2050, 256  # odd edges at every level
+    img = _rgba(h, w, seed=7)
+    img[:, 300:420, 900:1300] = 0  # a hole
+    kw = dict(alpha=True, tile=256, window_overviews=True)
+    windows = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
+    paths = []
+    for order in (windows, windows[::-1]):
+        path = tmp_path / f"p{len(paths)}.tif"
+        with CogWriter(path, w, h, 4, "uint8", **kw) as cw:
+            assert cw.factors == [2, 4, 8] and cw.align == 8
+            for r, c in order:
+                cw.write((r, c), img[:, r:r + tile, c:c + tile])
+        paths.append(path)
+    assert _md5(paths[0]) == _md5(paths[1])
+    ok, errors, warnings = validate(paths[0])
+    assert ok and not warnings, errors
+    with rasterio.open(paths[0]) as ds:
         np.testing.assert_array_equal(ds.read(), img)
-    assert _md5(target) == _md5(ref)
+        assert ds.overviews(1) == [2, 4, 8]
+        for k, f in enumerate([2, 4, 8]):
+            got = ds.read(out_shape=(4, -(-h // f), -(-w // f)))
+            ref = _masked_means(img, f)
+            assert (got[3] == ref[3]).all()  # opaque exactly where any pixel under it is
+            assert np.abs(got.astype(int) - ref).max() <= 1  # float sums against exact ones
+    with pytest.raises(ValueError, match="grid"):
+        with CogWriter(tmp_path / "bad.tif", w, h, 4, "uint8", **kw) as cw:
+            cw.write((4, 0), img[:, 4:20, :16])
+
+
+_KILLED = """
+import os, signal, sys
+import numpy as np
+from mosaic.cog import CogWriter
+h, w, tile = {h}, {w}, {tile}
+img = np.load(sys.argv[1])
+cw = CogWriter(sys.argv[2], w, h, 4, "uint8", alpha=True, tile=256, window_overviews=True, workdir=sys.argv[3],
+               checkpoint_s=1e9)
+windows = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
+for k, (r, c) in enumerate(windows):
+    cw.write((r, c), img[:, r:r + tile, c:c + tile], record={{"k": k}})
+    if k == 2:
+        cw.checkpoint()
+    if k == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # windows 3 and 4 are written, not journaled
+"""
+
+
+def test_a_killed_writer_resumes_with_its_journaled_windows_and_the_same_bytes(tmp_path):
+    h, w, tile = 512, 1024, 256
+    img = _rgba(h, w, seed=11)
+    np.save(tmp_path / "img.npy", img)
+    work, target = tmp_path / "work", tmp_path / "out" / "pan.tif"
+    r = subprocess.run([sys.executable, "-c", _KILLED.format(h=h, w=w, tile=tile), str(tmp_path / "img.npy"),
+                        str(target), str(work)], cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == -9
+    assert not target.exists()
+    windows = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
+    with CogWriter(target, w, h, 4, "uint8", alpha=True, tile=256, window_overviews=True, workdir=work) as cw:
+        assert cw.done == {windows[k]: {"k": k} for k in range(3)}
+        for r, c in windows:
+            if (r, c) not in cw.done:
+                cw.write((r, c), img[:, r:r + tile, c:c + tile], record={})
+    clean = tmp_path / "clean.tif"
+    with CogWriter(clean, w, h, 4, "uint8", alpha=True, tile=256, window_overviews=True) as cw:
+        cw.write((0, 0), img)
+    assert _md5(target) == _md5(clean)
+    assert list(work.iterdir()) == []  # the writer's files are gone once the COG is written
+    # another raster in the same folder starts afresh
+    with CogWriter(target, w, h, 2, "uint8", alpha=True, tile=256, workdir=work) as cw:
+        assert cw.done == {}
 
 
 def test_unwritten_windows_read_as_nodata_or_transparent(tmp_path):
@@ -217,23 +285,6 @@ def test_validate_rejects_a_plain_geotiff(tmp_path):
     assert not ok and errors
 
 
-@pytest.mark.slow
-def test_sink_from_dask_process_workers(tmp_path):
-    from mosaic.cluster import client
-
-    h, w, tile = 256, 256, 128
-    img = _rgba(h, w, seed=9)
-    target = tmp_path / "dask.tif"
-    with client(workers=2, threads_per_worker=1, processes=True) as c:
-        with CogWriter(target, w, h, 4, "uint8", alpha=True, tile=128) as cw:
-            sink = cw.sink()
-            futures = [c.submit(_write_part, (sink, r, col, img[:, r:r + tile, col:col + tile]), pure=False)
-                       for r in range(0, h, tile) for col in range(0, w, tile)]
-            c.gather(futures)
-    with rasterio.open(target) as ds:
-        np.testing.assert_array_equal(ds.read(), img)
-
-
 def _driver_overviews(path, img, **kw):
     """The COG the driver makes when it computes the overviews itself (the old conversion)."""
     import rasterio.shutil
@@ -241,7 +292,7 @@ def _driver_overviews(path, img, **kw):
     bands, h, w = img.shape
     ref = CogWriter(path.with_name("ref-" + path.name), w, h, bands, img.dtype, **kw)
     ref.write((0, 0), img)
-    ref._ds.close()
+    ref._close_files()
     rasterio.shutil.copy(ref.intermediate, path, **ref._options())
     ref.abort()
     return path

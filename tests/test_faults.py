@@ -1,6 +1,7 @@
 """Faults: a worker process killed mid-render does not change the panorama's bytes (dask retries
-its tasks; every tile part is written atomically); an internal failure exits 1 with the log and
-leaves the output folder as it was, keeping finished tiles in the workspace for the next run."""
+its tasks; tiles come back to the process that writes them); an internal failure exits 1 with the
+log and leaves the output folder as it was, keeping finished tiles in the workspace for the next
+run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mosaic import cluster
+from mosaic.cog import read_journal
 from synth_cache import QUICK_360, QUICK_STEREO, digest, listing, scene
 
 
@@ -27,8 +29,14 @@ def _reported_solution(frames) -> dict:
                                    m.model_local_level(), True) for m in metas]}
 
 
+def journaled(folder) -> list:
+    """The tiles a render's work folder records as written (mosaic.cog's journal)."""
+    return [at for j in Path(folder).glob("**/journal.jsonl") for at in read_journal(j.parent)[1]]
+
+
 @pytest.mark.slow
-def test_worker_killed_mid_render_gives_the_same_bytes(tmp_path):
+def test_worker_killed_mid_render_gives_the_same_bytes(tmp_path, monkeypatch):
+    from mosaic import cog
     from mosaic.render import render_panorama
 
     sol = _reported_solution(scene("navcam-360", keep=QUICK_360))
@@ -36,27 +44,27 @@ def test_worker_killed_mid_render_gives_the_same_bytes(tmp_path):
     with cluster.client(workers=1, threads_per_worker=2) as c:
         ref = render_panorama(sol, tmp_path / "ref", client=c, **kw)
 
-    parts = tmp_path / "parts"
+    work = tmp_path / "work"
+    monkeypatch.setattr(cog, "CHECKPOINT_S", 0.0)  # every tile journaled as it arrives
     killed = []
     with cluster.client(workers=2, threads_per_worker=1, processes=True) as c:
         pids = c.run(os.getpid)
 
         def kill_one_worker():
             t_end = time.monotonic() + 120
-            while not any(parts.glob("tile_*.json")) and time.monotonic() < t_end:
+            while not journaled(work) and time.monotonic() < t_end:
                 time.sleep(0.005)
             addr, pid = sorted(pids.items())[0]
             os.kill(pid, signal.SIGKILL)
-            killed.append(addr)
+            killed.append(len(journaled(work)))
 
         killer = threading.Thread(target=kill_one_worker, daemon=True)
         killer.start()
-        got = render_panorama(sol, tmp_path / "got", client=c, parts_dir=parts, **kw)
+        got = render_panorama(sol, tmp_path / "got", client=c, work_dir=work, **kw)
         killer.join(timeout=10)
-    assert killed, "no worker was killed"
+    assert killed and killed[0] < got["tiles_with_frames"], "no worker was killed mid-render"
     assert got["tiles_rendered"] == got["tiles_with_frames"] == ref["tiles_with_frames"] > 4
-    assert 0 < len(list(parts.glob("tile_*.json"))) == got["tiles_with_frames"]
-    assert not list(parts.glob(".*")), "a temporary part file was left behind"
+    assert list(work.iterdir()) == [], "the finished render left its intermediate behind"
     for name in ("panorama.tif", "preview.jpg"):
         assert digest(tmp_path / "got" / name) == digest(tmp_path / "ref" / name), name
 
@@ -101,8 +109,7 @@ def test_internal_failure_exits_1_with_one_line_and_leaves_out_untouched(registe
     assert "Traceback" in Path(log_file).read_text() and "flaky" in Path(log_file).read_text()
     Path(log_file).unlink()
     assert listing(out) == before  # no panorama, no solution.json, no temporary files
-    done = list((out / "work" / "render").glob("*/tile_*.json"))
-    assert len(done) == 2  # the tiles that finished stay for the next run
+    assert len(journaled(out / "work" / "render")) == 2  # the tiles that finished stay for the next run
 
     monkeypatch.setattr(panorama, "render_tile", real)
     assert main(["-q", "stitch", str(frames), "-o", str(out), "--workers", "1", "--threads-per-worker", "1"]) == 0

@@ -331,7 +331,8 @@ def test_failure_mid_render_leaves_nothing(frameset, client, tmp_path, monkeypat
         return real(path)
 
     monkeypatch.setattr(warp_mod, "read_pixels", flaky)
-    monkeypatch.setattr(warp_mod, "CACHE", warp_mod.ImageCache())
+    # A cache too small for every frame: the tiles decode the frames again (a big pan).
+    monkeypatch.setattr(warp_mod, "CACHE", warp_mod.ImageCache(max_bytes=1))
     out = tmp_path / "out"
     with pytest.raises(InputError, match="truncated"):
         render_panorama(sol, out, resolution=0.5, tile=256, client=client, gains=1 / ex)
@@ -350,3 +351,33 @@ def test_read_image_channel_order(tmp_path, channels, dtype):
     got = read_image(tmp_path / "f.png")
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, rgb[..., :3] if channels > 1 else rgb[..., 0])
+
+
+def test_frame_cache_decodes_a_frame_once_for_threads_asking_at_once(frameset, monkeypatch):
+    """Tiles on several threads that need the same frame at once: one decode, the others wait."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mosaic.render.warp as warp_mod
+
+    sol, _ = frameset
+    path = str(sol.parent / json.loads(sol.read_text())["frames"][0]["image"])
+    real, calls, release = warp_mod.read_pixels, [], threading.Event()
+
+    def slow(p):
+        calls.append(p)
+        release.wait(10)
+        return real(p)
+
+    monkeypatch.setattr(warp_mod, "read_pixels", slow)
+    cache = warp_mod.ImageCache()
+    with ThreadPoolExecutor(4) as ex:
+        got = [ex.submit(cache.get, path) for _ in range(4)]
+        t_end = time.monotonic() + 1.0
+        while len(calls) < 2 and time.monotonic() < t_end:  # a second decode would start by now
+            time.sleep(0.01)
+        release.set()
+        items = [g.result() for g in got]
+    assert len(calls) == 1 and cache.decodes == 1
+    assert all(it[0] is items[0][0] for it in items) and not items[0][0].flags.writeable

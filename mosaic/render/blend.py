@@ -27,10 +27,19 @@ import numpy as np
 _EPS = np.float32(1e-8)
 
 
+def support(levels: int) -> int:
+    """How far (output pixels, either axis) a frame's weight reaches through the chain of
+    ``levels`` levels: the 5-tap kernels of the Gaussian pyramid down to the coarsest level and the
+    collapse back up, 2 x 2**k per level k each way, under 4 x 2**levels. A pixel whose square of
+    this half-size holds one frame's weight only takes that frame's value (measured: 55 px at
+    4 levels, at float precision)."""
+    return 4 << levels
+
+
 def halo(levels: int) -> int:
     """Margin (output pixels) a tile needs around it for ``levels`` pyramid levels: the support
-    of the chain (about 4 * 2**levels), rounded up to the coarsest grid, plus one coarse pixel."""
-    return 5 * (1 << levels)
+    of the chain, rounded up to the coarsest grid, plus one coarse pixel."""
+    return support(levels) + (1 << levels)
 
 
 def _down(a):

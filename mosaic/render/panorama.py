@@ -72,6 +72,7 @@ class FrameInfo:
     margins: object = NO_MARGINS
     alpha: bool = False
     top: float = 0.0  # the frame's largest value
+    darkened: bool = False  # the tone lowers some value of the frame (its highlights roll off to white)
 
 
 def _cone(model, w, h):
@@ -316,18 +317,18 @@ def _place(fm, img, f: FrameInfo, bands, rr, cc, out_top=np.inf):
             dst -= (g * np.float32(t.offset[0])).reshape(1, 1, -1)
     else:
         # fm.field: the tone's gains (and gain x offset) interpolated with the maps.
-        cv2.multiply(src, fm.field[..., :bands].reshape(dst.shape), dst=dst, dtype=cv2.CV_32F)
-        if fm.field.shape[2] > bands:
-            cv2.subtract(dst, fm.field[..., bands:].reshape(dst.shape), dst=dst)
-    darkened = min(t.gain) < 1 or any(t.offset) or (fm.field is not None and fm.field[..., :bands].min() < f.scale)
+        cv2.multiply(src, fm.field.values(fm.rows, fm.cols, slice(0, bands)).reshape(dst.shape), dst=dst,
+                     dtype=cv2.CV_32F)
+        if fm.field.nodes.shape[2] > bands:
+            cv2.subtract(dst, fm.field.values(fm.rows, fm.cols, slice(bands, None)).reshape(dst.shape), dst=dst)
     white_out = t.white * f.scale
-    if f.top > t.knee and darkened:
+    if f.top > t.knee and f.darkened:
         # Highlights and clipped pixels of a darkened frame go to white (brightened ones saturate).
-        for b in range(bands):
-            photometry.rolloff(dst[..., b], img[..., b if img.shape[2] > 1 else 0], t.white, t.knee, white_out)
+        photometry.rolloff(dst, src, t.white, t.knee, white_out)
     elif white_out < out_top:
         # Data of fewer bits than the output's type: brightened values stop at the data's white.
-        most = f.top * (max(t.gain) * f.scale if fm.field is None else float(fm.field[..., :bands].max()))
+        most = f.top * (max(t.gain) * f.scale if fm.field is None else
+                        fm.field.bounds(fm.rows, fm.cols, slice(0, bands))[1])
         if most > white_out:
             np.minimum(dst, np.float32(white_out), out=dst)
     if not fm.valid.all():
@@ -354,9 +355,49 @@ def _alpha_valid(fm, alpha):
     return fm.valid & (a >= 1.0 - 1e-6)
 
 
+#: Cells (CELL x CELL output pixels on the global grid) at which a tile decides where to blend.
+CELL = 16
+
+
+def _contested(label, core, levels):
+    """Where in the tile's ``core`` (window slices) the blend matters: a (ch, cw) bool mask of the
+    pixels with pixels of two frames or more within :func:`.blend.support` of them (either axis),
+    else None. Elsewhere every frame weight the pyramids would mix is one frame's, and the blend
+    returns that frame's values (up to float rounding). Decided per cell, conservatively, from the
+    labels (-1: no frame) of the cells within reach, which lie inside the window for every core
+    cell (the halo reaches further): the same cells, so the same answer, in every tiling."""
+    h, w = label.shape
+    lab = np.pad(label, ((0, -h % CELL), (0, -w % CELL)), constant_values=-1)
+    cells = lab.reshape(lab.shape[0] // CELL, CELL, lab.shape[1] // CELL, CELL)
+    hi = cells.max(axis=(1, 3))
+    lo = cells.view(np.uint16).min(axis=(1, 3))  # -1 reads as 65535: no frame
+    reach = -(-blend.support(levels) // CELL)
+    k = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    many = cv2.erode(lo, k).astype(np.int32) < cv2.dilate(hi, k)
+    rs, cs = core
+    r0, c0 = rs.start // CELL, cs.start // CELL
+    ch, cw = rs.stop - rs.start, cs.stop - cs.start
+    sub = many[r0:r0 + -(-ch // CELL), c0:c0 + -(-cw // CELL)]
+    if not sub.any():
+        return None
+    return np.repeat(np.repeat(sub, CELL, axis=0), CELL, axis=1)[:ch, :cw]
+
+
+def _box(mask):
+    """(rows, cols) slices of the bounding box of a 2-D bool mask (which holds a True)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def render_tile(job: TileJob):
     """Pixels of one tile: ((row0, col0), array (bands + 1, h, w) with alpha last) and stats, or
-    (None, stats) when no frame covers the tile."""
+    (None, stats) when no frame covers the tile.
+
+    Every frame's map and valid area cover the window (tile + halo): ownership (``seams.assign``)
+    there decides which core pixels need the blend (:func:`_contested`). Those are blended over
+    the box that holds them padded by the blend's reach, from the frames that own pixels in it;
+    every other core pixel takes its owner's warped value straight (a tile inside one frame warps
+    its core only)."""
     x0, y0, w, h = job.window
     cx, cy, cw, ch = job.core
     fmaps = [warp.frame_map(job.proj, job.window, f.model, f.width, f.height, job.range_m, job.step, job.tol,
@@ -375,34 +416,61 @@ def render_tile(job: TileJob):
     label = seams.assign((h, w), fmaps, [(f.width, f.height) for f in job.frames], pair_seams,
                          [f.index for f in job.frames])
     core = (slice(cy - y0, cy - y0 + ch), slice(cx - x0, cx - x0 + cw))
-    if not (label[core] >= 0).any():
+    lc = label[core]
+    alpha = lc >= 0
+    if not alpha.any():
         return None, stats
-    present = [i for i in range(len(fmaps)) if fmaps[i] is not None and (label[fmaps[i].rows, fmaps[i].cols] == i).any()]
     dt = np.dtype(job.dtype)
     top = float(np.iinfo(dt).max) if dt.kind == "u" else np.inf
 
-    def placed(i, fm, rr, cc):
-        f = job.frames[i]
+    def placed(i, rr, cc):
+        """Frame i's rendered values over window rows rr x cols cc (and its cover)."""
+        f, fm = job.frames[i], fmaps[i].crop(rr, cc)
         return _place(fm, warp.remap(warp.CACHE.get(f.path)[0], fm, float32=False), f, job.bands, rr, cc, top)
 
-    if len(present) == 1:
-        out, _ = placed(present[0], fmaps[present[0]], slice(0, h), slice(0, w))
+    def shift(box, r, c):
+        return slice(box[0].start + r, box[0].stop + r), slice(box[1].start + c, box[1].stop + c)
+
+    blended = _contested(label, core, job.levels)
+    owners = [i for i in range(len(fmaps)) if fmaps[i] is not None and (lc == i).any()]
+    if blended is None and len(owners) == 1:
+        out = placed(owners[0], *core)[0]
     else:
-        mb = blend.MultiBand((h, w), job.bands, job.levels)
-        for i in present:
+        out = np.zeros((ch, cw, job.bands), np.float32)
+        for i in owners:
+            mine = lc == i
+            if blended is not None:
+                mine &= ~blended
+            if not mine.any():
+                continue
+            box = _box(mine)
+            img, _ = placed(i, *shift(box, core[0].start, core[1].start))
+            cv2.copyTo(img, mine[box].view(np.uint8), out[box])
+    if blended is not None:
+        # The box of the contested pixels, padded by the blend's reach on the coarsest grid.
+        a, pad = 1 << job.levels, blend.support(job.levels)
+        br, bc = shift(_box(blended), core[0].start, core[1].start)
+        rr = slice(max(0, (br.start - pad) // a * a), min(h, br.stop + pad))
+        cc = slice(max(0, (bc.start - pad) // a * a), min(w, bc.stop + pad))
+        region = label[rr, cc]
+        mb = blend.MultiBand(region.shape, job.bands, job.levels)
+        for i in range(len(fmaps)):
+            fm = None if fmaps[i] is None else fmaps[i].crop(rr, cc)
+            if fm is None:
+                continue
+            own = region[fm.rows.start - rr.start:fm.rows.stop - rr.start,
+                         fm.cols.start - cc.start:fm.cols.stop - cc.start] == i
+            if not own.any():
+                continue
             # A frame matters only where its seam weight reaches: around the pixels it owns.
-            fm = fmaps[i]
-            own = label[fm.rows, fm.cols] == i
-            rows, cols = np.nonzero(own.any(axis=1))[0], np.nonzero(own.any(axis=0))[0]
-            rr, cc = mb.region(slice(fm.rows.start + rows[0], fm.rows.start + rows[-1] + 1),
-                               slice(fm.cols.start + cols[0], fm.cols.start + cols[-1] + 1))
-            fm = fm.crop(rr, cc)
-            img, cover = placed(i, fm, rr, cc)
-            weight = (label[rr, cc] == i).astype(np.float32)
-            mb.add(rr, cc, img, cover, weight)
-        out = mb.result()
-    out = out[core]
-    alpha = label[core] >= 0
+            ob = shift(_box(own), fm.rows.start - rr.start, fm.cols.start - cc.start)
+            pr, pc = mb.region(*ob)
+            img, cover = placed(i, *shift((pr, pc), rr.start, cc.start))
+            mb.add(pr, pc, img, cover, (region[pr, pc] == i).astype(np.float32))
+        res = mb.result()
+        cb = _box(blended)
+        sub = res[shift(cb, core[0].start - rr.start, core[1].start - cc.start)]
+        cv2.copyTo(sub, blended[cb].view(np.uint8), out[cb])
     arr = np.empty((job.bands + 1, ch, cw), dt)
     top = np.iinfo(dt).max if dt.kind == "u" else 1.0
     # The blend may overshoot a little at sharp edges: nothing above the data's white (12-bit
@@ -423,54 +491,33 @@ def render_tile(job: TileJob):
     return (cy, cx, arr), stats
 
 
-def _done_path(folder, job: TileJob) -> Path:
-    return Path(folder) / f"tile_r{job.core[1]:09d}_c{job.core[0]:09d}.json"
-
-
-def render_tile_part(job: TileJob, sink):
-    """Render one tile into ``sink`` (a :class:`mosaic.cog.PartSink`: one part file per tile) and
-    then record its stats beside it; both writes are atomic and the record comes last, so its
-    presence means the tile is finished (a resumed run skips it) and a task killed half-way leaves
-    nothing that looks finished. Returns (None, stats): the pixels stay on disk."""
-    from mosaic.atomic import write_json
+def _tile_task(job: TileJob, levels: int):
+    """A tile task: ((row0, col0) of the tile, its pixels or None, their first ``levels`` overview
+    levels (:func:`mosaic.cog.overview_levels`, computed where the tile was rendered), stats)."""
+    from mosaic.cog import overview_levels
 
     result, stats = render_tile(job)
-    if result is not None:
-        row0, col0, arr = result
-        sink.write((row0, col0), arr)
-    stats["written"] = result is not None
-    write_json(_done_path(sink.folder, job), stats)
-    return None, stats
+    if result is None:
+        return (job.core[1], job.core[0]), None, [], stats
+    cy, cx, arr = result
+    return (cy, cx), arr, overview_levels(arr, levels, alpha=True), stats
 
 
-def _resumable(client, jobs, parts_dir, width, height, count, dtype, tstats):
-    """Like ``_run_jobs`` but through part files in ``parts_dir``: tiles already recorded there
-    are not rendered again; yields every tile's (result, stats) in job order, read from disk."""
-    from mosaic.cog import PartSink
+def _count(tstats, st):
+    tstats["exact_px"] += st["exact_px"]
+    if st["written"]:
+        tstats["tiles_written"] += 1
+        tstats["covered_px"] += st["covered_px"]
 
-    parts_dir = Path(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    sink = PartSink(str(parts_dir), width, height, count, dtype)
-    todo = [j for j in jobs if not _done_path(parts_dir, j).exists()]
-    tstats["tiles_resumed"] = len(jobs) - len(todo)
-    tstats["tiles_rendered"] = len(todo)
-    if tstats["tiles_resumed"]:
-        log.info("render: %d of %d tiles already rendered (resuming)", tstats["tiles_resumed"], len(jobs))
-    for _ in _run_jobs(client, todo, fn=render_tile_part, extra=(sink,)):
-        pass
-    import rasterio
 
-    for j in jobs:
-        st = json.loads(_done_path(parts_dir, j).read_text())
-        if not st.pop("written"):
-            yield None, st
-            continue
-        cx, cy = j.core[0], j.core[1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with rasterio.open(parts_dir / f"part_r{cy:09d}_c{cx:09d}.tif") as ds:
-                arr = ds.read()
-        yield (cy, cx, arr), st
+def _tile_order(jobs, proj):
+    """Tiles down each column in turn when the panorama is wider than tall (a pan: a column meets
+    the few frames above each other there, and the next column most of them again), else along
+    each row: consecutive tiles share frames, so each is decoded about once whatever the frame
+    cache holds (row by row, a 360 degree pan's frames were all needed before any came back)."""
+    if proj.width > proj.height:
+        return sorted(jobs, key=lambda j: (j.core[0], j.core[1]))
+    return list(jobs)
 
 
 # -- planning and the driver -----------------------------------------------------------------------
@@ -524,7 +571,7 @@ def plan(solution, *, projection="equirect", resolution=None, tile=512, elevatio
 
 def render_panorama(solution, out_dir, *, projection="equirect", resolution=None, tile=512, client=None,
                     elevation_range=None, range_m=None, levels=LEVELS, gains=True, seams=True, ties=None,
-                    max_pixels=MAX_PIXELS, step=16, tol=0.1, preview_width=4096, parts_dir=None,
+                    max_pixels=MAX_PIXELS, step=16, tol=0.1, preview_width=4096, work_dir=None,
                     **proj_kw) -> dict:
     """Render ``solution`` (path to solution.json, or its dict with paths relative to the working
     directory) into ``out_dir/panorama.tif`` (COG) and ``out_dir/preview.jpg``.
@@ -540,13 +587,14 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     (:func:`mosaic.products.control_points`), which the photometric fit samples first (all but
     every :data:`.photometry.HOLD_OUT`-th distinct one, held out for the agreement measure).
     ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the
-    local default. ``parts_dir``: a folder that
-    keeps each finished tile (tasks write it there; the caller keys the folder by its inputs), so
-    a run killed mid-render and started again renders only the missing tiles. Returns paths and stats.
+    local default. ``work_dir``: a folder that keeps the finished tiles (the COG's intermediate
+    and a journal of the tiles in it, :class:`mosaic.cog.CogWriter`; the caller keys the folder by
+    its inputs), so a run killed mid-render and started again renders only the missing tiles and
+    writes the same bytes. Returns paths and stats.
     """
     import rasterio
 
-    from mosaic.cog import CogWriter, equirect_transform
+    from mosaic.cog import CogWriter, equirect_transform, overview_factors
 
     t0, c0 = time.monotonic(), time.process_time()
     frames, proj = _setup(solution, projection, resolution, tile, elevation_range, levels, max_pixels, proj_kw, step)
@@ -576,20 +624,33 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
         path = out_dir / "panorama.tif"
         tstats = {"tiles": len(windows), "tiles_with_frames": len(jobs), "tiles_written": 0, "covered_px": 0,
                   "exact_px": 0}
-        # GDAL's block cache defaults to 5% of RAM; the writer streams, so a small one keeps
-        # memory flat whatever the panorama's size.
+        # Overviews from the tiles (in the tasks) when every tile starts on the coarsest
+        # overview's grid; else GDAL's, over the whole raster at the end.
+        factors = overview_factors(proj.width, proj.height)
+        levels = len(factors) if factors and tile % factors[-1] == 0 else 0
+        # GDAL's block cache defaults to 5% of RAM; the writer streams (and empties it at every
+        # checkpoint), so a small one keeps memory flat whatever the panorama's size.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
-                CogWriter(path, proj.width, proj.height, bands + 1, dtype, transform=transform, alpha=True) as cw:
-            results = (_run_jobs(client, jobs) if parts_dir is None else
-                       _resumable(client, jobs, parts_dir, proj.width, proj.height, bands + 1, dtype, tstats))
-            for result, st in results:
-                tstats["exact_px"] += st["exact_px"]
-                if result is None:
-                    continue
-                row0, col0, arr = result
-                cw.write((row0, col0), arr)
-                tstats["tiles_written"] += 1
-                tstats["covered_px"] += st["covered_px"]
+                CogWriter(path, proj.width, proj.height, bands + 1, dtype, transform=transform, alpha=True,
+                          window_overviews=bool(levels), workdir=work_dir) as cw:
+            todo = []
+            for j in _tile_order(jobs, proj):
+                st = cw.done.get((j.core[1], j.core[0]))
+                if st is None:
+                    todo.append(j)
+                else:
+                    _count(tstats, st)
+            tstats["tiles_resumed"] = len(jobs) - len(todo)
+            tstats["tiles_rendered"] = len(todo)
+            if tstats["tiles_resumed"]:
+                log.info("render: %d of %d tiles already rendered (resuming)", tstats["tiles_resumed"], len(jobs))
+            for at, arr, lv, st in _run_jobs(client, todo, (levels,)):
+                st["written"] = arr is not None
+                _count(tstats, st)
+                if arr is None:
+                    cw.note(at, st)
+                else:
+                    cw.write(at, arr, record=st, levels=lv or None)
             t3, c3 = time.monotonic(), time.process_time()
         t4, c4 = time.monotonic(), time.process_time()
         preview = write_preview(path, out_dir / "preview.jpg", preview_width)
@@ -680,8 +741,11 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     fit, held = photometry.tie_roles(ties)
     ti, tj = ties[:, 0].astype(int), ties[:, 1].astype(int)
     points = [np.concatenate([ties[fit & (ti == k), 2:4], ties[fit & (tj == k), 4:6]]) for k in range(n)]
+    # When every frame fits the frame cache, this pass's decodes stay there for the tiles: each
+    # frame is decoded once in the whole render (else once here and once for the tiles).
+    keep = warp.CACHE.fits(sum(f.width * f.height * bands * np.dtype(dt).itemsize for f, dt in zip(frames, fdtypes)))
     read = client.map(photometry.prepare, [f.path for f in frames], [f.width for f in frames],
-                      [f.height for f in frames], red, points, pure=False)
+                      [f.height for f in frames], red, points, [keep] * n, pure=False)
     data = track_futures("frames", read)  # a bar per frame read: the first pass over every pixel
     whites = []
     for k, f in enumerate(frames):
@@ -729,8 +793,20 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     stats["seams"] = len(pair_seams)
     stats["overlapping_pairs"] = len(pairs)
     out = [replace(f, gain=float(np.mean(t.gain)), scale=float(s), tone=t, margins=d.margins, alpha=d.alpha,
-                   top=d.top) for f, t, s, d in zip(frames, tones, scales, data)]
+                   top=d.top, darkened=_darkens(t, f.width, f.height)) for f, t, s, d in zip(frames, tones, scales, data)]
     return out, pair_seams, stats
+
+
+def _darkens(tone: photometry.Tone, width: int, height: int, n: int = 33) -> bool:
+    """Whether a tone lowers some value of a frame: a gain below 1, an offset, or a spatial gain
+    field below 1 somewhere (on an n x n grid over the frame, corners included). A property of
+    the frame, so its pixels render alike in every tile."""
+    if min(tone.gain) < 1 or any(tone.offset):
+        return True
+    if tone.uniform:
+        return False
+    x, y = np.meshgrid(np.linspace(-0.5, width - 0.5, n), np.linspace(-0.5, height - 0.5, n))
+    return bool(tone.log_field(x, y).min() + np.log(min(tone.gain)) < 0)
 
 
 #: A pair's tie points weigh sqrt(TIE_PAIR_POINTS / n) each: a pair's say grows with the square
@@ -832,9 +908,9 @@ def _affine(gt):
     return Affine.from_gdal(*gt)
 
 
-def _run_jobs(client, jobs, fn=render_tile, extra=()):
-    """Yield ``fn(job, *extra)`` as tiles finish, keeping a bounded number in flight (memory stays
-    O(in-flight tiles), not O(panorama))."""
+def _run_jobs(client, jobs, extra=()):
+    """Yield ``_tile_task(job, *extra)`` as tiles finish, keeping a bounded number in flight
+    (memory stays O(in-flight tiles), not O(panorama))."""
     from mosaic.cluster import as_completed
     from mosaic.progress import stage
 
@@ -843,7 +919,7 @@ def _run_jobs(client, jobs, fn=render_tile, extra=()):
     nthreads = sum(client.nthreads().values()) or 1
     limit = 2 * nthreads + 2
     it = iter(jobs)
-    first = [client.submit(fn, j, *extra, pure=False) for _, j in zip(range(limit), it)]
+    first = [client.submit(_tile_task, j, *extra, pure=False) for _, j in zip(range(limit), it)]
     ac = as_completed(first)
     with stage("render", len(jobs)) as bar:
         for fut in ac:
@@ -851,7 +927,7 @@ def _run_jobs(client, jobs, fn=render_tile, extra=()):
             fut.release()
             nxt = next(it, None)
             if nxt is not None:
-                ac.add(client.submit(fn, nxt, *extra, pure=False))
+                ac.add(client.submit(_tile_task, nxt, *extra, pure=False))
             bar.advance()
             yield res
 

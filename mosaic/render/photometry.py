@@ -38,6 +38,7 @@ containers is white at 4095, not 65535.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -114,12 +115,13 @@ class FrameData:
     points: np.ndarray | None = None  # brightness (N, C) at the points asked for (tie points)
 
 
-def prepare(path: str, width: int, height: int, scale: int, points=None) -> FrameData:
+def prepare(path: str, width: int, height: int, scale: int, points=None, keep: bool = False) -> FrameData:
     """Read a frame once: margins from its pixels, alpha, its maximum, the reduced copy and the
-    brightness at ``points`` (N, 2) (:func:`point_values`)."""
-    from .warp import read_pixels
+    brightness at ``points`` (N, 2) (:func:`point_values`). ``keep``: read it through the tiles'
+    frame cache (:data:`.warp.CACHE`), which keeps it for them."""
+    from . import warp
 
-    img, alpha = read_pixels(path)
+    img, alpha = warp.CACHE.get(path) if keep else warp.read_pixels(path)
     values = None if points is None or not len(points) else point_values(img, np.asarray(points, float))
     margins = detect_margins(img, alpha)
     top = float(img.max()) if img.size else 0.0
@@ -143,15 +145,37 @@ def prepare(path: str, width: int, height: int, scale: int, points=None) -> Fram
 
 def point_values(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Brightness (N, C) of a frame at points (N, 2): each channel's mean over a box of
-    2 TIE_RADIUS + 1 pixels, bilinear between pixel centres; NaN where the box leaves the frame."""
+    2 TIE_RADIUS + 1 pixels, bilinear between pixel centres; NaN where the box leaves the frame.
+
+    Only the boxes about the points are read (blurring whole frames took 80 ms for a 10 MP frame
+    against a 30 ms decode): the values of a blurred frame sampled bilinearly, up to float
+    rounding."""
     a = img[..., None] if img.ndim == 2 else img
-    k = 2 * TIE_RADIUS + 1
-    out = np.stack([bilinear(cv2.blur(a[..., c].astype(np.float32), (k, k)), xy[:, 0], xy[:, 1])
-                    for c in range(a.shape[2])], axis=1)
-    h, w = a.shape[:2]
+    h, w, nc = a.shape
     r = TIE_RADIUS
+    k = 2 * r + 1
+    out = np.full((len(xy), nc), np.nan)
     inside = (xy[:, 0] >= r) & (xy[:, 0] <= w - 1 - r) & (xy[:, 1] >= r) & (xy[:, 1] <= h - 1 - r)
-    out[~inside] = np.nan
+    if not inside.any():
+        return out
+    x, y = xy[inside, 0], xy[inside, 1]
+    ix, iy = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = x - ix, y - iy
+    # The (k + 1)^2 pixels under the boxes of the four neighbours (the last row and column may
+    # lie beyond the frame where their weight is 0: clipped), and their integral image.
+    span = np.arange(-r, r + 2)
+    rows = np.clip(iy[:, None] + span, 0, h - 1)
+    cols = np.clip(ix[:, None] + span, 0, w - 1)
+    patch = a[rows[:, :, None], cols[:, None, :]].astype(np.float64)
+    integral = np.zeros((len(x), k + 2, k + 2, nc))
+    integral[:, 1:, 1:] = patch.cumsum(axis=1).cumsum(axis=2)
+
+    def box(dy, dx):
+        return (integral[:, dy + k, dx + k] - integral[:, dy, dx + k] - integral[:, dy + k, dx]
+                + integral[:, dy, dx]) / (k * k)
+
+    fx, fy = fx[:, None], fy[:, None]
+    out[inside] = ((1 - fy) * ((1 - fx) * box(0, 0) + fx * box(0, 1)) + fy * ((1 - fx) * box(1, 0) + fx * box(1, 1)))
     return out
 
 
@@ -269,14 +293,38 @@ def rolloff(out, v, white, knee, white_out):
     becomes ``white_out`` where v >= white (clipped input), and blends by a smoothstep in
     between; where ``out`` exceeds ``white_out`` it is clipped. In place on ``out`` (float32),
     which is returned."""
+    if v.dtype in (np.uint8, np.uint16) and knee < white:
+        # Integer values: the smoothstep from a table of every value (0 up to the knee), applied
+        # to all pixels at once (masked gathers and scatters cost 3-5x as much), the same numbers.
+        if v.max() > knee:
+            s = _smoothstep_table(v.dtype, float(white), float(knee))[v]
+            s *= np.float32(white_out) - out
+            out += s
+        np.minimum(out, np.float32(white_out), out=out)
+        return out
     hi = v > knee
     if knee < white and hi.any():
-        t = np.clip((v[hi].astype(np.float32) - np.float32(knee)) / np.float32(white - knee), 0, 1)
-        s = t * t * (3 - 2 * t)
-        o = out[hi]
-        out[hi] = o + (np.float32(white_out) - o) * s
+        out[hi] = _towards_white(out[hi], _smoothstep(v[hi], white, knee), white_out)
     np.minimum(out, np.float32(white_out), out=out)
     return out
+
+
+def _smoothstep(v, white, knee):
+    t = np.clip((v.astype(np.float32) - np.float32(knee)) / np.float32(white - knee), 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def _towards_white(o, s, white_out):
+    return o + (np.float32(white_out) - o) * s
+
+
+@functools.lru_cache(maxsize=8)
+def _smoothstep_table(dtype, white: float, knee: float) -> np.ndarray:
+    v = np.arange(np.iinfo(dtype).max + 1)
+    s = _smoothstep(v, white, knee)
+    s[v <= knee] = 0
+    s.setflags(write=False)
+    return s
 
 
 # -- samples from one pair ------------------------------------------------------------------------

@@ -59,8 +59,9 @@ def _project(proj, model, xs, ys, range_m):
 
 class FrameMap:
     """Where one frame lands in a window: ``rows``/``cols`` slices of the window, float32 maps
-    ``mapx``/``mapy`` into the frame, the ``valid`` mask and (when asked for) ``field``, a
-    smooth function of the frame position interpolated like the maps, all of the slices' shape."""
+    ``mapx``/``mapy`` into the frame, the ``valid`` mask, all of the slices' shape, and (when
+    asked for) ``field``, a smooth function of the frame position interpolated like the maps
+    (:class:`NodeField`: its values are made for the pixels that need them)."""
 
     __slots__ = ("rows", "cols", "mapx", "mapy", "valid", "step", "exact_px", "field")
 
@@ -78,7 +79,42 @@ class FrameMap:
             return None
         a = (slice(r0 - self.rows.start, r1 - self.rows.start), slice(c0 - self.cols.start, c1 - self.cols.start))
         return FrameMap(slice(r0, r1), slice(c0, c1), self.mapx[a], self.mapy[a], self.valid[a], self.step, 0,
-                        None if self.field is None else self.field[a])
+                        self.field)
+
+
+class NodeField:
+    """A function's values (C channels) at a window's grid nodes (node (l, k) at window pixel
+    ((k - 0.5) step - 0.5, (l - 0.5) step - 0.5); ``nodes[0, 0]`` is node (l0, k0)), interpolated
+    bilinearly to the pixels of any part of the window: the maps' own interpolation, made from the
+    few nodes around that part only, so a pixel's value is the same whatever part is asked for."""
+
+    __slots__ = ("nodes", "l0", "k0", "step")
+
+    def __init__(self, nodes, l0, k0, step):
+        self.nodes, self.l0, self.k0, self.step = nodes, l0, k0, step
+
+    def _block(self, rows, cols, channels):
+        s, h = self.step, self.step // 2
+        # Pixel x lies in cell (x + step/2) // step, between that node and the next.
+        k0, k1 = (cols.start + h) // s, (cols.stop - 1 + h) // s + 1
+        l0, l1 = (rows.start + h) // s, (rows.stop - 1 + h) // s + 1
+        return self.nodes[l0 - self.l0:l1 - self.l0 + 1, k0 - self.k0:k1 - self.k0 + 1, channels], k0, l0
+
+    def values(self, rows: slice, cols: slice, channels=slice(None)) -> np.ndarray:
+        """float32 (h, w, c) at window pixels rows x cols (inside the nodes' span)."""
+        nodes, k0, l0 = self._block(rows, cols, channels)
+        s = self.step
+        up = cv2.resize(np.ascontiguousarray(nodes), (nodes.shape[1] * s, nodes.shape[0] * s),
+                        interpolation=cv2.INTER_LINEAR)
+        jx, jy = cols.start - (k0 - 1) * s, rows.start - (l0 - 1) * s
+        up = up[jy:jy + rows.stop - rows.start, jx:jx + cols.stop - cols.start]
+        return up.reshape(up.shape[:2] + (-1,))
+
+    def bounds(self, rows: slice, cols: slice, channels=slice(None)) -> tuple[float, float]:
+        """(min, max) over those pixels' nodes: bounds of the values there (bilinear values lie
+        between their nodes')."""
+        nodes = self._block(rows, cols, channels)[0]
+        return float(nodes.min()), float(nodes.max())
 
 
 def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margins=None, field=None):
@@ -89,8 +125,9 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margi
     origin: cells then sit on a global grid, so every window computes a given output pixel
     from the same nodes and tiles agree exactly where their windows overlap. ``margins``
     (:class:`.masks.Margins`) shrink the valid area to the frame's image; ``field(x, y)``, a
-    smooth function of frame pixels (the photometric gain), is evaluated at the grid's nodes and
-    interpolated with the maps (same global grid, so tiles agree on it too).
+    smooth function of frame pixels (the photometric gain), is evaluated at the grid's nodes, to
+    be interpolated like the maps where needed (:class:`NodeField`; same global grid, so tiles
+    agree on it too).
     """
     x0, y0, w, h = window
     if step < 2 or step % 2 or x0 % step or y0 % step:
@@ -170,9 +207,8 @@ def frame_map(proj, window, model, fw, fh, range_m=None, step=16, tol=0.1, margi
         return None
     values = None
     if field is not None:
-        f = np.ascontiguousarray(field(sub[..., 0], sub[..., 1]), dtype=np.float32)
-        values = cv2.resize(f, size, interpolation=cv2.INTER_LINEAR)[jy0:jy0 + rs1 - rs0, jx0:jx0 + cs1 - cs0]
-        values = values.reshape(values.shape[:2] + f.shape[2:])
+        f = np.asarray(field(sub[..., 0], sub[..., 1]), dtype=np.float32)
+        values = NodeField(f.reshape(f.shape[:2] + (-1,)), la, ka, step)
     return FrameMap(slice(rs0, rs1), slice(cs0, cs1), mapx, mapy, valid, step, sink.exact_px, values)
 
 
@@ -365,32 +401,61 @@ def read_image(path) -> np.ndarray:
     return read_pixels(path)[0]
 
 
+#: Bytes of decoded frames a process keeps for the tiles (and the frames pass, when all fit).
+CACHE_BYTES = 384 << 20
+
+
 class ImageCache:
     """Per-process LRU of decoded frames as (pixels, alpha or None), bounded in bytes (threads of
-    one worker share it)."""
+    one worker share it). A frame asked for by several threads at once is decoded once: the first
+    decodes, the others wait for its pixels. Cached arrays are read-only (every reader shares them).
+    ``decodes`` counts the frames decoded here."""
 
-    def __init__(self, max_bytes=384 << 20):
+    def __init__(self, max_bytes=CACHE_BYTES):
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple] = OrderedDict()
+        self._loading: dict[str, threading.Event] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self.decodes = 0
 
     def get(self, path) -> tuple:
         key = str(path)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        item = read_pixels(key)
-        size = item[0].nbytes + (0 if item[1] is None else item[1].nbytes)
-        with self._lock:
-            if key not in self._items:
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                busy = self._loading.get(key)
+                if busy is None:
+                    busy = self._loading[key] = threading.Event()
+                    break
+            busy.wait()  # then take its pixels (or, if that decode failed, try once more here)
+        try:
+            item = read_pixels(key)
+            for a in item:
+                if a is not None:
+                    a.setflags(write=False)
+            with self._lock:
+                self.decodes += 1
                 self._items[key] = item
-                self._bytes += size
+                self._bytes += _nbytes(item)
                 while self._bytes > self.max_bytes and len(self._items) > 1:
                     _, old = self._items.popitem(last=False)
-                    self._bytes -= old[0].nbytes + (0 if old[1] is None else old[1].nbytes)
-            return self._items[key]
+                    self._bytes -= _nbytes(old)
+            return item
+        finally:
+            with self._lock:
+                del self._loading[key]
+            busy.set()
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether frames of ``nbytes`` decoded bytes in all would stay in the cache together."""
+        return nbytes <= self.max_bytes
+
+
+def _nbytes(item) -> int:
+    return sum(a.nbytes for a in item if a is not None)
 
 
 CACHE = ImageCache()
