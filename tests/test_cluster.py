@@ -171,6 +171,26 @@ def test_a_local_stitch_imports_neither_distributed_nor_scipy_optimize(tmp_path)
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize("preset", [None, "2"])
+def test_importing_mosaic_keeps_openblas_to_one_thread_unless_the_user_chose(preset):
+    """The executor's threads already fill the cores; OpenBLAS threads on top only oversubscribe.
+    ``import mosaic`` sets OPENBLAS_NUM_THREADS before numpy loads OpenBLAS (a user's value wins)."""
+    code = ("import ctypes, os, mosaic, numpy; "
+            "libs = {l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower()}; "
+            "get = [getattr(ctypes.CDLL(p), n) for p in libs for n in ('scipy_openblas_get_num_threads64_', "
+            "'openblas_get_num_threads') if hasattr(ctypes.CDLL(p), n)]; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], sorted({f() for f in get}))")
+    env = _env()
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    if preset:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    want = preset or "1"
+    threads = min(int(want), os.cpu_count() or 1)
+    assert r.stdout.split() == [want, f"[{threads}]"]
+
+
 def _fail(x):
     raise ValueError(f"bad {x}")
 
