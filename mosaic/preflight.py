@@ -153,7 +153,7 @@ def check_pixels(metas, config=None) -> int:
         if options is None:
             return pixels.decode(rec, PROOF_SCALE, cache=None)
         _, scale, _ = scales(rec, options)
-        keep = kept_for_stages(rec)
+        keep = kept_for_stages(rec, scale)
         return pixels.decode(rec, scale, grey=keep, cache=pixels.CACHE if keep else None)
 
     before = len(pixels.CACHE)
@@ -170,14 +170,17 @@ def check_pixels(metas, config=None) -> int:
     return len(pixels.CACHE) - before
 
 
-def kept_for_stages(record) -> bool:
-    """Whether a stage of this process reads the frame's checked pixels from mosaic.pixels.CACHE:
-    today the features stage's JPEG photos (decoded grey at a DCT reduction, the same bytes). The
-    others are decoded, proven whole and dropped, until their readers take them too (keeping
-    pixels nobody reads would only raise the run's peak memory)."""
+def kept_for_stages(record, scale: float) -> bool:
+    """Whether a stage of this process reads the frame's checked pixels (decoded at ``scale``)
+    from mosaic.pixels.CACHE: today the features stage's JPEG photos decoded grey at a DCT
+    reduction (the same bytes). The others are decoded, proven whole and dropped, until their
+    readers take them too: keeping pixels nobody reads would only raise the run's peak memory
+    (budapest's photos, which no reduction fits, held 5.5 MiB of unread full-size decodes through
+    the features stage)."""
+    from .pixels import jpeg_reduction
     from .stages.features import reads_reduced_jpeg
 
-    return reads_reduced_jpeg(record)
+    return reads_reduced_jpeg(record) and jpeg_reduction(int(record["width"]), int(record["height"]), scale) > 1
 
 
 def check(inputs, out, config=None) -> Checked:
