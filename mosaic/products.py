@@ -124,18 +124,11 @@ def write_products(out, workspace=None, viewer: bool = True, quality: bool = Tru
         "pto": (pto and (out / "panorama.tif").exists(), lambda: write_pto(out, workspace)),
     }
     done, failed = {}, {}
-    makers = {name: make for name, (wanted, make) in jobs.items() if wanted}
-    # At once, on threads: each reads its own inputs and writes its own file, and they spend
-    # their time in PIL, OpenCV, numpy and GDAL (budapest: 0.37 CPU-s one after another).
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .cluster import usable_cpus
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(makers), usable_cpus())), thread_name_prefix="products") as pool:
-        futures = {name: pool.submit(make) for name, make in makers.items()}
-    for name, future in futures.items():
+    for name, (wanted, make) in jobs.items():
+        if not wanted:
+            continue
         try:
-            done[name] = str(future.result())
+            done[name] = str(make())
         except Exception as e:  # noqa: BLE001 -- a missing extra must not cost the user the panorama
             from .atomic import disk_full
 
