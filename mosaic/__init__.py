@@ -21,16 +21,8 @@ Runnable examples: docs/user-guide.md (tested by tests/test_api.py).
 from __future__ import annotations
 
 import importlib
-import os
 import types
 from pathlib import Path
-
-# The stages run their tasks on one executor thread per usable core (mosaic.cluster); OpenBLAS's
-# own threads on top of those only oversubscribe the cores and spin while they wait: a budapest
-# stitch on 2 cores took 4.0 s and 3.45 CPU-s with them, 3.7 s and 3.2 CPU-s without (matches
-# 0.66 -> 0.46 s, render 1.1 -> 0.9 s). OpenBLAS reads this once, when numpy (or scipy, or cv2)
-# first loads it: set here, before anything of ours imports numpy. A value the user set wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __all__ = ["stitch", "terrain", "synth", "info", "evaluate"]
 
