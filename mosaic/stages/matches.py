@@ -224,6 +224,18 @@ def _epipolar_rotations(da, db, baseline, idx_sets):
 
 #: RANSAC hypotheses scored at once.
 _CHUNK = 32
+#: RANSAC stops scoring once an all-inlier sample has been drawn with this confidence (as the
+#: photos' cv2.findHomography calls do).
+RANSAC_CONFIDENCE = 0.999
+
+
+def _enough(inlier_share: float, sample: int, tried: int) -> bool:
+    """Whether ``tried`` hypotheses from ``sample`` matches each include an all-inlier one with
+    RANSAC_CONFIDENCE, were ``inlier_share`` of the matches inliers (the best count so far)."""
+    p = inlier_share ** sample
+    if p >= 1.0:
+        return True
+    return p > 0.0 and tried >= np.log(1.0 - RANSAC_CONFIDENCE) / np.log1p(-p)
 
 
 def verify_rotation(da, db, baseline, max_parallax, tol, max_angle, iterations, rng):
@@ -246,12 +258,16 @@ def verify_rotation(da, db, baseline, max_parallax, tol, max_angle, iterations, 
         return np.zeros(n, bool), np.eye(3)
     best, most = 0, -1
     # Scored in chunks of hypotheses: the (chunk, n, 3) temporaries stay in cache (500 at once
-    # streamed ~8 MB arrays through memory, 2x slower); the first best wins, as argmax.
+    # streamed ~8 MB arrays through memory, 2x slower); the first best wins, as argmax. Where
+    # most matches are inliers (navcam_360: 94 %), the first chunk already holds all-inlier
+    # samples by the thousand to one, and the rest only cost time (0.26 of 1.2 CPU-s).
     for c0 in range(0, len(rots), _CHUNK):
         counts = rotation_residuals(rots[c0:c0 + _CHUNK], da, db, baseline, max_parallax, tol).sum(axis=1)
-        k = int(np.argmax(counts))
-        if counts[k] > most:
-            best, most = c0 + k, int(counts[k])
+        j = int(np.argmax(counts))
+        if counts[j] > most:
+            best, most = c0 + j, int(counts[j])
+        if _enough(most / n, k, c0 + len(counts)):
+            break
     rot = rots[best]
     mask = rotation_residuals(rot, da, db, baseline, max_parallax, tol)
     for _ in range(2):
