@@ -298,6 +298,34 @@ def test_rotation_ransac_with_parallax_and_outliers():
     assert np.degrees(np.linalg.norm(matrix_to_rotvec(est @ rot.T))) < 0.05
 
 
+def test_rotation_ransac_stops_once_confident(monkeypatch):
+    """With 90 % inliers the first chunk of hypotheses holds an all-inlier sample at far more than
+    0.999 confidence: the other chunks are not scored. With 30 % it takes them all."""
+    from mosaic.stages import matches
+
+    assert matches._enough(0.9, 3, 32) and not matches._enough(0.3, 3, 32) and matches._enough(1.0, 3, 1)
+    rng = np.random.default_rng(2)
+    n = 200
+    d = azel_to_vector(rng.uniform(-20, 20, n), rng.uniform(-20, 20, n))
+    rot = rotvec_to_matrix(np.radians([0.2, 0.4, -0.3]))
+    scored = []
+    real = matches.rotation_residuals
+    monkeypatch.setattr(matches, "rotation_residuals",
+                        lambda r, *a: scored.append(np.ndim(r) == 3) or real(r, *a))
+    for share in (0.9, 0.3):
+        db = d @ rot.T
+        outl = rng.choice(n, int(n * (1 - share)), replace=False)
+        db[outl] = azel_to_vector(rng.uniform(-20, 20, len(outl)), rng.uniform(-20, 20, len(outl)))
+        chunks = []
+        for enough in (matches._enough, lambda *a: False):  # the second: every chunk is scored
+            monkeypatch.setattr(matches, "_enough", enough)
+            scored.clear()
+            mask, est = verify_rotation(d, db, np.zeros(3), 0.0, 1e-3, np.radians(5), 500, np.random.default_rng(3))
+            assert mask[np.setdiff1d(np.arange(n), outl)].all() and not mask[outl].any()
+            chunks.append(sum(scored))
+        assert chunks[1] > 1 and chunks[0] == (1 if share == 0.9 else chunks[1]), chunks
+
+
 def test_ratio_match_guided_and_unguided():
     rng = np.random.default_rng(0)
     da = rng.normal(size=(200, 128)).astype(np.float32)
