@@ -1,7 +1,8 @@
 """Pixels on disk: raw arrays a label describes (PDS3/VICAR, PDS4) and ordinary image files.
 
-``read_image(meta)`` is the one way the rest of the code gets a frame's pixels, as a numpy array
-of shape (lines, samples) or (lines, samples, bands), RGB order, in the file's own dtype (16-bit
+``frame_pixels(meta)`` (behind ``calib.labels.read_image``) is the one way the rest of the code
+gets a frame's pixels, as a numpy array of shape (lines, samples) or (lines, samples, bands), RGB
+order, in the file's own dtype (16-bit
 stays 16-bit). Zero-byte, truncated or undecodable files, and pixels whose size disagrees with
 the label's, raise InputError naming the file.
 """
@@ -118,19 +119,15 @@ def _bit_depth(im) -> int:
     return {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}.get(im.mode, 8)
 
 
-def read_image(meta) -> np.ndarray:
+def frame_pixels(meta: FrameMeta) -> np.ndarray:
     """Pixels of a frame: (lines, samples) or (lines, samples, bands), RGB, the file's dtype.
 
-    ``meta`` is a FrameMeta (its ``image`` and, for raw products, ``extra["raw_layout"]``) or a
-    path. The array's size must match the frame's width and height.
+    ``meta``: a FrameMeta (its ``image`` and, for raw products, ``extra["raw_layout"]``); the
+    array's size must match the frame's width and height. ``calib.labels.read_image`` also takes
+    a path (it finds the frame's label first).
     """
-    if isinstance(meta, FrameMeta):
-        path, width, height = meta.image, meta.width, meta.height
-        layout = meta.extra.get("raw_layout")
-    else:
-        from .discover import read_frame  # discover imports this module: resolve on use
-
-        return read_image(read_frame(meta))
+    path, width, height = meta.image, meta.width, meta.height
+    layout = meta.extra.get("raw_layout")
     if path is None:
         raise InputError(meta.source, "no image file beside this label", field="image")
     if layout is not None:
