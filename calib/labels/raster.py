@@ -52,6 +52,13 @@ class RawLayout:
         return self.lines * self.bands * (self.prefix + self.samples * item + self.suffix)
 
 
+def raw_frame(layout: RawLayout, **meta) -> FrameMeta:
+    """The FrameMeta of a frame whose pixels a label lays out (PDS3/VICAR, PDS4): its size, bands
+    and bit depth come from ``layout``, the rest from ``meta`` (FrameMeta's fields)."""
+    return FrameMeta(width=layout.samples, height=layout.lines, bands=layout.bands,
+                     bit_depth=8 * np.dtype(layout.dtype).itemsize, **meta)
+
+
 def read_raw(layout: RawLayout) -> np.ndarray:
     """The array a RawLayout describes: (lines, samples) or (lines, samples, bands), native order."""
     path = layout.file
