@@ -24,6 +24,16 @@ import importlib
 import types
 from pathlib import Path
 
+from calib.errors import InputError
+from calib.labels import discover
+
+from . import evaluate as evaluate_command
+from . import stitch as stitch_command
+from .config import StitchConfig
+from .info import describe
+from .synth import writer
+from .terrain import pipeline as terrain_pipeline
+
 __all__ = ["stitch", "terrain", "synth", "info", "evaluate"]
 
 
@@ -43,12 +53,9 @@ def _stitch(inputs, out, config=None, **options) -> dict:
     "preview", "products": {"viewer", "quality", "pto"}, "stats": {"rms_px", "frames_used",
     ...}}`` (paths as strings; no panorama keys with ``render=False``).
     """
-    from .config import StitchConfig
-    from .stitch import stitch as run
-
     if isinstance(config, (str, Path)):
         config, options = StitchConfig.from_toml(config, **options), {}
-    return run(_paths(inputs), out, config, **options)
+    return stitch_command.stitch(_paths(inputs), out, config, **options)
 
 
 def _terrain(inputs, out, **options) -> dict:
@@ -59,9 +66,7 @@ def _terrain(inputs, out, **options) -> dict:
     the command's flags. Returns the run report (``report.json``) with ``"paths"``: the products
     written (dem, ortho, report, item, index, tiles, hillshade).
     """
-    from .terrain.pipeline import terrain as run
-
-    report = run(_paths(inputs), out, **options)
+    report = terrain_pipeline.terrain(_paths(inputs), out, **options)
     names = {"dem": "dem.tif", "ortho": "ortho.tif", "report": "report.json", "item": "item.json",
              "index": "index.html", "tiles": "tiles", "hillshade": "hillshade"}
     report["paths"] = {k: str(Path(out) / v) for k, v in names.items() if (Path(out) / v).exists()}
@@ -72,10 +77,6 @@ def _synth(out, scene: str, seed: int = 0, scale: int | None = None, zoom: float
            tiles: bool = False, jobs: int | None = None) -> dict:
     """``mosaic synth``: a synthetic scene with ground truth in ``out``; returns ``{"out",
     "frames" (count), "scene" (the parameters in scene.json), "seconds"}``."""
-    from calib.errors import InputError
-
-    from .synth import writer
-
     if scale is not None and not 1 <= scale <= 64:
         raise InputError(None, f"scale must be 1-64, got {scale}", field="scale")
     params, timing = writer.synthesise(out, scene, seed=seed, scale=scale, zoom_mm=zoom, tiles=tiles, jobs=jobs)
@@ -85,11 +86,6 @@ def _synth(out, scene: str, seed: int = 0, scale: int | None = None, zoom: float
 def _info(paths, radius: float = 50.0, recursive: bool = True) -> dict:
     """``mosaic info --json``: the frames (instrument, size, model, field of view, pointing) and
     their predicted overlaps, as one dict (docs/formats.md)."""
-    from calib.errors import InputError
-    from calib.labels import discover
-
-    from .info import describe
-
     paths = _paths(paths)
     metas = discover(paths, recursive=recursive)
     if not metas:
@@ -100,9 +96,7 @@ def _info(paths, radius: float = 50.0, recursive: bool = True) -> dict:
 def _evaluate(out, truth=None, dem=None) -> dict:
     """``mosaic eval``: a solution (and DEM) against a synthetic scene's truth, and the seamlessness
     of its panorama."""
-    from .evaluate import evaluate as run
-
-    return run(out, truth, dem=dem)
+    return evaluate_command.evaluate(out, truth, dem=dem)
 
 
 class _Command(types.ModuleType):
