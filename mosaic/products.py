@@ -57,14 +57,20 @@ def solution_path(out, workspace=None) -> Path:
 
 
 def write_pto(out, workspace=None, width: int | None = None, height: int | None = None, *, solution=None,
-              ties=None) -> Path:
+              ties=None, render: dict | None = None) -> Path:
     """``OUT/panorama.pto`` from the solution (a dict as rendered, else :func:`solution_path`); the
-    panorama size defaults to ``OUT/panorama.tif``'s (an equirect full sphere, as Hugin's ``p f2
-    v360``). ``ties``: the registration's tie points over the solution's used frames (all of them;
+    panorama size is the render's (``render``: what ``render_panorama`` returned), else
+    ``OUT/panorama.tif``'s (an equirect full sphere, as Hugin's ``p f2 v360``, or a window of it).
+    ``ties``: the registration's tie points over the solution's used frames (all of them;
     default: read from the workspace)."""
     out = Path(out)
     window = None
-    if width is None:
+    if width is None and render and render.get("projection") == "equirect":
+        width, height = render["width"], render["height"]
+        if render.get("window"):  # a cropped panorama: a window of the full-sphere grid
+            x0, y0, full_width, full_height = render["window"]
+            window, width, height = (x0, y0, width, height), full_width, full_height
+    elif width is None:
         import rasterio
 
         with rasterio.open(out / "panorama.tif") as ds:
@@ -84,12 +90,13 @@ def write_pto(out, workspace=None, width: int | None = None, height: int | None 
 
 
 def write_products(out, workspace=None, viewer: bool = True, quality: bool = True, pto: bool = True, *,
-                   solution=None, ties=None) -> dict:
+                   solution=None, ties=None, render: dict | None = None) -> dict:
     """Write the products beside ``OUT/panorama.tif``; returns {name: path} of those written and
     {"failed": {name: message}} for any that could not be. ``solution``: the solution as adjusted
     (a dict; default: read from :func:`solution_path`); the quality picture and the Hugin project
     show the frames the render used (:func:`mosaic.solution.render_input`). ``ties``: the
-    registration's tie points over those frames (default: read from the workspace)."""
+    registration's tie points over those frames (default: read from the workspace); ``render``: what
+    the render returned (the panorama's size and window; default: read from ``panorama.tif``)."""
     out = Path(out)
     workspace = workspace if workspace is not None else out / "work"
 
@@ -108,7 +115,7 @@ def write_products(out, workspace=None, viewer: bool = True, quality: bool = Tru
         "quality": (quality, lambda: quality_picture.write_quality(rendered(), out / "quality.png",
                                                                      ties=[])["path"]),
         "pto": (pto and (out / "panorama.tif").exists(),
-                lambda: write_pto(out, workspace, solution=rendered(), ties=ties)),
+                lambda: write_pto(out, workspace, solution=rendered(), ties=ties, render=render)),
     }
     done, failed = {}, {}
     for name, (wanted, make) in jobs.items():

@@ -143,7 +143,8 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
             if rendered is not None:
                 stages["render"] = rendered.pop("stage")
                 result.update(rendered)
-                made = write_products(products.dir, ws, solution=solution, ties=ties)
+                made = write_products(products.dir, ws, solution=solution, ties=ties,
+                                      render=stages["render"]["counts"])
                 result["products"] = {k: (str(out / Path(v).name) if isinstance(v, str) else v)
                                       for k, v in made.items()}
         elif same:
