@@ -110,10 +110,8 @@ def write_products(out, workspace=None, viewer: bool = True, quality: bool = Tru
     jobs = {
         "viewer": (viewer and (out / "preview.jpg").exists(),
                    lambda: write_viewer(out, meta=solution_io.summary(adjusted()))),
-        # No overlap agreement in the picture (ties=[]): it decodes every frame at full resolution
-        # again, which the run has not paid for so far; `mosaic eval OUT` measures it.
         "quality": (quality, lambda: quality_picture.write_quality(rendered(), out / "quality.png",
-                                                                     ties=[])["path"]),
+                                                                     workspace=workspace, ties=ties)["path"]),
         "pto": (pto and (out / "panorama.tif").exists(),
                 lambda: write_pto(out, workspace, solution=rendered(), ties=ties, render=render)),
     }
