@@ -34,7 +34,7 @@ from . import geo, seamless
 from . import solution as solution_io
 from .atomic import write_json
 from .quality import ownership
-from .render.photometry import tone_from_dict
+from .render.panorama import read_record
 
 #: Distance bands (metres from the rover) for the DEM figures.
 DEM_BANDS = (0.0, 5.0, 10.0, 20.0, math.inf)
@@ -280,7 +280,7 @@ def photometry_errors(record_path, truth_dir) -> dict | None:
     # Scenes written before the troubles were options carry the defaults (sqrt companding, 0.3).
     phot = scene.get("photometry") or {"vignetting": 0.3, "response_gamma": 0.5}
     gamma, v = float(phot.get("response_gamma", 0.5)), float(phot.get("vignetting", 0.3))
-    tones = {fid: tone_from_dict(t) for fid, t in json.loads(record_path.read_text())["frames"].items()}
+    tones = read_record(record_path, ())[0]
     truth = {f["id"]: f for f in scene.get("frames", [])}
     tframes = load_solution(Path(truth_dir) / "solution.json")
     ids = [fid for fid in tones if fid in truth and fid in tframes]
