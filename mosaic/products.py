@@ -1,8 +1,8 @@
 """Everything written beside a rendered panorama: the viewer page, the quality picture and a Hugin
 project.
 
-``write_products(out, workspace, solution=..., ties=...)`` runs after ``render_panorama`` has written ``OUT/panorama.tif``
-and ``OUT/preview.jpg`` and adds:
+``write_products(out, workspace, solution=..., ties=..., render=...)`` runs after
+``render_panorama`` has written ``OUT/panorama.tif`` and ``OUT/preview.jpg`` and adds:
 
 - ``OUT/index.html`` — the 360-degree viewer (:func:`mosaic.viewer.write_viewer`) over the
   preview, with the frame count and RMS in its corner; opens from disk.
@@ -11,8 +11,8 @@ and ``OUT/preview.jpg`` and adds:
 - ``OUT/panorama.pto`` — a Hugin project of the solved panorama (:mod:`mosaic.hugin`): every used
   frame with a lens fitted to its adjusted model, the panorama's size and projection, and control
   points from the registration's verified matches (the tie points the render was given, or
-  :func:`mosaic.registration.tie_points` from the workspace), so ``nona OUT/panorama.pto`` re-renders our geometry and Hugin can
-  open, inspect and re-optimise it.
+  :func:`mosaic.registration.tie_points` from the workspace), so ``nona OUT/panorama.pto``
+  re-renders our geometry and Hugin can open, inspect and re-optimise it.
 
 Each product is independent: one that fails is logged and skipped (the panorama is still good),
 and the result says which were written.

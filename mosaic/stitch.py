@@ -136,7 +136,7 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
         rendered_from = render_input(solution, warn=config.render)
         if config.render and any(f["used"] for f in rendered_from["frames"]):
             # The registration's tie points over the frames rendered: the photometric fit's best
-            # samples (a share held out), the agreement measure's and the Hugin project's.
+            # samples (a share held out) and the Hugin project's control points.
             ties = tie_points(ws, [f["id"] for f in rendered_from["frames"] if f.get("used", True)])
             rendered = _render(out, ws, config, client, products, rendered_from, ties)
             trim_freed()  # the render's freed decodes and pyramids: boat's products peaked 507 -> 413 MiB
