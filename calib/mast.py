@@ -30,7 +30,7 @@ Example:
 >>> rot, t = mast_pose(0.0, 30.0)
 >>> round(float(-(rot @ [1.0, 0.0, 0.0])[2]), 3)   # raised 30 degrees (z is down)
 0.5
->>> [round(v, 9) for v in mast_angles_of_axis(rot @ [1.0, 0.0, 0.0])]
+>>> [round(v, 9) + 0.0 for v in mast_angles_of_axis(rot @ [1.0, 0.0, 0.0])]  # + 0.0: -0.0 prints as 0.0
 [0.0, 30.0]
 """
 

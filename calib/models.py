@@ -50,6 +50,22 @@ def _unit(name, value, owner=None) -> np.ndarray:
     return v / n
 
 
+def _newton(x, step):
+    """Newton's iteration, element by element: ``x -= step(x)`` until the step is below _CONV
+    (at most _MAXITER times); an element that turns non-finite stops. (x, converged mask)."""
+    active = np.isfinite(x)
+    ok = np.zeros(x.shape, dtype=bool)
+    for _ in range(_MAXITER):
+        dx = np.where(active, step(x), 0.0)
+        x = x - dx
+        done = active & (np.abs(dx) < _CONV)
+        ok |= done
+        active &= ~done & np.isfinite(x)
+        if not active.any():
+            break
+    return x, ok
+
+
 def _dot(a, b):
     return np.einsum("...i,...i->...", a, b)
 
@@ -386,10 +402,8 @@ class CAHVORE(CAHVOR):
     def _theta(self, zeta, lam):
         """Solve f(theta) = zeta sin - lam cos - (theta - sin)(e0 + e1 t^2 + e2 t^4) = 0 (Newton)."""
         e0, e1, e2 = self.E
-        theta = np.arctan2(lam, zeta)
-        active = np.isfinite(theta)
-        ok = np.zeros(theta.shape, dtype=bool)
-        for _ in range(_MAXITER):
+
+        def step(theta):
             c, s = np.cos(theta), np.sin(theta)
             t2 = theta * theta
             poly = e0 + e1 * t2 + e2 * t2 * t2
@@ -397,13 +411,9 @@ class CAHVORE(CAHVOR):
             upsilon = zeta * c + lam * s - (1 - c) * poly - (theta - s) * dpoly
             f = zeta * s - lam * c - (theta - s) * poly
             with np.errstate(divide="ignore", invalid="ignore"):
-                dth = np.where(active, f / upsilon, 0.0)
-            theta = theta - dth
-            done = active & (np.abs(dth) < _CONV)
-            ok |= done
-            active &= ~done & np.isfinite(theta)
-            if not active.any():
-                break
+                return f / upsilon
+
+        theta, ok = _newton(np.arctan2(lam, zeta), step)
         c, s = np.cos(theta), np.sin(theta)
         t2 = theta * theta
         upsilon = zeta * c + lam * s - (1 - c) * (e0 + e1 * t2 + e2 * t2 * t2) - (theta - s) * (
@@ -471,20 +481,14 @@ class CAHVORE(CAHVOR):
         with np.errstate(divide="ignore", invalid="ignore"):
             chip = lam / zp
         r0, r1, r2 = self.R
-        chi = chip.copy()
-        active = np.isfinite(chi)
-        ok = np.zeros(chi.shape, dtype=bool)
-        for _ in range(_MAXITER):
+
+        def step(chi):
             c2 = chi * chi
             deriv = (1 + r0) + 3 * r1 * c2 + 5 * r2 * c2 * c2
             with np.errstate(divide="ignore", invalid="ignore"):
-                dchi = np.where(active, ((1 + r0) * chi + r1 * c2 * chi + r2 * c2 * c2 * chi - chip) / deriv, 0.0)
-            chi = chi - dchi
-            done = active & (np.abs(dchi) < _CONV)
-            ok |= done
-            active &= ~done & np.isfinite(chi)
-            if not active.any():
-                break
+                return ((1 + r0) * chi + r1 * c2 * chi + r2 * c2 * c2 * chi - chip) / deriv
+
+        chi, ok = _newton(chip.copy(), step)
         lin = self.linearity
         with np.errstate(invalid="ignore"):
             if lin < -1e-15:

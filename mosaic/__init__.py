@@ -24,6 +24,17 @@ import importlib
 import types
 from pathlib import Path
 
+# Bound under private names: the package's public names are the five commands (__all__).
+from calib.errors import InputError as _InputError
+from calib.labels import discover as _discover
+
+from . import evaluate as _evaluate_command
+from . import stitch as _stitch_command
+from .config import StitchConfig as _StitchConfig
+from .info import describe as _describe
+from .synth import writer as _synth_writer
+from .terrain import pipeline as _terrain_pipeline
+
 __all__ = ["stitch", "terrain", "synth", "info", "evaluate"]
 
 
@@ -43,12 +54,9 @@ def _stitch(inputs, out, config=None, **options) -> dict:
     "preview", "products": {"viewer", "quality", "pto"}, "stats": {"rms_px", "frames_used",
     ...}}`` (paths as strings; no panorama keys with ``render=False``).
     """
-    from .config import StitchConfig
-    from .stitch import stitch as run
-
     if isinstance(config, (str, Path)):
-        config, options = StitchConfig.from_toml(config, **options), {}
-    return run(_paths(inputs), out, config, **options)
+        config, options = _StitchConfig.from_toml(config, **options), {}
+    return _stitch_command.stitch(_paths(inputs), out, config, **options)
 
 
 def _terrain(inputs, out, **options) -> dict:
@@ -59,9 +67,7 @@ def _terrain(inputs, out, **options) -> dict:
     the command's flags. Returns the run report (``report.json``) with ``"paths"``: the products
     written (dem, ortho, report, item, index, tiles, hillshade).
     """
-    from .terrain.pipeline import terrain as run
-
-    report = run(_paths(inputs), out, **options)
+    report = _terrain_pipeline.terrain(_paths(inputs), out, **options)
     names = {"dem": "dem.tif", "ortho": "ortho.tif", "report": "report.json", "item": "item.json",
              "index": "index.html", "tiles": "tiles", "hillshade": "hillshade"}
     report["paths"] = {k: str(Path(out) / v) for k, v in names.items() if (Path(out) / v).exists()}
@@ -72,37 +78,26 @@ def _synth(out, scene: str, seed: int = 0, scale: int | None = None, zoom: float
            tiles: bool = False, jobs: int | None = None) -> dict:
     """``mosaic synth``: a synthetic scene with ground truth in ``out``; returns ``{"out",
     "frames" (count), "scene" (the parameters in scene.json), "seconds"}``."""
-    from calib.errors import InputError
-
-    from .synth import writer
-
     if scale is not None and not 1 <= scale <= 64:
-        raise InputError(None, f"scale must be 1-64, got {scale}", field="scale")
-    params, timing = writer.synthesise(out, scene, seed=seed, scale=scale, zoom_mm=zoom, tiles=tiles, jobs=jobs)
+        raise _InputError(None, f"scale must be 1-64, got {scale}", field="scale")
+    params, timing = _synth_writer.synthesise(out, scene, seed=seed, scale=scale, zoom_mm=zoom, tiles=tiles, jobs=jobs)
     return {"out": str(out), "frames": len(params["frames"]), "scene": params, "seconds": timing}
 
 
 def _info(paths, radius: float = 50.0, recursive: bool = True) -> dict:
     """``mosaic info --json``: the frames (instrument, size, model, field of view, pointing) and
     their predicted overlaps, as one dict (docs/formats.md)."""
-    from calib.errors import InputError
-    from calib.labels import discover
-
-    from .info import describe
-
     paths = _paths(paths)
-    metas = discover(paths, recursive=recursive)
+    metas = _discover(paths, recursive=recursive)
     if not metas:
-        raise InputError(" ".join(paths), "no frames found (images, .IMG, JSON records or PDS4 labels)")
-    return describe(metas, radius=radius)
+        raise _InputError(" ".join(paths), "no frames found (images, .IMG, JSON records or PDS4 labels)")
+    return _describe(metas, radius=radius)
 
 
 def _evaluate(out, truth=None, dem=None) -> dict:
     """``mosaic eval``: a solution (and DEM) against a synthetic scene's truth, and the seamlessness
     of its panorama."""
-    from .evaluate import evaluate as run
-
-    return run(out, truth, dem=dem)
+    return _evaluate_command.evaluate(out, truth, dem=dem)
 
 
 class _Command(types.ModuleType):

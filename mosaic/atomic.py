@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from calib.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -48,8 +50,6 @@ def atomic_path(path, suffix: str | None = None):
 def check_output_dir(path) -> Path:
     """Raise InputError naming ``path`` when the output folder cannot be made or written, without
     making it: a run must learn that before it spends time reading its inputs."""
-    from calib.errors import InputError
-
     path = Path(path)
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -63,8 +63,6 @@ def check_output_dir(path) -> Path:
 
 def output_dir(path) -> Path:
     """Create the output folder ``path`` (and its parents), or raise InputError naming it."""
-    from calib.errors import InputError
-
     path = check_output_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

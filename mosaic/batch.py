@@ -53,8 +53,11 @@ from pathlib import Path
 
 from calib.errors import InputError
 
-from . import atomic
-from .config import read_toml
+from . import atomic, cluster
+from .config import StitchConfig, read_toml
+from .lock import output_folder
+from .stitch import stitch
+from .terrain.pipeline import TerrainSettings, terrain
 
 log = logging.getLogger("mosaic")
 
@@ -75,16 +78,12 @@ class Job:
 
 
 def _terrain_option_names() -> set:
-    from .terrain.pipeline import TerrainSettings, terrain
-
     params = set(inspect.signature(terrain).parameters) - {"options"}
     return (params | set(TerrainSettings.__dataclass_fields__)) - _TERRAIN_RESERVED
 
 
 def _check_options(job: Job, source) -> None:
     """Reject unknown or invalid options before anything runs (a typo must not cost a night)."""
-    from .config import StitchConfig
-
     where = f"job {job.name!r}"
     if job.command == "stitch":
         opts = dict(job.options)
@@ -180,17 +179,11 @@ def run_job(job: Job, client) -> dict:
         opts = dict(job.options)
         force = bool(opts.pop("force", False))
         if job.command == "stitch":
-            from .config import StitchConfig
-            from .stitch import stitch
-
             res = stitch(job.inputs, job.out, StitchConfig.from_mapping(opts), client=client, force=force)
             s = res["stats"]
             row["result"] = {"frames": s.get("frames"), "frames_used": s.get("frames_used"),
                              "rms_px": s.get("rms_px"), "panorama": res.get("panorama")}
         else:
-            from .lock import output_folder
-            from .terrain.pipeline import terrain
-
             with output_folder(job.out, force=force, command="terrain"):  # stitch() locks its own
                 rep = terrain(job.inputs, job.out, client=client, force=force, **opts)
             row["result"] = {"pairs": rep["stages"]["pairs"]["pairs"], "points": rep["stages"]["points"]["points"],
@@ -210,13 +203,11 @@ def run_batch(jobs: list[Job], out_root, client=None, scheduler=None, workers=No
     """Run ``jobs`` one after another on one client; writes and returns the summary."""
     import contextlib
 
-    from .cluster import client as dask_client
-
     out_root = atomic.output_dir(out_root)
     t0 = time.perf_counter()
     rows = []
     cm = (contextlib.nullcontext(client) if client is not None else
-          dask_client(scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit))
+          cluster.client(scheduler, workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit))
     with cm as c:
         for k, job in enumerate(jobs, 1):
             log.info("batch: job %d/%d %s (%s) -> %s", k, len(jobs), job.name, job.command, job.out)
@@ -251,10 +242,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hfov", type=float, help="stitch jobs: horizontal field of view (deg) of plain photos")
     p.add_argument("--force", action="store_true",
                    help="recompute every job from scratch, and take over job folders locked by another host")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="use this dask scheduler (default: an embedded local cluster)")
-    p.add_argument("--workers", type=int, help="workers of the embedded cluster")
-    p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
-    p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB"')
+    cluster.add_arguments(p)
 
 
 def run(args) -> int:

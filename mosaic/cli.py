@@ -26,7 +26,9 @@ from pathlib import Path
 
 from calib.errors import InputError
 
-from . import progress
+from . import plan, progress
+from .atomic import OutputError
+from .config import StitchConfig, read_toml
 
 #: sub-command -> module holding ``add_arguments(parser)``, ``run(args)`` and a docstring whose
 #: first line is the summary and whose rest (with an example) is the help text.
@@ -119,8 +121,6 @@ def _scan(argv, names):
 def load_table(path, command: str) -> dict:
     """The ``[command]`` table of a TOML file, else its top-level keys that are not tables of
     other commands."""
-    from .config import read_toml
-
     path = Path(path)
     data = read_toml(path)
     if isinstance(data.get(command), dict):
@@ -194,8 +194,6 @@ def to_toml(command: str, values: dict) -> str:
 def stitch_config(args):
     """The StitchConfig that ``mosaic stitch`` would run with (file, then flags), as stitch.run
     builds it."""
-    from .config import StitchConfig
-
     flags = {f: getattr(args, f) for f in StitchConfig.__dataclass_fields__ if hasattr(args, f)}
     flags["render"] = False if getattr(args, "no_render", False) else None
     if getattr(args, "config", None):
@@ -220,8 +218,6 @@ def print_config(args, sp) -> None:
 
 
 def dry_run(args) -> None:
-    from . import plan
-
     if args.command == "stitch":
         p = plan.stitch_plan(args.inputs, stitch_config(args), out=args.out)
     else:
@@ -291,8 +287,6 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from .atomic import OutputError
-
     try:
         if args.print_config:
             print_config(args, subs[args.command])

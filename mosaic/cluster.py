@@ -30,6 +30,8 @@ import os
 import queue
 import threading
 
+from .memory import tree_rss
+
 log = logging.getLogger("mosaic")
 
 
@@ -41,6 +43,15 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def add_arguments(p) -> None:
+    """The options of the cluster a command runs on (``mosaic stitch``, ``terrain``, ``batch``):
+    ``client(args.scheduler, workers=args.workers, ...)``."""
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use this dask scheduler (default: an embedded local cluster)")
+    p.add_argument("--workers", type=int, help="workers of the embedded cluster")
+    p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
+    p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
 
 
 #: OpenBLAS's thread-count calls, by the names each build exports: numpy's wheels (64-bit
@@ -225,8 +236,6 @@ class LocalExecutor:
     def _over_limit(self) -> bool:
         if self.memory_limit is None:
             return False
-        from .memory import tree_rss
-
         return tree_rss() > self.workers * self.memory_limit
 
     def _work(self) -> None:

@@ -185,3 +185,12 @@ class StitchConfig:
     def key_of(self, *names) -> dict:
         """The named fields, for a stage's skip key."""
         return {n: getattr(self, n) for n in names}
+
+
+def render_options(config: StitchConfig, photos: bool = False) -> dict:
+    """The renderer's keyword arguments that come from the stitch options. A panorama of plain
+    photos is cropped to the window it covers by default (photos cover a small part of the sphere,
+    and a full-sphere canvas would be mostly empty); rover pans keep the full sphere."""
+    crop = config.crop if config.crop is not None else photos
+    return {"projection": config.projection, "resolution": config.resolution,
+            "max_pixels": config.max_megapixels * 1e6, "crop": bool(crop)}

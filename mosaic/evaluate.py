@@ -25,11 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from calib.errors import InputError
+from calib.instruments import instrument
 from calib.meta import LOCAL_LEVEL
 from calib.models import model_from_dict
 from calib.rotation import matrix_to_rotvec
 
+from . import geo, seamless
+from . import solution as solution_io
 from .atomic import write_json
+from .quality import ownership
+from .render.panorama import read_record
 
 #: Distance bands (metres from the rover) for the DEM figures.
 DEM_BANDS = (0.0, 5.0, 10.0, 20.0, math.inf)
@@ -63,12 +68,7 @@ def _truth_dir(path: Path) -> Path:
 def load_solution(path) -> dict:
     """id -> frame dict of a solution.json (contract schema), models in LOCAL_LEVEL."""
     path = Path(path)
-    try:
-        sol = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read solution: {e}") from None
-    if not isinstance(sol, dict) or not isinstance(sol.get("frames"), list):
-        raise InputError(path, "not a solution (no 'frames' list)", field="frames")
+    sol = solution_io.load(path)
     out = {}
     for i, f in enumerate(sol["frames"]):
         if not isinstance(f, dict) or "id" not in f:
@@ -175,8 +175,6 @@ def dem_errors(dem_path, truth_dem_path, rover_site_xy, origin, sigma_path=None)
     bilinearly at each valid cell's centre): by band of distance from the rover, the blunder share
     (cells more than ``BLUNDER_M`` off), coverage of the ``COVER_RADIUS_M`` disc, and, given a
     ``sigma_path`` (dem_sigma.tif), whether its sigma is honest in every band."""
-    from . import geo
-
     truth, t_transform, t_crs = _read_grid(truth_dem_path, "truth DEM")
     dem, transform, _ = _read_grid(dem_path, "DEM")
     rows, cols = np.mgrid[0:dem.shape[0], 0:dem.shape[1]]
@@ -231,8 +229,6 @@ def _horizontal_offset(dem_path, truth, transform, crs, rover_site_xy, origin) -
     from rasterio.warp import Resampling, reproject
     from scipy import ndimage
 
-    from . import geo
-
     with rasterio.open(dem_path) as src:
         solved = np.full(truth.shape, np.nan)
         reproject(rasterio.band(src, 1), solved, src_nodata=src.nodata, dst_transform=transform, dst_crs=crs,
@@ -276,10 +272,6 @@ def photometry_errors(record_path, truth_dir) -> dict | None:
     attenuation at the frame's centre against exposure x vignetting there, both over their
     geometric mean over the frames (the common scale); vignetting: each corner's attenuation
     over the centre's, against the truth's. None without both files."""
-    from calib.instruments import instrument
-
-    from .render.photometry import tone_from_dict
-
     scene_path = Path(truth_dir).parent / "scene.json"
     record_path = Path(record_path)
     if not scene_path.is_file() or not record_path.is_file():
@@ -288,7 +280,7 @@ def photometry_errors(record_path, truth_dir) -> dict | None:
     # Scenes written before the troubles were options carry the defaults (sqrt companding, 0.3).
     phot = scene.get("photometry") or {"vignetting": 0.3, "response_gamma": 0.5}
     gamma, v = float(phot.get("response_gamma", 0.5)), float(phot.get("vignetting", 0.3))
-    tones = {fid: tone_from_dict(t) for fid, t in json.loads(record_path.read_text())["frames"].items()}
+    tones = read_record(record_path, ())[0]
     truth = {f["id"]: f for f in scene.get("frames", [])}
     tframes = load_solution(Path(truth_dir) / "solution.json")
     ids = [fid for fid in tones if fid in truth and fid in tframes]
@@ -322,16 +314,13 @@ def photometry_errors(record_path, truth_dir) -> dict | None:
 def panorama_checks(out_dir) -> dict | None:
     """Seamlessness of the panorama in ``out_dir`` (:mod:`mosaic.seamless`) and the frames it
     uses; None when there is no panorama.tif."""
-    from . import seamless
-    from .quality import ownership
-
     out_dir = Path(out_dir)
     sol = out_dir / "solution.json"
     if not (out_dir / "panorama.tif").is_file() or not sol.is_file():
         return None
     edge = seamless.edge_visibility(out_dir / "panorama.tif", sol)
     agree = seamless.overlap_agreement(out_dir, sol)
-    frames = json.loads(sol.read_text())["frames"]
+    frames = solution_io.load(sol)["frames"]
     label, used = ownership(sol, out_dir=out_dir)
     shown = np.unique(label[label >= 0])
     return {"edge_visibility": {k: v for k, v in edge.items() if k != "frames"},
@@ -343,8 +332,6 @@ def panorama_checks(out_dir) -> dict | None:
 def evaluate(out, truth=None, dem=None) -> dict:
     """The comparison of output ``out`` (folder or solution.json) against ``truth`` (synth folder;
     None: only the panorama's own measures)."""
-    from . import geo
-
     sol_path = _solution_path(Path(out))
     result = {"solution": str(sol_path)}
     pano = panorama_checks(sol_path.parent)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from calib.errors import InputError
 
+from . import atomic
+
 NAME = ".mosaic.lock"
 
 
@@ -167,8 +169,6 @@ def held(out, force: bool = False, command: str = "mosaic"):
 def output_folder(out, force: bool = False, command: str = "mosaic"):
     """Check, create and hold the output folder ``out`` for the block: what a command that writes
     into a folder (``mosaic batch``'s terrain jobs, say) wraps its run in."""
-    from . import atomic
-
     atomic.check_output_dir(out)
     check(out, force=force)
     atomic.output_dir(out)

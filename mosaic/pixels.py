@@ -36,6 +36,9 @@ from typing import NamedTuple
 import numpy as np
 
 from calib.errors import InputError
+from calib.labels import read_image
+from calib.labels.raster import _bit_depth, require_bytes
+from calib.meta import FrameMeta
 
 #: Bytes of decoded pixels kept for the stages (about 20 Navcam frames at the features' scale).
 CACHE_BYTES = 256 * 2**20
@@ -130,8 +133,6 @@ def decode(frame, scale: float, grey: bool = False, cache: PixelCache | None = C
         hit = cache.get(path, scale, grey)
         if hit is not None:
             return hit
-    from calib.labels.raster import require_bytes
-
     suffix = Path(path).suffix.lower()
     require_bytes(path)
     if suffix in (".jpg", ".jpeg"):
@@ -198,8 +199,6 @@ def _jpeg(path, width, height, scale, grey) -> Decoded:
 
 
 def _png(path, width, height, scale) -> Decoded:
-    from calib.labels.raster import _bit_depth
-
     with open(path, "rb") as f:
         f.seek(-12, os.SEEK_END)
         tail = f.read(12)
@@ -227,9 +226,6 @@ def _png(path, width, height, scale) -> Decoded:
 def _opencv(path, width, height) -> np.ndarray:
     """TIFF and 16-bit colour PNG: OpenCV's full decode (it refuses cut files), quietly."""
     import cv2
-
-    from calib.labels import read_image
-    from calib.meta import FrameMeta
 
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

@@ -11,6 +11,18 @@ a laptop job from a cluster one, not the exact second.
 """
 
 from __future__ import annotations
+from calib.errors import InputError
+from calib.labels import discover
+
+from . import preflight
+from .cluster import usable_cpus
+from .geo import parse_site_origin
+from .stages.features import CONFIG_FIELDS, scales
+from .stages.ingest import frame_record
+from .stages.pairs import pairs_from_models
+from .terrain import pipeline
+from .terrain import grid as gridmod
+from .terrain.stereo_pairs import find_pairs
 
 
 # -- measured constants ---------------------------------------------------------------------------
@@ -57,34 +69,12 @@ TERRAIN_BYTES_PER_PAIR_MP = 490 * 2**20
 
 def _threads(workers, threads_per_worker=None) -> int:
     """Threads of the embedded cluster (mosaic.cluster.client's defaults)."""
-    from .cluster import usable_cpus
-
     return max(1, (workers or 1) * (threads_per_worker or usable_cpus()))
-
-
-def output_plan(records, config) -> dict | None:
-    """The renderer's plan (size, tiles, bytes) of the panorama of ``records`` (ingest records)
-    at their reported camera models; None when nothing is rendered or no frame has a model.
-    Raises InputError when the panorama would exceed ``config.max_megapixels``."""
-    posed = [r for r in records if r["model"] is not None]
-    if not posed or not config.render:
-        return None
-    from .render.panorama import plan as render_plan
-    from .stitch import render_options
-
-    sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
-                       "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
-    return render_plan(sol, **render_options(config))
 
 
 def stitch_plan(inputs, config, out=None) -> dict:
     """The plan of ``mosaic stitch inputs -o out`` with ``config`` (a StitchConfig): the labels
     are checked as the run checks them (mosaic.preflight), the pixels are not read."""
-    from . import preflight
-    from .stages.features import CONFIG_FIELDS, scales
-    from .stages.ingest import frame_record
-    from .stages.pairs import pairs_from_models
-
     paths = preflight.resolve_inputs(inputs, out)
     metas = preflight.frames(paths, out)
     preflight.check_frames(metas)
@@ -100,7 +90,7 @@ def stitch_plan(inputs, config, out=None) -> dict:
         return scales(r, options)[0]
 
     work_mp = sum(r["width"] * r["height"] * scale(r) ** 2 for r in records) / 1e6
-    out = output_plan(records, config)
+    out = preflight.output_plan(records, config)
     threads = _threads(config.workers, getattr(config, "threads_per_worker", None)) if not config.scheduler else None
     par = threads or 1
     seconds = {"start": STITCH_S_FIXED,
@@ -133,13 +123,6 @@ def stitch_plan(inputs, config, out=None) -> dict:
 def terrain_plan(inputs, gsd=0.02, radius=20.0, site_origin=None, solution=None, workers=None,
                  threads_per_worker=None, scheduler=None, max_dt=None) -> dict:
     """The plan of ``mosaic terrain inputs``: stereo pairs, the DEM grid, time and memory."""
-    from calib.errors import InputError
-    from calib.labels import discover
-
-    from .terrain import grid as gridmod
-    from .terrain import pipeline
-    from .terrain.stereo_pairs import find_pairs
-
     if not (gsd > 0 and radius > 0):
         raise InputError(None, f"gsd ({gsd}) and radius ({radius}) must be positive", field="grid")
     frames = discover([str(p) for p in inputs])
@@ -152,8 +135,6 @@ def terrain_plan(inputs, gsd=0.02, radius=20.0, site_origin=None, solution=None,
         raise InputError(str(inputs[0]), f"no stereo pairs among {len(frames)} frames "
                                          "(need left/right frames taken together)")
     if isinstance(site_origin, str):
-        from .geo import parse_site_origin
-
         site_origin = parse_site_origin(site_origin, source="--site-origin")
     origin = pipeline._site_origin(frames, site_origin)
     # The grid exactly as the pipeline lays it (centred on the rover, snapped to gsd).

@@ -26,6 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.errors import InputError, LabelError
+from calib.labels import discover
+
+from . import pixels
+from .cluster import usable_cpus
+from .config import render_options
+from .render.panorama import plan as render_plan
+from .stages.features import CONFIG_FIELDS, reads_reduced_jpeg, scales
+from .stages.ingest import frame_record
 
 log = logging.getLogger("mosaic")
 
@@ -67,8 +75,6 @@ def resolve_inputs(inputs, out=None) -> list[str]:
 def frames(paths, out=None, require: bool = True) -> list:
     """Every frame of the inputs, the output folder's contents left out; sorted by id. None at all
     is bad input unless ``require`` is off (the command then says what it needed)."""
-    from calib.labels import discover
-
     exclude = [out] if out is not None else []
     real_out = os.path.realpath(out) if out is not None else None
     keep = [p for p in paths if real_out is None or not _inside(os.path.realpath(p), real_out)]
@@ -98,11 +104,21 @@ def check_frames(metas) -> None:
                                       "used together with rover frames")
 
 
+def output_plan(records, config) -> dict | None:
+    """The renderer's plan (size, tiles, bytes) of the panorama of ``records`` (ingest records)
+    at their reported camera models; None when nothing is rendered or no frame has a model.
+    Raises InputError when the panorama would exceed ``config.max_megapixels``."""
+    posed = [r for r in records if r["model"] is not None]
+    if not posed or not config.render:
+        return None
+    sol = {"frames": [{"id": r["id"], "image": r["image"], "width": r["width"], "height": r["height"],
+                       "model": r["model"], "frame": "LOCAL_LEVEL", "used": True} for r in posed]}
+    return render_plan(sol, **render_options(config))
+
+
 def check_output_size(records, config) -> dict | None:
     """The panorama's size from the reported camera models (the plan ``--dry-run`` prints);
     InputError before any work when it exceeds ``config.max_megapixels``. None without models."""
-    from .plan import output_plan
-
     limit = config.max_megapixels * 1e6
     if config.render and records and all(r["model"] is None for r in records) and config.resolution \
             and config.projection in ("equirect", "cylindrical", "perspective"):
@@ -139,10 +155,6 @@ def check_pixels(metas, config=None) -> int:
     the frames a stage reads from the cache (``kept_for_stages``) stay there; returns how many."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from . import pixels
-    from .cluster import usable_cpus
-    from .stages.features import CONFIG_FIELDS, scales
-
     options = config.key_of(*CONFIG_FIELDS) if config is not None else None
 
     def one(m):
@@ -177,18 +189,13 @@ def kept_for_stages(record, scale: float) -> bool:
     readers take them too: keeping pixels nobody reads would only raise the run's peak memory
     (budapest's photos, which no reduction fits, held 5.5 MiB of unread full-size decodes through
     the features stage)."""
-    from .pixels import jpeg_reduction
-    from .stages.features import reads_reduced_jpeg
-
-    return reads_reduced_jpeg(record) and jpeg_reduction(int(record["width"]), int(record["height"]), scale) > 1
+    return reads_reduced_jpeg(record) and pixels.jpeg_reduction(int(record["width"]), int(record["height"]), scale) > 1
 
 
 def check(inputs, out, config=None) -> Checked:
     """Every check above, in order; returns what they found (see ``Checked``). Without a
     StitchConfig (``mosaic terrain``) the output size is not checked here, no pixels are kept, and
     finding no frames is left to the command (which names what it needed: stereo pairs)."""
-    from .stages.ingest import frame_record
-
     t0 = time.perf_counter()
     paths = resolve_inputs(inputs, out)
     metas = frames(paths, out, require=config is not None)

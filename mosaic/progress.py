@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from .cluster import as_completed
+
 log = logging.getLogger("mosaic")
 
 
@@ -70,8 +72,6 @@ def stage(name: str, total: int | None = None):
 def track_futures(name, futures, client=None):
     """Advance a stage bar as futures (of any executor, :mod:`mosaic.cluster`) finish; returns
     their results in order."""
-    from .cluster import as_completed
-
     index = {f.key: i for i, f in enumerate(futures)}
     out = [None] * len(futures)
     with stage(name, len(futures)) as bar:

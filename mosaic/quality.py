@@ -24,13 +24,17 @@ Example::
 from __future__ import annotations
 
 import colorsys
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from . import seamless
+from . import solution as solution_io
 from .atomic import write_bytes
+from .render import seams, warp
+from .render.panorama import frames_of, read_record
+from .render.projections import make_projection
 
 #: Width of the map in the picture (the equirect map is half as high).
 MAP_WIDTH = 1024
@@ -58,12 +62,6 @@ def ownership(solution, width: int = MAP_WIDTH, out_dir=None):
     """(label, frames): the index (into ``frames``, the used frames) of the frame that fills each
     pixel of a ``width`` x ``width / 2`` equirect map, -1 where none does (int16). ``out_dir``: the
     render's folder (its ``render.json``; default beside the solution)."""
-    from .render import seams, warp
-    from .render.panorama import frames_of
-    from .render.projections import make_projection
-
-    from .render.panorama import read_record
-
     frames = frames_of(solution)
     if out_dir is None and not isinstance(solution, dict):
         out_dir = Path(solution).parent
@@ -134,10 +132,9 @@ def _chart(rms, colours, overall, width):
     return img
 
 
-def _measures(solution, out, workspace):
-    """The seamlessness figures of the panorama in ``out`` (empty where there is none)."""
-    from . import seamless
-
+def _measures(solution, out, workspace, ties=None, agreement=True):
+    """The seamlessness figures of the panorama in ``out`` (empty where there is none);
+    ``overlap_agreement`` None when not asked for."""
     out = Path(out)
     if not (out / "panorama.tif").is_file():
         return {}
@@ -146,8 +143,10 @@ def _measures(solution, out, workspace):
         e = seamless.edge_visibility(out / "panorama.tif", solution)
         if e.get("ratio") is not None:
             facts["edge_visibility"] = {k: e[k] for k in ("ratio", "runs", "edge_step", "control_step")}
-        a = seamless.overlap_agreement(out, solution, workspace)
-        if a.get("pairs"):
+        a = seamless.overlap_agreement(out, solution, workspace, ties=ties) if agreement else {}
+        if not agreement:
+            facts["overlap_agreement"] = None
+        elif a.get("pairs"):
             facts["overlap_agreement"] = {k: a[k] for k in ("median", "p90", "worst", "noise", "ties")}
             facts["overlap_agreement"]["pairs"] = len(a["pairs"])
     except (OSError, ValueError) as err:  # a panorama we cannot measure still gets its picture
@@ -163,20 +162,23 @@ def _header(width, facts):
              if e else "edge visibility: not measured (no panorama or no frame edge inside another frame)",
              f"overlap agreement on held-out tie points: median {100 * a['median']:.2f} %, p90 {100 * a['p90']:.2f} %, "
              f"worst {100 * a['worst']:.2f} % over {a['pairs']} pairs (noise ~{100 * a['noise']:.2f} %)"
-             if a else "overlap agreement: not measured (no tie points or no render record)"]
+             if a else "overlap agreement: not measured while stitching (mosaic eval OUT measures it)"
+             if "overlap_agreement" in facts else "overlap agreement: not measured (no tie points or no render record)"]
     for k, line in enumerate(lines):
         cv2.putText(img, line, (8, 16 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 
-def render_quality(solution, width: int = MAP_WIDTH, workspace=None, out_dir=None):
+def render_quality(solution, width: int = MAP_WIDTH, workspace=None, out_dir=None, ties=None, agreement=True):
     """The picture (RGB uint8) and its facts: {"frames": [{"id", "index", "colour", "share",
     "rms_px"}], "edge_visibility", "overlap_agreement"} (the last two when measurable).
-    ``out_dir``: the render's folder (panorama.tif, render.json; default beside the solution)."""
+    ``out_dir``: the render's folder (panorama.tif, render.json; default beside the solution).
+    ``ties``: the registration's tie points over the solution's used frames (default: read from
+    ``workspace``). ``agreement``: measure the overlap agreement (it decodes every frame again)."""
     if out_dir is None and not isinstance(solution, dict):
         out_dir = Path(solution).parent
     label, frames = ownership(solution, width, out_dir)
-    sol = json.loads(Path(solution).read_text()) if not isinstance(solution, dict) else solution
+    sol = solution_io.load(solution) if not isinstance(solution, dict) else solution
     by_id = {str(f.get("id")): f for f in sol["frames"]}
     rms = [(by_id.get(f.id, {}).get("residual_px") or {}).get("rms") for f in frames]
     colours = palette(len(frames))
@@ -201,17 +203,18 @@ def render_quality(solution, width: int = MAP_WIDTH, workspace=None, out_dir=Non
             _text(bgr, f"{rms[k]:.2f} px", (x - 26, y + 14), 0.45)
     overall = (sol.get("stats") or {}).get("rms_px")
     chart = _chart(rms, colours, overall if isinstance(overall, (int, float)) else None, bgr.shape[1])
-    measures = _measures(solution, out_dir, workspace) if out_dir is not None else {}
+    measures = _measures(solution, out_dir, workspace, ties, agreement) if out_dir is not None else {}
     picture = np.vstack([_header(bgr.shape[1], measures), bgr, chart])
     return np.ascontiguousarray(picture[..., ::-1]), {"frames": facts, "width": int(label.shape[1]),
                                                       "height": int(label.shape[0]), **measures}
 
 
-def write_quality(solution, out_path, width: int = MAP_WIDTH, workspace=None) -> dict:
-    """Write the quality picture of ``solution`` (path to solution.json) as a PNG; return its facts
-    (with ``"path"``). Map pixels whose colour is a frame's ``colour`` are that frame's.
-    ``workspace``: where the tie points are (default: ``work/`` beside the solution)."""
-    rgb, facts = render_quality(solution, width, workspace, Path(out_path).parent)
+def write_quality(solution, out_path, width: int = MAP_WIDTH, workspace=None, ties=None, agreement=True) -> dict:
+    """Write the quality picture of ``solution`` (path to solution.json, or its dict) as a PNG;
+    return its facts (with ``"path"``). Map pixels whose colour is a frame's ``colour`` are that
+    frame's. ``workspace``: where the tie points are (default: ``work/`` beside the picture), unless
+    ``ties`` hands them down."""
+    rgb, facts = render_quality(solution, width, workspace, Path(out_path).parent, ties, agreement)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise RuntimeError(f"{out_path}: PNG encoding failed")

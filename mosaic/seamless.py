@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import registration
+from .render import photometry, warp
+from .render.panorama import frames_of, read_record
 from .render.warp import bilinear
 
 #: Edge measure: pixels along the edge per run, pixels each side of the line, control line inset.
@@ -127,8 +130,6 @@ def edge_visibility(panorama, solution) -> dict:
     """The edge visibility ratio of ``panorama`` (panorama.tif, equirect) rendered from
     ``solution`` (solution.json): {"ratio", "runs", "edge_step", "control_step", "sides", "frames"}.
     ``ratio`` is None when no frame edge runs through another frame's pixels."""
-    from .render.panorama import frames_of
-
     frames = frames_of(solution)
     inside = np.arange(DEPTH, dtype=float)
     outside = -1.0 - inside
@@ -206,12 +207,9 @@ def _ratio(e, c):
 def _tones_of(out_dir: Path, frames):
     """Each frame's tone as the renderer applied it: ``render.json`` beside the panorama, or
     (outputs of earlier versions) the scalar gains of ``report.json``; None where unknown."""
-    from .render import photometry
-
     p = out_dir / "render.json"
     if p.is_file():
-        d = json.loads(p.read_text())["frames"]
-        return {fid: photometry.tone_from_dict(t) for fid, t in d.items()}
+        return read_record(p, frames)[0]
     r = out_dir / "report.json"
     if r.is_file():
         counts = (json.loads(r.read_text()).get("stages", {}).get("render", {}) or {}).get("counts", {})
@@ -221,26 +219,25 @@ def _tones_of(out_dir: Path, frames):
     return {}
 
 
-def overlap_agreement(out_dir, solution=None, workspace=None) -> dict:
+def overlap_agreement(out_dir, solution=None, workspace=None, ties=None) -> dict:
     """Agreement of overlapping frames as rendered, on the tie points held out of the photometric
     fit (see the module's notes): {"pairs": [{"a", "b", "ties", "bias", "spread", "error"}],
     "median", "p90", "worst", "ties"} (fractions), or {"pairs": [], "reason"} when there are no
     tie points or tones. ``bias`` is the pair's median relative difference, ``spread`` the
-    median absolute deviation about it, ``error`` the standard error of the median."""
-    from .products import control_points
-    from .render import photometry
-    from .render.panorama import frames_of
-    from .render.warp import read_pixels
-
+    median absolute deviation about it, ``error`` the standard error of the median. ``solution``:
+    a path or its dict (default: ``out_dir/solution.json``); ``ties``: the registration's tie
+    points over its used frames (default: :func:`mosaic.registration.tie_points` of
+    ``workspace``, default ``out_dir/work``)."""
     out_dir = Path(out_dir)
-    solution = Path(solution) if solution else out_dir / "solution.json"
-    workspace = Path(workspace) if workspace else out_dir / "work"
+    solution = solution if isinstance(solution, dict) else Path(solution) if solution else out_dir / "solution.json"
+    workspace = Path(getattr(workspace, "root", workspace)) if workspace else out_dir / "work"
     frames = frames_of(solution)
     tones = _tones_of(out_dir, frames)
     if not tones:
         return {"pairs": [], "reason": "no render.json or report.json beside the panorama"}
     ids = [f.id for f in frames]
-    ties = control_points(workspace, ids, per_pair=None) if workspace.is_dir() else []
+    if ties is None:
+        ties = registration.tie_points(workspace, ids) if workspace.is_dir() else []
     if not ties:
         return {"pairs": [], "reason": "no tie points (OUT/work/matches)"}
     t = np.array(ties, float)[photometry.tie_roles(ties)[1]]
@@ -250,7 +247,7 @@ def overlap_agreement(out_dir, solution=None, workspace=None) -> dict:
         a, b = np.flatnonzero(pi == k), np.flatnonzero(pj == k)
         if (not len(a) and not len(b)) or f.id not in tones:
             continue
-        img, _ = read_pixels(f.path)
+        img, _ = warp.read_pixels(f.path)
         tone = tones[f.id]
         if tone.white <= 0:
             w = photometry.white_level([float(img.max())], "float32" if img.dtype.kind == "f" else img.dtype.name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,11 +39,16 @@ from pathlib import Path
 
 from calib.errors import InputError
 
-from . import atomic
-from .config import FEATURES, PROJECTIONS, StitchConfig
+from . import atomic, cluster, lock, pixels, preflight
+from . import solution as solution_io
+from .config import FEATURES, PROJECTIONS, StitchConfig, render_options
 from .memory import PeakMemory, trim_freed
-from .stages import ORDER
-from .workspace import Workspace
+from .products import write_products
+from .registration import run_stages, tie_points
+from .render import render_panorama
+from .solution import render_input
+from .stages import code_key
+from .workspace import Workspace, digest, file_digest
 
 log = logging.getLogger("mosaic")
 
@@ -58,32 +64,6 @@ def _maxrss_bytes() -> int:
 #: products, then the solution and the report.
 RENDERED = ("panorama.tif", "preview.jpg", "index.html", "quality.png", "panorama.pto")
 PRODUCTS = RENDERED + ("solution.json", "report.json")
-
-
-def _finished(ws: Workspace, stage: str):
-    return ws.read_json("stages", f"{stage}.json").get("finished") if ws.exists("stages", f"{stage}.json") else None
-
-
-def run_stages(ws: Workspace, config: StitchConfig, client) -> dict:
-    """Run every registration stage in order; returns the per-stage report."""
-    import importlib
-
-    stages = {}
-    for name in ORDER:
-        mod = importlib.import_module(f"mosaic.stages.{name}")
-        t0, c0 = time.perf_counter(), time.process_time()
-        before = _finished(ws, name)
-        with PeakMemory() as mem:
-            counts = mod.run(ws, config, client)
-        wall = time.perf_counter() - t0
-        # CPU seconds of this process (every thread): on a shared machine wall time also measures
-        # the neighbours. A cluster's workers are not counted.
-        stages[name] = {"wall_s": round(wall, 4), "cpu_s": round(time.process_time() - c0, 4),
-                        "peak_rss_mib": round(mem.peak / 2**20, 1),
-                        "skipped": before is not None and _finished(ws, name) == before, "counts": counts}
-        log.info("%s: %.2f s, peak %.0f MiB %s", name, wall, mem.peak / 2**20,
-                 "(skipped: unchanged)" if stages[name]["skipped"] else "")
-    return stages
 
 
 def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, force: bool = False,
@@ -102,8 +82,6 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
 
     >>> stitch(["frames/"], "out/pan", render=False)["stats"]["rms_px"]  # doctest: +SKIP
     """
-    from . import lock, pixels, preflight
-
     config = (config or StitchConfig()).replace(**options) if options else (config or StitchConfig())
     out = Path(out)
     atomic.check_output_dir(out)
@@ -128,8 +106,6 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
 
 def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
     """The run after the checks, with OUT locked: the stages, the render, the products."""
-    from .cluster import client as dask_client
-
     atomic.remove_stale(out, PRODUCTS + (atomic.Products.STAGING,))
     if force:
         shutil.rmtree(out / "work", ignore_errors=True)
@@ -143,13 +119,13 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
         for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     t0 = time.perf_counter()
-    cluster = (contextlib.nullcontext(client) if client is not None else
-               dask_client(config.scheduler, workers=config.workers, threads_per_worker=config.threads_per_worker,
-                           memory_limit=config.memory_limit))
-    with cluster as client, atomic.Products(out, PRODUCTS) as products:
+    session = (contextlib.nullcontext(client) if client is not None else
+               cluster.client(config.scheduler, workers=config.workers, threads_per_worker=config.threads_per_worker,
+                              memory_limit=config.memory_limit))
+    with session as client, atomic.Products(out, PRODUCTS) as products:
         stages = run_stages(ws, config, client)
         result = {}
-        solution = ws.read_json("adjust", "solution.json")
+        solution = solution_io.load(ws.path("adjust", "solution.json"))  # read once, handed down
         st = solution["stats"]
         if st.get("mode") == "photos" and not st.get("frames_used"):
             raise InputError(checked.inputs[0], f"none of the {st['frames']} plain photos overlaps another (no "
@@ -157,15 +133,18 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
                              "photos, or --hfov")
         data = ws.path("adjust", "solution.json").read_bytes()
         same = (out / "solution.json").exists() and (out / "solution.json").read_bytes() == data
-        if config.render and any(f["used"] for f in render_input(solution, warn=False)["frames"]):
-            rendered = _render(out, ws, config, client, products)
+        rendered_from = render_input(solution, warn=config.render)
+        if config.render and any(f["used"] for f in rendered_from["frames"]):
+            # The registration's tie points over the frames rendered: the photometric fit's best
+            # samples (a share held out) and the Hugin project's control points.
+            ties = tie_points(ws, [f["id"] for f in rendered_from["frames"] if f.get("used", True)])
+            rendered = _render(out, ws, config, client, products, rendered_from, ties)
             trim_freed()  # the render's freed decodes and pyramids: boat's products peaked 507 -> 413 MiB
             if rendered is not None:
                 stages["render"] = rendered.pop("stage")
                 result.update(rendered)
-                from .products import write_products  # index.html, quality.png, panorama.pto
-
-                made = write_products(products.dir, ws)
+                made = write_products(products.dir, ws, solution=solution, ties=ties,
+                                      render=stages["render"]["counts"])
                 result["products"] = {k: (str(out / Path(v).name) if isinstance(v, str) else v)
                                       for k, v in made.items()}
         elif same:
@@ -190,58 +169,27 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
     return result
 
 
-#: Why a frame with a camera model may be left out of the adjustment yet still be rendered at its
-#: reported pointing: it overlaps nothing (a tie point would be needed to correct it).
-_UNMATCHED = ("no predicted overlap", "no verified matches")
+#: The code the render runs (every module :mod:`mosaic.render.panorama` imports, directly or not,
+#: tests/test_architecture.py checks): a change to any of it renders again.
+RENDER_CODE = ("calib", "mosaic.render", "mosaic.solution", "mosaic.cog", "mosaic.atomic", "mosaic.cluster",
+               "mosaic.progress", "mosaic.memory")
 
 
-def render_input(solution: dict, warn: bool = True) -> dict:
-    """The solution the panorama is rendered from: the adjusted frames, plus the frames with a
-    model that overlap nothing, at their reported pointing (with a warning)."""
-    frames = []
-    for f in solution["frames"]:
-        if not f.get("used") and f.get("model") and str(f.get("reason", "")).startswith(_UNMATCHED):
-            if warn:
-                log.warning("%s: %s; rendered from its reported pointing", f["id"], f["reason"])
-            f = {**f, "used": True}
-        frames.append(f)
-    return {**solution, "frames": frames}
-
-
-def render_options(config: StitchConfig, photos: bool = False) -> dict:
-    """The renderer's keyword arguments that come from the stitch options. A panorama of plain
-    photos is cropped to the window it covers by default (photos cover a small part of the sphere,
-    and a full-sphere canvas would be mostly empty); rover pans keep the full sphere."""
-    crop = config.crop if config.crop is not None else photos
-    return {"projection": config.projection, "resolution": config.resolution,
-            "max_pixels": config.max_megapixels * 1e6, "crop": bool(crop)}
-
-
-def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) -> dict | None:
-    """Render the panorama into the staged ``products`` (atomic.Products) when mosaic.render
-    provides ``render_panorama``; None without it.
+def _render(out: Path, ws: Workspace, config: StitchConfig, client, products, solution: dict,
+            ties: list) -> dict:
+    """Render ``solution`` (as :func:`mosaic.solution.render_input` gives it) into the staged
+    ``products`` (atomic.Products), the photometric fit sampling ``ties`` first.
 
     Finished tiles are kept in ``work/render/KEY/`` until the panorama is written, so a killed
     run renders only the missing tiles when started again; a finished render with the same key
     (solution, input files, renderer code) and its outputs present in OUT is skipped, and those
     outputs join the new set unchanged.
     """
-    try:
-        from mosaic.render import render_panorama
-    except ImportError:
-        log.info("render: mosaic.render.render_panorama is not available; stopping after solution.json")
-        return None
-    import hashlib
-
-    from .stages import code_key
-    from .workspace import digest, file_digest
-
-    solution = render_input(ws.read_json("adjust", "solution.json"))
     photos = all(r["model"] is None for r in ws.read_json("ingest", "frames.json")["frames"])
     options = render_options(config, photos)
     key = digest("render", hashlib.sha256(json.dumps(solution, sort_keys=True).encode()).hexdigest(),
                  options,
-                 *(code_key(f"mosaic.render.{m}") for m in ("panorama", "photometry", "seams", "masks", "warp", "blend")),
+                 code_key(*RENDER_CODE),
                  file_digest([f["image"] for f in solution["frames"] if f.get("used") and Path(f["image"]).exists()]))
     t0 = time.perf_counter()
     if ws.stage_done("render", key) and (out / "panorama.tif").exists() and (out / "preview.jpg").exists():
@@ -252,10 +200,6 @@ def _render(out: Path, ws: Workspace, config: StitchConfig, client, products) ->
         log.info("render: skipped (unchanged)")
         return {"stage": stage, "panorama": str(out / "panorama.tif")}
     ws.invalidate("render")
-    from .products import control_points
-
-    # The registration's tie points: the photometric fit's best samples (a share held out).
-    ties = control_points(ws, [f["id"] for f in solution["frames"] if f.get("used", True)], per_pair=None)
     with PeakMemory() as mem:
         produced = render_panorama(solution, products.dir, client=client, work_dir=ws.root / "render" / key,
                                    ties=ties,
@@ -289,10 +233,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin-deg", type=float, help=f"pointing uncertainty for overlap and guided matching (default {d.margin_deg})")
     p.add_argument("--prior-deg", type=float, help=f"sigma of the prior on reported pointing (default {d.prior_deg})")
     p.add_argument("--seed", type=int, help="RANSAC seed (default 0)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="use this dask scheduler (default: an embedded local cluster)")
-    p.add_argument("--workers", type=int, help="workers of the embedded cluster")
-    p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
-    p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
+    cluster.add_arguments(p)
     p.add_argument("--force", action="store_true",
                    help="recompute every stage (drop OUT/work), and take over a lock left by another host")
     p.add_argument("--no-render", action="store_true", help="stop after solution.json")

@@ -26,6 +26,10 @@ from pathlib import Path
 
 from calib.errors import InputError
 
+from . import solution
+from .viewer import write_viewer
+from .viewer.tiles import MANIFEST, write_tiles
+
 log = logging.getLogger("mosaic")
 
 DEFAULT_PORT = 8765
@@ -79,9 +83,6 @@ def prepare(out_dir, tiles: bool = False) -> Path:
     the page to use it. Otherwise an existing page is kept as it is, and a missing one is written
     with the pyramid already there, if any.
     """
-    from .viewer import write_viewer
-    from .viewer.tiles import MANIFEST, write_tiles
-
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(out, f"no such output folder (run `mosaic stitch -o {out}` first)")
@@ -106,14 +107,8 @@ def prepare(out_dir, tiles: bool = False) -> Path:
 def _solution_meta(out: Path) -> dict:
     """A few facts for the page's corner from ``solution.json``, if it is there and readable."""
     try:
-        sol = json.loads((out / "solution.json").read_text())
-        frames = sol.get("frames", [])
-        meta = {"frames": f"{sum(1 for f in frames if f.get('used', True))} of {len(frames)}"}
-        rms = (sol.get("stats") or {}).get("rms_px")
-        if isinstance(rms, (int, float)):
-            meta["rms"] = f"{rms:.2f} px"
-        return meta
-    except (OSError, ValueError, AttributeError, TypeError):
+        return solution.summary(solution.load(out / "solution.json"))
+    except (InputError, AttributeError, TypeError):
         return {}
 
 

@@ -49,12 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import rasterio.warp
-from PIL import Image
-from rasterio.crs import CRS as RioCRS
-from rasterio.warp import transform_bounds
 
+# rasterio and PIL are imported where they are used: every command imports this module (see
+# mosaic/cog.py for the cost).
 from .atomic import replace_dir
 from .geo import MARS_SPHERE_RADIUS
 
@@ -86,6 +83,8 @@ class TileSet:
 
 
 def _rio_crs(crs) -> RioCRS:
+    from rasterio.crs import CRS as RioCRS
+
     if isinstance(crs, RioCRS):
         return crs
     if hasattr(crs, "to_wkt"):
@@ -95,6 +94,9 @@ def _rio_crs(crs) -> RioCRS:
 
 def _ground_pixel_m(transform, crs, width, height) -> tuple[float, float]:
     """Source pixel size in ground metres at the centre, and the centre latitude."""
+    import rasterio
+    import rasterio.warp
+
     cx, cy = transform @ (width / 2.0, height / 2.0)
     dx, dy = transform @ (width / 2.0 + 1.0, height / 2.0 + 1.0)
     g = tile_matrix_set().rasterio_geographic_crs
@@ -120,6 +122,8 @@ def zoom_range(transform, crs, width: int, height: int) -> tuple[int, int]:
 
 def _read_source(source, transform, crs, nodata):
     """Return (bands (b, h, w), alpha-or-None (h, w) uint8, transform, crs) from an array or a path."""
+    import rasterio
+
     if isinstance(source, (str, os.PathLike)):
         with rasterio.open(source) as ds:
             data = ds.read()
@@ -216,6 +220,8 @@ def sigma_colours(sigma: np.ndarray, nodata=None) -> np.ndarray:
 
 def _tile_png(path: Path, tile: np.ndarray) -> None:
     """Write a (bands, 256, 256) uint8 gray+alpha or RGBA tile."""
+    from PIL import Image
+
     mode = {2: "LA", 4: "RGBA"}[tile.shape[0]]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(np.moveaxis(tile, 0, -1)), mode).save(path, compress_level=3)
@@ -276,6 +282,7 @@ def _render_layer(bands8: np.ndarray, alpha, transform, crs, folder: Path, zooms
     """Warp one layer into the deepest zoom's tiles, then build shallower zooms by 2x2 premultiplied
     averaging of the written children. Returns the number of tiles written."""
     import cv2
+    from PIL import Image
     from pyproj import CRS, Transformer
 
     tms = tile_matrix_set()
@@ -344,6 +351,8 @@ def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hills
     GeoTIFF path; ``sigma`` a GeoTIFF path of the DEM's sigma (``dem_sigma.tif``). Each layer folder is built beside its target and renamed into place, so a failed
     run leaves the previous tiles intact. Returns the zooms, the lon/lat bounds and URL templates.
     """
+    import rasterio
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
@@ -388,6 +397,8 @@ def write_tiles(source, transform=None, crs=None, out_dir=".", zooms=None, hills
 
 
 def _lonlat_bounds(transform, crs, shape_hw) -> tuple[float, float, float, float]:
+    from rasterio.warp import transform_bounds
+
     h, w = shape_hw
     left, top = transform @ (0, 0)
     right, bottom = transform @ (w, h)

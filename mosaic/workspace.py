@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
+from . import atomic, progress
 
 
 def digest(*parts) -> str:
@@ -36,6 +36,11 @@ def file_digest(paths) -> list:
     return out
 
 
+def task_key(stage: str, name: str, key: str) -> str:
+    """A dask key that is unique per stage, item and stage key, and readable on a dashboard."""
+    return f"{stage}-{name}-{key[:10]}"
+
+
 def recorded(task, record: str, key: str, *args, **kwargs):
     """Run ``task(*args, **kwargs)`` (which writes its artefact atomically), then record its small
     report in ``record`` under ``key``. Runs on a worker; the record is written last, so it never
@@ -51,9 +56,6 @@ def resumable(ws: "Workspace", client, stage: str, key: str, items) -> tuple[lis
     ``items``: (name, task, args) per item; each task writes its artefact and returns a small
     JSON-able report. Returns (the reports in item order, how many were resumed from records).
     """
-    from . import progress
-    from .stages import task_key
-
     reports = {name: ws.item_report(stage, name, key) for name, _, _ in items}
     todo = [(name, task, args) for name, task, args in items if reports[name] is None]
     futures = [client.submit(recorded, task, str(ws.path(stage, "done", f"{name}.json")), key, *args,

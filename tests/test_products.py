@@ -157,3 +157,23 @@ def test_quality_and_eval_report_seamlessness(stitched, capsys):
     assert "edge visibility ratio" in text and "overlap agreement" in text
     result = json.loads((out / "eval.json").read_text())
     assert result["panorama"]["frames"]["visible"] == result["panorama"]["frames"]["used"]
+
+
+def test_the_hugin_project_takes_the_renders_size(stitched, tmp_path):
+    """The render hands its size (and window) down: the project is the one read back from
+    panorama.tif, for the full sphere and for a cropped window of it."""
+    from mosaic.products import write_pto
+
+    out, _ = stitched
+    render = json.loads((out / "report.json").read_text())["stages"]["render"]["counts"]
+    assert render["projection"] == "equirect"
+    copy = tmp_path / "pan"
+    shutil.copytree(out, copy)
+    read_back = write_pto(copy, out / "work").read_text()
+    assert write_pto(copy, out / "work", render=render).read_text() == read_back
+    (copy / "panorama.tif").unlink()  # nothing to read back: the size comes from the render alone
+    w, h = render["width"], render["height"]
+    cropped = {**render, "width": w // 4, "height": h // 4, "window": [w // 8, h // 8, w, h]}
+    text = write_pto(copy, out / "work", render=cropped).read_text()
+    c0 = round(w / 2 - (w // 4) / 2)
+    assert f"p f2 w{w} h{h} v360" in text and f" S{c0},{c0 + w // 4},{h // 8},{h // 8 + h // 4} " in text

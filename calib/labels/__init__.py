@@ -9,10 +9,10 @@ Formats and fields: docs/formats.md. Every problem raises ``calib.errors.LabelEr
 subclass ``ModelError``, or ``InputError`` for unreadable pixels) naming the file and the field.
 """
 
-from .discover import discover, read_frame, read_photo
+from .discover import discover, read_frame, read_image, read_photo
 from .json_record import read_json_frame
 from .pds4 import read_pds4_frame
-from .raster import RawLayout, image_header, read_image, read_raw
+from .raster import RawLayout, image_header, read_raw
 from .vicar import read_pixels, read_vicar_frame
 
 __all__ = [

@@ -17,7 +17,7 @@ from ..errors import InputError, LabelError
 from ..meta import FrameMeta
 from .json_record import load_record, looks_like_record, read_json_frame
 from .pds4 import is_pds4, read_pds4_frame
-from .raster import IMAGE_SUFFIXES, RAW_SUFFIXES, image_header
+from .raster import IMAGE_SUFFIXES, RAW_SUFFIXES, frame_pixels, image_header
 from .vicar import is_pds3, is_vicar, read_vicar_frame
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,16 @@ def _read(label, image, kind) -> FrameMeta:
             raise LabelError(label, "neither a PDS3 product (PDS_VERSION_ID) nor a VICAR file (LBLSIZE)", field="label")
         return read_vicar_frame(label)
     return read_photo(image)
+
+
+def read_image(meta):
+    """Pixels of a frame: (lines, samples) or (lines, samples, bands), RGB, the file's dtype.
+
+    ``meta`` is a FrameMeta (its ``image`` and, for raw products, ``extra["raw_layout"]``) or a
+    path (the frame it belongs to, :func:`read_frame`). The array's size must match the frame's
+    width and height.
+    """
+    return frame_pixels(meta if isinstance(meta, FrameMeta) else read_frame(meta))
 
 
 def read_frame(path) -> FrameMeta:

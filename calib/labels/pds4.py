@@ -33,7 +33,7 @@ from ..errors import LabelError
 from ..mast import joint_to_mast
 from ..meta import LOCAL_LEVEL, ROVER_NAV_FRAME, SITE, FrameMeta
 from . import fields
-from .raster import RawLayout, image_header
+from .raster import RawLayout, image_header, raw_frame
 
 #: Mars 2020 RSM joint angles of the mast's home (pointing straight ahead, level), radians.
 
@@ -185,28 +185,10 @@ def read_pds4_frame(path, image=None) -> FrameMeta:
         lid = _find(root, "logical_identifier")
         ident = (lid.text or "").strip().rsplit(":", 1)[-1] if lid is not None and lid.text else Path(path).stem
     instrument = _instrument(root)
-    return FrameMeta(
-        id=ident,
-        instrument=instrument,
-        width=layout.samples,
-        height=layout.lines,
-        model=model,
-        model_frame=model_frame,
-        attitude=attitude,
-        rover_position=rover_position,
-        mast_az=mast_az,
-        mast_el=mast_el,
-        subframe=subframe,
-        downsample=downsample,
-        site=site,
-        drive=drive,
-        sclk=sclk,
-        source=path,
-        image=None if image is None else os.fspath(image),
-        bands=layout.bands,
-        bit_depth=8 * np.dtype(layout.dtype).itemsize,
-        extra=extra,
-    )
+    return raw_frame(layout, id=ident, instrument=instrument, model=model, model_frame=model_frame,
+                     attitude=attitude, rover_position=rover_position, mast_az=mast_az, mast_el=mast_el,
+                     subframe=subframe, downsample=downsample, site=site, drive=drive, sclk=sclk, source=path,
+                     image=None if image is None else os.fspath(image), extra=extra)
 
 
 def _xyz(el, path, field):

@@ -1,7 +1,8 @@
 """Pixels on disk: raw arrays a label describes (PDS3/VICAR, PDS4) and ordinary image files.
 
-``read_image(meta)`` is the one way the rest of the code gets a frame's pixels, as a numpy array
-of shape (lines, samples) or (lines, samples, bands), RGB order, in the file's own dtype (16-bit
+``frame_pixels(meta)`` (behind ``calib.labels.read_image``) is the one way the rest of the code
+gets a frame's pixels, as a numpy array of shape (lines, samples) or (lines, samples, bands), RGB
+order, in the file's own dtype (16-bit
 stays 16-bit). Zero-byte, truncated or undecodable files, and pixels whose size disagrees with
 the label's, raise InputError naming the file.
 """
@@ -49,6 +50,13 @@ class RawLayout:
         if self.storage == "BIP":
             return self.lines * (self.prefix + self.samples * self.bands * item + self.suffix)
         return self.lines * self.bands * (self.prefix + self.samples * item + self.suffix)
+
+
+def raw_frame(layout: RawLayout, **meta) -> FrameMeta:
+    """The FrameMeta of a frame whose pixels a label lays out (PDS3/VICAR, PDS4): its size, bands
+    and bit depth come from ``layout``, the rest from ``meta`` (FrameMeta's fields)."""
+    return FrameMeta(width=layout.samples, height=layout.lines, bands=layout.bands,
+                     bit_depth=8 * np.dtype(layout.dtype).itemsize, **meta)
 
 
 def read_raw(layout: RawLayout) -> np.ndarray:
@@ -118,19 +126,15 @@ def _bit_depth(im) -> int:
     return {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}.get(im.mode, 8)
 
 
-def read_image(meta) -> np.ndarray:
+def frame_pixels(meta: FrameMeta) -> np.ndarray:
     """Pixels of a frame: (lines, samples) or (lines, samples, bands), RGB, the file's dtype.
 
-    ``meta`` is a FrameMeta (its ``image`` and, for raw products, ``extra["raw_layout"]``) or a
-    path. The array's size must match the frame's width and height.
+    ``meta``: a FrameMeta (its ``image`` and, for raw products, ``extra["raw_layout"]``); the
+    array's size must match the frame's width and height. ``calib.labels.read_image`` also takes
+    a path (it finds the frame's label first).
     """
-    if isinstance(meta, FrameMeta):
-        path, width, height = meta.image, meta.width, meta.height
-        layout = meta.extra.get("raw_layout")
-    else:
-        from .discover import read_frame  # discover imports this module: resolve on use
-
-        return read_image(read_frame(meta))
+    path, width, height = meta.image, meta.width, meta.height
+    layout = meta.extra.get("raw_layout")
     if path is None:
         raise InputError(meta.source, "no image file beside this label", field="image")
     if layout is not None:

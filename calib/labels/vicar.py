@@ -31,7 +31,7 @@ from ..errors import LabelError
 from ..meta import LOCAL_LEVEL, ROVER_NAV_FRAME, SITE, FrameMeta
 from . import fields
 from .odl import parse_label
-from .raster import RawLayout, read_raw
+from .raster import RawLayout, raw_frame, read_raw
 
 #: How PDS3 names frames -> our frame names.
 FRAME_NAMES = {
@@ -167,28 +167,10 @@ def read_vicar_frame(path) -> FrameMeta:
         extra["valid_bits"] = int(mask).bit_length()
     ident = fields.text(label.get("PRODUCT_ID"), path, "PRODUCT_ID") or Path(path).stem
     instrument = fields.text(label.get("INSTRUMENT_ID"), path, "INSTRUMENT_ID") or "UNKNOWN"
-    return FrameMeta(
-        id=ident,
-        instrument=instrument,
-        width=width,
-        height=height,
-        model=model,
-        model_frame=model_frame,
-        attitude=attitude,
-        rover_position=rover_position,
-        mast_az=mast_az,
-        mast_el=mast_el,
-        subframe=subframe,
-        downsample=dw if dw == dh else max(dw, dh),
-        site=site,
-        drive=drive,
-        sclk=sclk,
-        source=path,
-        image=path,
-        bands=layout.bands,
-        bit_depth=8 * np.dtype(layout.dtype).itemsize,
-        extra=extra,
-    )
+    return raw_frame(layout, id=ident, instrument=instrument, model=model, model_frame=model_frame,
+                     attitude=attitude, rover_position=rover_position, mast_az=mast_az, mast_el=mast_el,
+                     subframe=subframe, downsample=dw if dw == dh else max(dw, dh), site=site, drive=drive,
+                     sclk=sclk, source=path, image=path, extra=extra)
 
 
 def _camera_model(cm, path):

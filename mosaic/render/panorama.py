@@ -39,8 +39,15 @@ import numpy as np
 
 from calib.errors import InputError
 from calib.models import model_from_dict
+from mosaic import cluster
+from mosaic.atomic import write_bytes, write_json
+from mosaic.cluster import as_completed
+from mosaic.cog import CogWriter, equirect_transform, overview_factors, overview_levels
+from mosaic.progress import stage, track_futures
 
+from .. import solution as solution_io
 from . import blend, photometry, seams, warp
+from .masks import Margins
 from .masks import NONE as NO_MARGINS
 from .masks import valid_box as masks_box
 from .projections import Equirectangular, EquirectWindow, covered_window, make_projection
@@ -87,16 +94,8 @@ def load_solution(solution):
     """(solution dict, folder relative image paths resolve against)."""
     if isinstance(solution, dict):
         return solution, Path.cwd()
-    path = Path(solution)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "solution file not found") from None
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"not a readable JSON solution ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
-        raise InputError(path, "no 'frames' list", field="frames")
-    return data, path.parent
+    p = Path(solution)
+    return solution_io.load(p), (p if p.is_dir() else p.parent)
 
 
 def _resolve(base: Path, img: Path) -> Path:
@@ -494,8 +493,6 @@ def render_tile(job: TileJob):
 def _tile_task(job: TileJob, levels: int):
     """A tile task: ((row0, col0) of the tile, its pixels or None, their first ``levels`` overview
     levels (:func:`mosaic.cog.overview_levels`, computed where the tile was rendered), stats)."""
-    from mosaic.cog import overview_levels
-
     result, stats = render_tile(job)
     if result is None:
         return (job.core[1], job.core[0]), None, [], stats
@@ -584,7 +581,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     (False), or one gain per used frame (an array). ``seams``: cut seams where frames agree
     (True) or give each pixel to the frame that sees it nearest its centre (False). ``ties``:
     the registration's tie points (i, j, xi, yi, xj, yj), i and j indexing the used frames
-    (:func:`mosaic.products.control_points`), which the photometric fit samples first (all but
+    (:func:`mosaic.registration.tie_points`), which the photometric fit samples first (all but
     every :data:`.photometry.HOLD_OUT`-th distinct one, held out for the agreement measure).
     ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the
     local default. ``work_dir``: a folder that keeps the finished tiles (the COG's intermediate
@@ -594,8 +591,6 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     """
     import rasterio
 
-    from mosaic.cog import CogWriter, equirect_transform, overview_factors
-
     t0, c0 = time.monotonic(), time.process_time()
     frames, proj = _setup(solution, projection, resolution, tile, elevation_range, levels, max_pixels, proj_kw, step)
     dtype, bands, fdtypes = _output_kind(frames)
@@ -604,9 +599,7 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     scales = [out_top / top[d] if d in top and dtype in top else 1.0 for d in fdtypes]
     own = None
     if client is None:
-        from mosaic.cluster import client as make_client
-
-        own = make_client()
+        own = cluster.client()
         client = own.__enter__()
     try:
         t1, c1 = time.monotonic(), time.process_time()
@@ -733,8 +726,6 @@ def prepare_frames(frames, client, bands, dtype, fdtypes, scales, gains=True, se
     area, tone and the pair seams. ``ties``: tie points (i, j, xi, yi, xj, yj) between the frames
     (indices), the photometric fit's best samples (all but the held-out share). Returns (frames
     with them, {(i, j): PairSeam}, stats)."""
-    from mosaic.progress import track_futures
-
     n = len(frames)
     red = [photometry.reduction(f.width, f.height) for f in frames]
     ties = np.zeros((0, 6)) if ties is None or not len(ties) else np.asarray(ties, float)
@@ -872,8 +863,6 @@ def write_record(path, frames, pair_seams, stats):
     """``render.json`` beside the panorama: how each frame was rendered (its tone,
     :func:`.photometry.tone_to_dict`, and valid margins), the pair seams and the photometric fit's
     statistics, keyed by frame id; what ``mosaic eval`` and ``quality.png`` measure it with."""
-    from mosaic.atomic import write_json
-
     ids = {f.index: f.id for f in frames}
     return write_json(path, {
         "frames": {f.id: {**photometry.tone_to_dict(f.tone), "margins": f.margins.as_list(), "alpha": f.alpha}
@@ -885,8 +874,6 @@ def write_record(path, frames, pair_seams, stats):
 def read_record(path, frames):
     """(tones {id: Tone}, margins {id: Margins}, pair seams {(i, j): PairSeam} re-indexed to
     ``frames``) from a ``render.json``; empty where it is missing."""
-    from .masks import Margins
-
     p = Path(path)
     if not p.is_file():
         return {}, {}, {}
@@ -911,9 +898,6 @@ def _affine(gt):
 def _run_jobs(client, jobs, extra=()):
     """Yield ``_tile_task(job, *extra)`` as tiles finish, keeping a bounded number in flight
     (memory stays O(in-flight tiles), not O(panorama))."""
-    from mosaic.cluster import as_completed
-    from mosaic.progress import stage
-
     if not jobs:
         return
     nthreads = sum(client.nthreads().values()) or 1
@@ -953,8 +937,6 @@ def write_preview(cog_path, out_path, max_width=4096):
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning
-
-    from mosaic.atomic import write_bytes
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -45,7 +45,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import warp
 from .masks import Margins, detect_margins, valid_box
+from .seams import structure_mismatch
 from .warp import bilinear
 
 #: Target size of a frame's reduced copy (pixels): fine enough for a seam to go round a rock
@@ -119,8 +121,6 @@ def prepare(path: str, width: int, height: int, scale: int, points=None, keep: b
     """Read a frame once: margins from its pixels, alpha, its maximum, the reduced copy and the
     brightness at ``points`` (N, 2) (:func:`point_values`). ``keep``: read it through the tiles'
     frame cache (:data:`.warp.CACHE`), which keeps it for them."""
-    from . import warp
-
     img, alpha = warp.CACHE.get(path) if keep else warp.read_pixels(path)
     values = None if points is None or not len(points) else point_values(img, np.asarray(points, float))
     margins = detect_margins(img, alpha)
@@ -368,8 +368,6 @@ def pair_samples(i, j, va, vb, overlap, mapx, mapy, origin, scale_a, white, mode
     ok = (a > lo).all(axis=1) & (b > lo).all(axis=1) & (a < hi).all(axis=1) & (b < hi).all(axis=1)
     # Steepness of the log image at the sample (misregistration sensitivity), and structure that
     # differs between the frames about it (parallax: the frames see different things there).
-    from .seams import structure_mismatch
-
     mismatch = cv2.blur(structure_mismatch(ba.mean(axis=2), bb.mean(axis=2), white), (5, 5))
     w = 1.0 / (1.0 + (_log_gradient(ba)[ys, xs] / GRADIENT_HALF) ** 2) / (1.0 + (mismatch[ys, xs] / MISMATCH_HALF) ** 2)
     if ok.sum() < 20:

@@ -162,8 +162,12 @@ class Cylindrical:
         return (0.0, 360.0 / self.width, 0.0, float(t1), 0.0, -float(t1 - t0) / self.height)
 
 
+@dataclass(frozen=True)
 class _Square:
-    """Outputs ``size`` pixels a side."""
+    """Outputs ``size`` pixels a side, and does not wrap."""
+
+    size: int
+    wraps = False
 
     @property
     def width(self) -> int:
@@ -180,10 +184,8 @@ class Polar(_Square):
     right): the distance from the centre is the angle from the nadir. Covers nadir angles up to
     ``max_angle`` degrees (180 = the whole sphere); transform in degrees from the nadir."""
 
-    size: int
     max_angle: float = 180.0
     kind = "direction"
-    wraps = False
 
     def pixel_to_dir(self, x, y):
         x = np.asarray(x, dtype=float)
@@ -249,11 +251,9 @@ class Vertical(_Square):
     on the rover. ``extent`` metres square at ``resolution`` metres per pixel; transform in metres
     (east, north) from the rover."""
 
-    size: int
     resolution: float
     ground_z: float = 0.0
     kind = "point"
-    wraps = False
 
     def pixel_to_point(self, x, y):
         x = np.asarray(x, dtype=float)

@@ -31,9 +31,10 @@ import cv2
 import numpy as np
 
 from calib.errors import InputError
+from calib.labels import read_image as read_vicar
 
-from .masks import NONE as NO_MARGINS
 from .masks import valid_box
+from .masks import NONE as NO_MARGINS
 
 #: Range (m) standing in for infinity: 1e6 m puts a 2 m baseline at 2e-6 rad, 0.03 px of a
 #: Mastcam-Z pixel, and keeps CAHVORE's entrance-pupil terms negligible.
@@ -366,8 +367,6 @@ def read_pixels(path):
     path = Path(path)
     alpha = None
     if path.suffix.lower() in (".img", ".vic"):
-        from calib.labels import read_image as read_vicar  # written in parallel; imported on need
-
         img = np.asarray(read_vicar(path))
         if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3):
             img = np.moveaxis(img, 0, -1)  # band-sequential -> interleaved

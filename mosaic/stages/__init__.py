@@ -14,11 +14,6 @@ def upstream_key(ws, stage: str) -> str:
     return ws.read_json("stages", f"{stage}.json")["key"]
 
 
-def task_key(stage: str, name: str, key: str) -> str:
-    """A dask key that is unique per stage, item and stage key, and readable on a dashboard."""
-    return f"{stage}-{name}-{key[:10]}"
-
-
 def code_key(*names: str) -> str:
     """A hash of the source of the named modules, a package's standing for every module under it:
     a changed algorithm anywhere a stage runs re-runs that stage on the next run.

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from calib.errors import InputError
 from calib.models import model_from_dict
+from calib.rotation import matrix_to_rotvec
 
 from .. import progress
 from .. import solution as solution_io
 from ..workspace import Workspace, digest
+from . import code_key, upstream_key
 from . import features as features_stage
 from . import matches as matches_stage
-from . import code_key, upstream_key
 from .bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
 
 CONFIG_FIELDS = ("shared_lens", "prior_deg", "loss", "loss_px", "outlier_px", "max_iterations")
@@ -246,8 +248,6 @@ def run(ws: Workspace, config, client=None) -> dict:
         elif not posed.any():
             entries, stats = _adjust_photos(recs, feats, scale, pair_matches, homographies, h_inliers, tried, config)
         else:
-            from calib.errors import InputError
-
             raise InputError(recs[int(np.argmin(posed))]["path"],
                              "plain photos (no camera model) cannot be stitched together with rover frames")
         bar.advance()
@@ -358,8 +358,6 @@ def _adjust_posed(recs, feats, scale, pair_matches, tried, config):
     info = _solve_robust(bundle, config)
 
     def extra(ci):
-        from calib.rotation import matrix_to_rotvec
-
         return {"correction_deg": round(float(np.degrees(np.linalg.norm(matrix_to_rotvec(cams[ci].rot)))), 6)}
 
     entries, stats = _finish(recs, bundle, cam_of, scale, models, reasons, extra)

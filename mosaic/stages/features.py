@@ -16,7 +16,12 @@ import io
 
 import numpy as np
 
+from calib.labels import read_frame, read_image
+
+from ..atomic import write_bytes
 from ..memory import trim_freed
+from ..pixels import CACHE
+from ..render.masks import detect_margins
 from ..workspace import Workspace, digest, resumable
 from . import code_key, upstream_key
 
@@ -99,14 +104,10 @@ def detect(record: dict, out_path: str, options: dict) -> dict:
     """One frame's features (a dask task: carries a path in, writes a path out)."""
     import cv2
 
-    from ..atomic import write_bytes
-
     cv2.setNumThreads(1)
     w, h = int(record["width"]), int(record["height"])
     s, rs, refine = scales(record, options)
     arr, r = frame_pixels(record, rs)
-    from ..render.masks import detect_margins
-
     # The frame's own border (dark rows, dim columns), in pixels as delivered.
     margins = detect_margins(arr[..., :3] if arr.ndim == 3 and arr.shape[2] == 4 else arr,
                              arr[..., 3] if arr.ndim == 3 and arr.shape[2] == 4 else None).scaled(r)
@@ -185,8 +186,6 @@ def frame_pixels(record: dict, scale: float) -> tuple[np.ndarray, int]:
     (the input validation's) feeds it by answering this call."""
     arr, r = _decode_reduced(record, scale)
     if arr is None:
-        from calib.labels import read_frame, read_image
-
         arr, r = read_image(read_frame(record["path"])), 1
     return arr, r
 
@@ -195,8 +194,6 @@ def _decode_reduced(record: dict, scale: float):
     """A JPEG photo decoded at 1/2, 1/4 or 1/8 size straight from its DCT (several times faster
     than a full decode) when the working scale allows; (None, 1) otherwise."""
     import cv2
-
-    from ..pixels import CACHE
 
     path = record["image"]
     if not reads_reduced_jpeg(record):

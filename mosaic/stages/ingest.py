@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from calib.errors import InputError
+from calib.labels import discover
+from calib.mast import mast_pivot
 
 from .. import progress
 from ..workspace import digest, file_digest
@@ -26,8 +28,6 @@ MAST_HEAD_RADIUS_M = 0.35
 
 def _pivot_local_level(meta, model_ll) -> list:
     """The point pointing corrections rotate about, in LOCAL_LEVEL."""
-    from calib.mast import mast_pivot
-
     if meta.model is None:
         return [0.0, 0.0, 0.0]
     pivot_rnav = mast_pivot()
@@ -117,8 +117,6 @@ def frame_record(meta, hfov: float | None) -> dict:
 
 
 def run(ws, config, client=None) -> dict:
-    from calib.labels import discover
-
     inputs = sorted(str(p) for p in ws.read_json("inputs.json"))
     key = digest("ingest", code_key(__name__), file_digest(inputs), config.key_of("hfov"))
     if ws.stage_done("ingest", key):

@@ -24,6 +24,7 @@ import numpy as np
 
 from calib.models import model_from_dict
 
+from ..atomic import write_bytes
 from ..workspace import Workspace, digest, resumable
 from . import code_key, upstream_key
 
@@ -413,8 +414,6 @@ def _load(path):
 def match_pair(rec_a: dict, rec_b: dict, path_a: str, path_b: str, out_path: str, options: dict) -> dict:
     """Match and verify one pair (a dask task: paths in, a path out, a small dict back)."""
     import cv2
-
-    from ..atomic import write_bytes
 
     cv2.setNumThreads(1)
     fa, fb = _load(path_a), _load(path_b)

@@ -22,6 +22,8 @@ import time
 
 from calib.errors import InputError
 
+from . import writer
+from .render import Photometry
 from .scenes import SCENES
 
 log = logging.getLogger("mosaic.synth")
@@ -50,8 +52,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from . import writer
-
     if args.scale is not None and not 1 <= args.scale <= 64:
         raise InputError(None, f"scale must be 1-64, got {args.scale}", field="--scale")
     if args.seed < 0:
@@ -62,8 +62,6 @@ def run(args) -> int:
         raise InputError(None, f"vignetting must be in [0, 1), got {args.vignetting}", field="--vignetting")
     if args.glare < 0:
         raise InputError(None, f"glare must be >= 0, got {args.glare}", field="--glare")
-    from .render import Photometry
-
     phot = Photometry(exposure=args.exposure, vignetting=args.vignetting, glare=args.glare,
                       dark_borders=args.dark_borders, response="linear12" if args.bits == 12 else "sqrt8")
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ import numpy as np
 from calib.instruments import instrument
 from calib.mast import mast_pivot
 from calib.meta import LOCAL_LEVEL
+from calib.models import model_from_dict
 from calib.rotation import matrix_to_quat
 from mosaic import geo, progress
 from mosaic.atomic import atomic_path, write_json
@@ -147,8 +148,6 @@ class _Job:
 
 def _render_one(args):
     plan, site_model_dict, width, height, sensor, seed, phot = args
-    from calib.models import model_from_dict
-
     model_site = model_from_dict(site_model_dict)
     rad, _ = render.radiance(_Job.terrain, model_site, width, height)
     rng = np.random.default_rng([seed, 2, plan.index])

@@ -24,6 +24,11 @@ import argparse
 import json
 import logging
 
+from .. import cluster
+from ..lock import output_folder
+from ..preflight import check
+from .pipeline import terrain
+
 log = logging.getLogger("mosaic")
 
 
@@ -46,10 +51,7 @@ def add_arguments(p) -> None:
                    help="farthest range kept (default: no fixed limit; points are capped by their expected error)")
     p.add_argument("--no-pair-refinement", action="store_true",
                    help="use the models' relative orientation of each pair as given (no SIFT fit)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler to use (default: embedded)")
-    p.add_argument("--workers", type=int, help="workers of the embedded cluster")
-    p.add_argument("--threads-per-worker", type=int, metavar="N", help="threads of each embedded worker")
-    p.add_argument("--memory-limit", metavar="BYTES", help='memory of each embedded worker, e.g. "4GB" (default: auto)')
+    cluster.add_arguments(p)
     p.add_argument("--force", action="store_true", help="recompute everything (drop the workspace)")
     p.add_argument("--workspace", metavar="DIR", help="intermediate files (default OUT/work)")
     p.add_argument("--keep-points", action="store_true", help="keep the per-pair point files")
@@ -58,9 +60,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..lock import output_folder
-    from ..preflight import check
-
     check(args.inputs, args.out)  # labels, camera models, every image whole: bad input before any work
     with output_folder(args.out, force=args.force, command="terrain"):  # one run per folder, as stitch
         report = _terrain(args)
@@ -76,8 +75,6 @@ def run(args) -> int:
 
 
 def _terrain(args) -> dict:
-    from .pipeline import terrain
-
     return terrain(args.inputs, args.out, gsd=args.gsd, radius=args.radius, site_origin=args.site_origin,
                    scheduler=args.scheduler, workspace=args.workspace, keep_points=args.keep_points,
                    web=not args.no_web, solution=args.solution, register=args.register, min_range=args.min_range,

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
+from mosaic import atomic
+from mosaic.geo import grid_transform
+
 #: Fields a point file holds, all float32: column and row in grid cells (continuous, cell (0, 0)
 #: spans [0, 1)), height above the site origin (m, up), brightness, the 1-sigma error along the
 #: ray as a vector (up, east, north; m) and the index of the pair.
@@ -65,8 +68,6 @@ class GridSpec:
 def grid_spec(origin, centre_north: float, centre_east: float, radius: float, gsd: float,
               tile: int = 1024, halo: int = 16) -> GridSpec:
     """The grid covering ``radius`` metres around a SITE point (north, east), snapped to ``gsd``."""
-    from mosaic.geo import grid_transform
-
     t = grid_transform(origin, centre_east - radius, centre_north + radius, gsd)
     n = int(math.ceil(2 * radius / gsd)) + 1  # +1: snapping moves the corner out by < one cell
     return GridSpec(t, n, n, tile, halo)
@@ -110,8 +111,6 @@ def tile_dir(root, tile_index) -> Path:
 
 def save_points(root, pair_id: str, spec: GridSpec, fields: dict) -> dict:
     """Write ``fields`` (POINT_FIELDS arrays) as one file per tile; {tile: count}."""
-    from mosaic import atomic
-
     buckets = bucket(spec, fields["col"], fields["row"])
     counts = {}
     for t, idx in buckets.items():

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic import atomic
+
 #: Side of a brightness block (grid cells).
 BLOCK = 16
 #: Samples a block needs before its mean counts.
@@ -36,8 +38,6 @@ def _path(root, pair_id) -> Path:
 
 def save_summary(root, pair_id: str, spec, col, row, value) -> None:
     """Mean brightness per block of one pair's points (continuous grid ``col``/``row``)."""
-    from mosaic import atomic
-
     nbc = math.ceil(spec.width / BLOCK)
     nbr = math.ceil(spec.height / BLOCK)
     c = np.floor(np.asarray(col) / BLOCK).astype(np.int64)

@@ -6,7 +6,7 @@ neither stereo nor gridding, and an upgrade of any module a stage runs redoes it
 
 1. pairs: frames are read (``calib.labels.discover``) and paired (``stereo_pairs.find_pairs``);
 2. register (default on): the registration stages of ``mosaic stitch`` (features, pairs, matches,
-   bundle adjustment; ``mosaic.stitch.run_stages``) on the same dask client, into
+   bundle adjustment; ``mosaic.registration.run_stages``) on the same dask client, into
    ``OUT/work/registration``; the frames take its adjusted models. The labels' pointing is off by
    up to a degree, which tilts each pair's surface about the mast: on our synthetic scenes it is
    the largest error of the DEM near the rover (docs/terrain.md);
@@ -40,10 +40,22 @@ from pathlib import Path
 import numpy as np
 
 from calib.errors import InputError
+from calib.labels import discover
+from calib.meta import LOCAL_LEVEL
+from calib.models import model_from_dict
+from mosaic import atomic, cluster, solution, stac
+from mosaic.cog import CogWriter
+from mosaic.config import StitchConfig
+from mosaic.geo import DEFAULT_SITE_ORIGIN, SiteOrigin, parse_site_origin, site_crs_wkt
+from mosaic.registration import run_stages
+from mosaic.stages import code_key
+from mosaic.webmap import write_map
+from mosaic.webtiles import SIGMA_LEGEND, write_tiles
+from mosaic.workspace import Workspace, digest, file_digest, resumable
 
+from . import ortho
 from . import fuse as fusemod
 from . import grid as gridmod
-from . import ortho
 from .stereo import StereoSettings, process_pair, site_offset
 from .stereo_pairs import find_pairs
 
@@ -101,8 +113,6 @@ class TerrainSettings:
 def grid_one_tile(points_root: str, spec: dict, tile_index, fuse: fusemod.FuseSettings, gains, dest: str) -> dict:
     """One output tile, saved into ``dest`` (an .npz of height, value, sigma, filled) when any
     point falls in it; returns its counts."""
-    from mosaic import atomic
-
     g = gridmod.GridSpec.from_dict(spec)
     pts = gridmod.load_points(points_root, tile_index)
     if pts.shape[1] == 0:
@@ -116,8 +126,6 @@ def grid_one_tile(points_root: str, spec: dict, tile_index, fuse: fusemod.FuseSe
 
 
 def _site_origin(frames, site_origin):
-    from mosaic.geo import DEFAULT_SITE_ORIGIN, SiteOrigin, parse_site_origin
-
     if site_origin is not None:
         return site_origin if isinstance(site_origin, SiteOrigin) else parse_site_origin(site_origin)
     for f in frames:
@@ -131,10 +139,6 @@ def _register(ws, inputs, frames, client):
     """The frames with the models of ``mosaic stitch``'s registration run on ``client`` into the
     workspace's ``registration/`` (skipped stage by stage when unchanged); (frames, report), or
     (frames, None) when the frames cannot be registered (the labels' models are kept)."""
-    from mosaic.config import StitchConfig
-    from mosaic.stitch import run_stages
-    from mosaic.workspace import Workspace
-
     t = time.perf_counter()
     reg = Workspace(ws.root / "registration")
     paths = sorted(str(Path(p).resolve()) for p in inputs)
@@ -155,10 +159,6 @@ def _register(ws, inputs, frames, client):
 def apply_solution(frames, path):
     """Frames with the models of a ``solution.json`` (e.g. from ``mosaic stitch``'s adjustment),
     matched by id or image name; frames it does not place keep their label's model."""
-    from calib.meta import LOCAL_LEVEL
-
-    from mosaic import solution
-
     sol = solution.read(path)
     by_key = {}
     for f in sol["frames"]:
@@ -181,14 +181,10 @@ def apply_solution(frames, path):
 
 
 def _write_solution(out: Path, pairs, pair_stats) -> None:
-    from mosaic import solution
-
     stats_by_id = {p["id"]: p for p in pair_stats}
     frames = []
     for p in pairs:
         st = stats_by_id.get(p.id, {})
-        from calib.models import model_from_dict
-
         for f in (p.left, p.right):
             rec = {"id": f.id, "image": Path(f.image).name if f.image else None, "width": f.width, "height": f.height}
             model = f.model_local_level()
@@ -211,8 +207,6 @@ def _pointing_sigma(settings: TerrainSettings, adjusted: bool, pairs) -> float:
 
 def _stereo_stage(ws, client, pairs, spec, origin, settings, key, points_root) -> tuple[list, bool]:
     """Run (or resume) the pair tasks; returns their reports and whether the stage was skipped."""
-    from mosaic.workspace import resumable
-
     record = ws.stage_report("terrain-stereo") if ws.stage_done("terrain-stereo", key) else None
     if record is not None and record.get("points_kept") and points_root.is_dir():
         return record["pairs"], True
@@ -233,8 +227,6 @@ def _stereo_stage(ws, client, pairs, spec, origin, settings, key, points_root) -
 
 def _grid_stage(ws, client, spec, settings, fuse, gains, key, points_root) -> tuple[list, bool]:
     """Run (or resume) the tile tasks into ``grid/KEY/``; returns their reports and whether skipped."""
-    from mosaic.workspace import resumable
-
     if ws.stage_done("terrain-grid", key):
         tiles = ws.stage_report("terrain-grid")["tiles"]
         if all(not t.get("file") or Path(t["file"]).exists() for t in tiles):
@@ -272,12 +264,6 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
     grid options then skips stereo). ``options``: other ``TerrainSettings`` fields. Returns the run
     report (also ``report.json``).
     """
-    from calib.labels import discover
-
-    from mosaic import atomic, cluster
-    from mosaic.stages import code_key
-    from mosaic.workspace import Workspace, digest, file_digest
-
     t_start = time.perf_counter()
     unknown = set(options) - set(TerrainSettings.__dataclass_fields__)
     if unknown:
@@ -297,8 +283,6 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
     report: dict = {"settings": asdict(settings), "stages": {}}
 
     if isinstance(site_origin, str):  # bad text fails before any work
-        from mosaic.geo import parse_site_origin
-
         site_origin = parse_site_origin(site_origin, source="--site-origin")
     t = time.perf_counter()
     frames = discover([str(p) for p in inputs], exclude=[out])  # outputs never become inputs
@@ -403,9 +387,6 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
 
 def _write_products(out: Path, spec: gridmod.GridSpec, origin, tiles, settings, report):
     """dem.tif, dem_sigma.tif and ortho.tif from the grid stage's tiles (one tile in memory)."""
-    from mosaic.cog import CogWriter
-    from mosaic.geo import site_crs_wkt
-
     crs = site_crs_wkt()
     tags = {"UNITS": "metre", "VERTICAL_DATUM": "IAU 2015 Mars sphere, R = 3396190 m",
             "SITE_ORIGIN": f"{origin.lat},{origin.lon},{origin.elev}", "GSD_M": f"{settings.gsd}"}
@@ -452,11 +433,6 @@ def acquisition_time(frames) -> datetime.datetime:
 
 def _write_web(out: Path, spec, origin, frames, pairs) -> dict:
     """Web tiles of the ortho, a hillshade and the DEM's sigma, the STAC item and the Leaflet page."""
-    from mosaic import stac
-    from mosaic.geo import site_crs_wkt
-    from mosaic.webmap import write_map
-    from mosaic.webtiles import SIGMA_LEGEND, write_tiles
-
     ts = write_tiles(out / "ortho.tif", out_dir=out, hillshade_dem=out / "dem.tif", sigma=out / "dem_sigma.tif")
     layers = [("Orthoimage", ts.layers["tiles"])]
     if "hillshade" in ts.layers:

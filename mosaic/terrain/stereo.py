@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib.errors import ModelError
+from calib.labels import read_image
+from mosaic.geo import local_level_to_map
 
-from . import grid as gridmod
 from . import ortho
+from . import grid as gridmod
 from .disparity import MatchSettings, disparity, to_uint8
 from .rectify import rectify_image, rectify_pair, remap_maps
+from .relative import fit_right_rotation, sift_matches
 from .triangulate import triangulate
 
 
@@ -55,8 +58,6 @@ def site_offset(meta) -> np.ndarray:
 
 def _refine_right(ml, mr, gl, gr, rp):
     """The right eye's rotation from SIFT matches (``relative``), or None without enough of them."""
-    from .relative import fit_right_rotation, sift_matches
-
     hc, _, hs, _ = rp.left.intrinsics()
     hp = (rp.left.H - hc * rp.left.A) / hs
     pl, pr = sift_matches(to_uint8(gl, np.ones(gl.shape, bool)), to_uint8(gr, np.ones(gr.shape, bool)))
@@ -66,10 +67,6 @@ def _refine_right(ml, mr, gl, gr, rp):
 def process_pair(pair, index: int, points_root: str, spec: dict, origin, settings: StereoSettings) -> dict:
     """One pair (the ``index``-th of the run): rectify, match, triangulate, bucket into
     ``points_root``; returns counts and diagnostics (small)."""
-    from calib.labels import read_image
-
-    from mosaic.geo import local_level_to_map
-
     t0 = time.perf_counter()
     s = settings
     left, right = pair.left, pair.right

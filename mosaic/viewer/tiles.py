@@ -43,6 +43,7 @@ import numpy as np
 from calib.errors import InputError
 
 from ..atomic import replace_dir, write_json
+from ..progress import stage
 
 TILE = 512
 QUALITY = 85
@@ -195,8 +196,6 @@ def write_tiles(out_dir, source: str = "panorama.tif", tile: int = TILE, quality
 
     jobs = [(lv, r, c) for lv in levels for r in range(lv["rows"]) for c in range(lv["cols"])]
     present = {lv["z"]: bytearray(b"0" * (lv["rows"] * lv["cols"])) for lv in levels}
-    from ..progress import stage
-
     try:
         with _quiet(), ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool, \
                 stage("tiles", len(jobs)) as bar:
