@@ -165,7 +165,7 @@ def check_pixels(metas, config=None) -> int:
         if options is None:
             return pixels.decode(rec, PROOF_SCALE, cache=None)
         _, scale, _ = scales(rec, options)
-        keep = kept_for_stages(rec)
+        keep = kept_for_stages(rec, scale)
         return pixels.decode(rec, scale, grey=keep, cache=pixels.CACHE if keep else None)
 
     before = len(pixels.CACHE)
@@ -182,12 +182,14 @@ def check_pixels(metas, config=None) -> int:
     return len(pixels.CACHE) - before
 
 
-def kept_for_stages(record) -> bool:
-    """Whether a stage of this process reads the frame's checked pixels from mosaic.pixels.CACHE:
-    today the features stage's JPEG photos (decoded grey at a DCT reduction, the same bytes). The
-    others are decoded, proven whole and dropped, until their readers take them too (keeping
-    pixels nobody reads would only raise the run's peak memory)."""
-    return reads_reduced_jpeg(record)
+def kept_for_stages(record, scale: float) -> bool:
+    """Whether a stage of this process reads the frame's checked pixels (decoded at ``scale``)
+    from mosaic.pixels.CACHE: today the features stage's JPEG photos decoded grey at a DCT
+    reduction (the same bytes). The others are decoded, proven whole and dropped, until their
+    readers take them too: keeping pixels nobody reads would only raise the run's peak memory
+    (budapest's photos, which no reduction fits, held 5.5 MiB of unread full-size decodes through
+    the features stage)."""
+    return reads_reduced_jpeg(record) and pixels.jpeg_reduction(int(record["width"]), int(record["height"]), scale) > 1
 
 
 def check(inputs, out, config=None) -> Checked:

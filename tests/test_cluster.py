@@ -159,16 +159,39 @@ def test_cli_passes_cluster_flags_through(monkeypatch, tmp_path):
 def test_a_local_stitch_imports_neither_distributed_nor_scipy_optimize(tmp_path):
     """The default executor is threads in this process: a local run pays neither the import of
     ``distributed`` nor a scheduler's start and close; the Hugin project's lens fit does without
-    ``scipy.optimize`` (0.13-0.29 s to import)."""
+    ``scipy.optimize`` (0.13-0.29 s to import), the seam cut without ``scipy.ndimage`` (0.075 s)."""
     frames = scene("navcam-360", keep=QUICK_360)
     code = ("import sys; from mosaic.stitch import stitch; "
             f"r = stitch([{str(frames)!r}], {str(tmp_path / 'pan')!r}); assert 'panorama' in r, r; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'distributed' or m == 'scipy.optimize'))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'distributed' or m in ('scipy.optimize', "
+            "'scipy.ndimage')))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "pan" / "panorama.pto").exists()
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_local_executor_keeps_openblas_to_one_thread_while_its_threads_run():
+    """Its task threads already fill the cores; OpenBLAS threads on top only oversubscribe. While
+    a multi-threaded LocalExecutor runs, numpy's OpenBLAS runs one thread; after, as before."""
+    import numpy  # noqa: F401 -- loads numpy's OpenBLAS
+
+    calls = cluster.openblas_threads()
+    if not calls:
+        pytest.skip("no OpenBLAS found in this process")
+    get, put = calls[0]
+    before = int(get())
+    put(2)
+    if get() < 2:
+        put(before)
+        pytest.skip("OpenBLAS here runs one thread at most")
+    try:
+        with cluster.LocalExecutor(workers=1, threads_per_worker=2) as ex:
+            assert ex.submit(lambda: [int(g()) for g, _ in cluster.openblas_threads()]).result() == [1] * len(calls)
+        assert get() == 2
+    finally:
+        put(before)
 
 
 def _fail(x):

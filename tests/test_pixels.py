@@ -64,6 +64,29 @@ def test_the_check_decodes_what_features_reads_and_features_reads_it_from_the_ca
     assert r == 2 and np.array_equal(arr, d.pixels)
 
 
+def test_the_check_keeps_only_the_photos_features_reads_from_the_cache(photo, tmp_path):
+    """A photo decoded at a DCT reduction stays in the cache for the features stage; one that no
+    reduction fits (features reads it in colour at full size) is proven and dropped."""
+    from calib.meta import FrameMeta
+    from mosaic.config import StitchConfig
+    from mosaic.preflight import check_pixels
+
+    small = tmp_path / "small.jpg"
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(photo)), (W // 4, H // 4)))
+    metas = [FrameMeta(id=p.stem, instrument="PHOTO", width=w, height=h, model=None, image=p)
+             for p, w, h in ((photo, W, H), (small, W // 4, H // 4))]
+    pixels.CACHE.clear()
+    try:
+        assert check_pixels(metas, StitchConfig()) == 1
+        s_big = features.scales(_record(photo), OPTIONS)[1]
+        assert pixels.CACHE.get(photo, s_big, grey=True) is not None
+        s_small = features.scales(_record(small, W // 4, H // 4), OPTIONS)[1]
+        assert pixels.jpeg_reduction(W // 4, H // 4, s_small) == 1
+        assert pixels.CACHE.get(small, s_small, grey=True) is None
+    finally:
+        pixels.CACHE.clear()
+
+
 def test_the_cache_is_bounded_and_keyed_by_the_file(tmp_path):
     a = tmp_path / "a.png"
     cv2.imwrite(str(a), np.full((100, 100), 7, np.uint8))

@@ -15,7 +15,7 @@ from mosaic import solution as solution_io
 from mosaic.config import StitchConfig
 from mosaic.stages.adjust import build_tracks, focals_from_homography
 from mosaic.stages.bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
-from mosaic.stages.matches import _segment_candidates, ratio_match, verify_rotation
+from mosaic.stages.matches import _best_two, _segment_candidates, ratio_match, verify_rotation
 
 F = 1220.0
 W = H = 1024
@@ -298,6 +298,34 @@ def test_rotation_ransac_with_parallax_and_outliers():
     assert np.degrees(np.linalg.norm(matrix_to_rotvec(est @ rot.T))) < 0.05
 
 
+def test_rotation_ransac_stops_once_confident(monkeypatch):
+    """With 90 % inliers the first chunk of hypotheses holds an all-inlier sample at far more than
+    0.999 confidence: the other chunks are not scored. With 30 % it takes them all."""
+    from mosaic.stages import matches
+
+    assert matches._enough(0.9, 3, 32) and not matches._enough(0.3, 3, 32) and matches._enough(1.0, 3, 1)
+    rng = np.random.default_rng(2)
+    n = 200
+    d = azel_to_vector(rng.uniform(-20, 20, n), rng.uniform(-20, 20, n))
+    rot = rotvec_to_matrix(np.radians([0.2, 0.4, -0.3]))
+    scored = []
+    real = matches.rotation_residuals
+    monkeypatch.setattr(matches, "rotation_residuals",
+                        lambda r, *a: scored.append(np.ndim(r) == 3) or real(r, *a))
+    for share in (0.9, 0.3):
+        db = d @ rot.T
+        outl = rng.choice(n, int(n * (1 - share)), replace=False)
+        db[outl] = azel_to_vector(rng.uniform(-20, 20, len(outl)), rng.uniform(-20, 20, len(outl)))
+        chunks = []
+        for enough in (matches._enough, lambda *a: False):  # the second: every chunk is scored
+            monkeypatch.setattr(matches, "_enough", enough)
+            scored.clear()
+            mask, est = verify_rotation(d, db, np.zeros(3), 0.0, 1e-3, np.radians(5), 500, np.random.default_rng(3))
+            assert mask[np.setdiff1d(np.arange(n), outl)].all() and not mask[outl].any()
+            chunks.append(sum(scored))
+        assert chunks[1] > 1 and chunks[0] == (1 if share == 0.9 else chunks[1]), chunks
+
+
 def test_ratio_match_guided_and_unguided():
     rng = np.random.default_rng(0)
     da = rng.normal(size=(200, 128)).astype(np.float32)
@@ -314,6 +342,31 @@ def test_ratio_match_guided_and_unguided():
     assert len(ia) == 200 and np.all(perm[ib] == ia)
 
 
+def _best_two_by_lexsort(rows, dist, n):
+    """The reference: a lexsort on (dist, rows); ties go to the earlier candidate."""
+    order = np.lexsort((dist, rows))
+    r, d = rows[order], dist[order]
+    best_pos, best_d, second_d = np.full(n, -1), np.full(n, np.inf), np.full(n, np.inf)
+    for k in range(len(r)):
+        if k == 0 or r[k] != r[k - 1]:
+            best_pos[r[k]], best_d[r[k]] = order[k], d[k]
+        elif k == 1 or r[k - 2] != r[k]:
+            second_d[r[k]] = d[k]
+    return best_pos, best_d, second_d
+
+
+@pytest.mark.parametrize("sorted_rows", [True, False])
+def test_best_two_is_the_lexsort_reference(sorted_rows):
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 40, 600)
+    rows = np.sort(rows) if sorted_rows else rows
+    dist = rng.integers(0, 6, 600).astype(np.float32)  # many ties, within and across rows
+    for got, want in zip(_best_two(rows, dist, 50), _best_two_by_lexsort(rows, dist, 50)):
+        np.testing.assert_array_equal(got, want)
+    empty = _best_two(np.zeros(0, int), np.zeros(0, np.float32), 3)
+    assert empty[0].tolist() == [-1] * 3 and np.isinf(empty[1]).all()
+
+
 def test_segment_candidates_exact():
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 100, (500, 2))
@@ -325,6 +378,9 @@ def test_segment_candidates_exact():
         t = np.clip(((pts - p0[i]) @ seg) / max(seg @ seg, 1e-12), 0, 1)
         dist = np.linalg.norm(pts - (p0[i] + t[:, None] * seg), axis=1)
         assert sorted(cj[ci == i].tolist()) == np.flatnonzero(dist <= 5.0).tolist()
+    # Each pair once, in (i, j) order: guided matching groups the candidates by i without a sort.
+    key = ci * len(pts) + cj
+    assert np.all(np.diff(key) > 0)
 
 
 def test_focals_from_homography():

@@ -381,3 +381,24 @@ def test_frame_cache_decodes_a_frame_once_for_threads_asking_at_once(frameset, m
         items = [g.result() for g in got]
     assert len(calls) == 1 and cache.decodes == 1
     assert all(it[0] is items[0][0] for it in items) and not items[0][0].flags.writeable
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_seam_components_are_numbered_as_scipy_numbers_them(connectivity):
+    """The seam cut takes the free stretches as components 1 and 2: OpenCV's labels must be
+    scipy.ndimage.label's, numbering included (OpenCV's block-based default scan numbers some
+    masks otherwise)."""
+    from scipy.ndimage import binary_dilation, label
+
+    from mosaic.render.seams import _components
+
+    rng = np.random.default_rng(connectivity)
+    for trial in range(200):
+        h, w = rng.integers(1, 300, 2)
+        mask = rng.random((h, w)) < rng.uniform(0.02, 0.6)
+        if trial % 2:
+            mask = binary_dilation(mask, iterations=int(rng.integers(1, 4)))
+        want, n = label(mask, structure=np.ones((3, 3)) if connectivity == 8 else None)
+        got, m = _components(mask, connectivity)
+        assert m == n
+        np.testing.assert_array_equal(got, want)
