@@ -55,7 +55,7 @@ def _command_line(command, inputs, out):
 
 def measure_set(name: str, work: Path) -> dict | None:
     from mosaic import plan
-    from mosaic.config import StitchConfig
+    from mosaic.runtime.config import StitchConfig
 
     inputs, command = _inputs(name)
     if not inputs:
@@ -157,7 +157,7 @@ def guide_block(rows, load: str) -> str:
 
 
 def write_guide(block: str) -> None:
-    from mosaic.atomic import write_text
+    from mosaic.runtime.atomic import write_text
 
     text = GUIDE.read_text()
     if BEGIN not in text or END not in text:

@@ -31,7 +31,7 @@ from benchmarks import measure
 _PAIR_TASK = """
 import json, resource, sys, tempfile
 from calib.labels import discover
-from mosaic.geo import DEFAULT_SITE_ORIGIN
+from mosaic.formats.geo import DEFAULT_SITE_ORIGIN
 from mosaic.terrain import grid
 from mosaic.terrain.pipeline import TerrainSettings, apply_solution
 from mosaic.terrain.stereo import process_pair, site_offset

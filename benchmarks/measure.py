@@ -1,7 +1,7 @@
 """Wall time and peak memory of a whole process tree, measured the same way for us and the peers.
 
 Peak memory is the largest sum of resident set sizes over the process and all its descendants
-(``mosaic.memory.tree_rss``, the same measure report.json uses), sampled every few milliseconds.
+(``mosaic.runtime.memory.tree_rss``, the same measure report.json uses), sampled every few milliseconds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from mosaic.memory import PeakMemory
+from mosaic.runtime.memory import PeakMemory
 
 
 @dataclass

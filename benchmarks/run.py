@@ -292,7 +292,7 @@ class Results:
 
     @staticmethod
     def _save(path, key, row, load0):
-        from mosaic.atomic import write_json
+        from mosaic.runtime.atomic import write_json
 
         row.update(measured=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    runs=key.get("runs"))
@@ -605,7 +605,7 @@ def main(argv=None) -> int:
     try:
         info = machine()
         results = Results(cache / "results", fresh)
-        from mosaic.atomic import write_text
+        from mosaic.runtime.atomic import write_text
 
         def write_page(res):
             shown = dict(res)

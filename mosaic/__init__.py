@@ -21,16 +21,17 @@ Runnable examples: docs/user-guide.md (tested by tests/test_api.py).
 from __future__ import annotations
 
 import importlib
+import sys
 import types
 from pathlib import Path
 
 # Bound under private names: the package's public names are the five commands (__all__).
 from calib.errors import InputError as _InputError
 from calib.labels import discover as _discover
+from mosaic.runtime.config import StitchConfig as _StitchConfig
 
 from . import evaluate as _evaluate_command
 from . import stitch as _stitch_command
-from .config import StitchConfig as _StitchConfig
 from .info import describe as _describe
 from .synth import writer as _synth_writer
 from .terrain import pipeline as _terrain_pipeline
@@ -48,7 +49,7 @@ def _paths(inputs) -> list:
 def _stitch(inputs, out, config=None, **options) -> dict:
     """``mosaic stitch``: register ``inputs`` (files or folders) and render into ``out``.
 
-    ``config``: a :class:`mosaic.config.StitchConfig` or the path of a TOML file; ``options``:
+    ``config``: a :class:`mosaic.runtime.config.StitchConfig` or the path of a TOML file; ``options``:
     StitchConfig fields over it (``hfov=48``, ``feature="orb"``, ``render=False``,
     ``workers=2``, ``scheduler="tcp://..."``). Returns ``{"solution", "report", "panorama",
     "preview", "products": {"viewer", "quality", "pto"}, "stats": {"rms_px", "frames_used",
@@ -124,3 +125,23 @@ def _wire():
 
 
 _wire()
+
+
+# Import paths the user guide documented before the modules moved into one folder per role
+# (docs/architecture.md): the same module objects under their old names, so that code written
+# against them keeps working. The project itself imports only the new homes (a test holds it).
+_DOCUMENTED_PATHS = {"mosaic.config": "mosaic.runtime.config", "mosaic.progress": "mosaic.runtime.progress",
+                     "mosaic.lock": "mosaic.runtime.lock", "mosaic.preflight": "mosaic.pipeline.preflight",
+                     "mosaic.pixels": "mosaic.formats.pixels", "mosaic.viewer": "mosaic.formats.viewer",
+                     "mosaic.viewer.tiles": "mosaic.formats.viewer.tiles"}
+
+
+def _alias():
+    for old, new in _DOCUMENTED_PATHS.items():
+        mod = importlib.import_module(new)
+        sys.modules.setdefault(old, mod)
+        parent, _, leaf = old.rpartition(".")
+        setattr(sys.modules[parent], leaf, mod)
+
+
+_alias()

@@ -5,7 +5,7 @@ which is one ``stitch`` job written to ``OUT/<subfolder>``. One dask client (the
 cluster, or ``--scheduler``/``MOSAIC_SCHEDULER``) is started once and handed to every job, so a
 cluster's workers stay warm across jobs. Every job's workspace resumes as ``mosaic stitch`` and
 ``mosaic terrain`` do, so re-running a batch after a crash redoes only what had not finished.
-Each job locks its output folder as ``mosaic stitch`` does (mosaic.lock): a folder another run is
+Each job locks its output folder as ``mosaic stitch`` does (mosaic.runtime.lock): a folder another run is
 writing into makes that job ``bad-input`` with a line naming the owner, and the other jobs run.
 At the end ``OUT/batch-summary.json`` lists each job (status ``ok``, ``bad-input`` or
 ``failed``, seconds, the error line, key numbers) and the same table is printed.
@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.errors import InputError
+from mosaic.runtime import atomic, cluster
+from mosaic.runtime.config import StitchConfig, read_toml
+from mosaic.runtime.lock import output_folder
 
-from . import atomic, cluster
-from .config import StitchConfig, read_toml
-from .lock import output_folder
 from .stitch import stitch
 from .terrain.pipeline import TerrainSettings, terrain
 

@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 
 from calib.errors import InputError
-
-from . import plan, progress
-from .atomic import OutputError
-from .config import StitchConfig, read_toml
+from mosaic import plan
+from mosaic.runtime import progress
+from mosaic.runtime.atomic import OutputError
+from mosaic.runtime.config import StitchConfig, read_toml
 
 #: sub-command -> module holding ``add_arguments(parser)``, ``run(args)`` and a docstring whose
 #: first line is the summary and whose rest (with an example) is the help text.

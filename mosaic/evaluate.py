@@ -29,11 +29,12 @@ from calib.instruments import instrument
 from calib.meta import LOCAL_LEVEL
 from calib.models import model_from_dict
 from calib.rotation import matrix_to_rotvec
+from mosaic.formats import geo
+from mosaic.formats import solution as solution_io
+from mosaic.products import seamless
+from mosaic.products.quality import ownership
+from mosaic.runtime.atomic import write_json
 
-from . import geo, seamless
-from . import solution as solution_io
-from .atomic import write_json
-from .quality import ownership
 from .render.panorama import read_record
 
 #: Distance bands (metres from the rover) for the DEM figures.
@@ -312,7 +313,7 @@ def photometry_errors(record_path, truth_dir) -> dict | None:
 
 
 def panorama_checks(out_dir) -> dict | None:
-    """Seamlessness of the panorama in ``out_dir`` (:mod:`mosaic.seamless`) and the frames it
+    """Seamlessness of the panorama in ``out_dir`` (:mod:`mosaic.products.seamless`) and the frames it
     uses; None when there is no panorama.tif."""
     out_dir = Path(out_dir)
     sol = out_dir / "solution.json"

@@ -11,19 +11,19 @@ a laptop job from a cluster one, not the exact second.
 """
 
 from __future__ import annotations
+
 from calib.errors import InputError
 from calib.labels import discover
+from mosaic.formats.geo import parse_site_origin
+from mosaic.pipeline import preflight
+from mosaic.pipeline.stages.features import CONFIG_FIELDS, scales
+from mosaic.pipeline.stages.ingest import frame_record
+from mosaic.pipeline.stages.pairs import pairs_from_models
+from mosaic.runtime.cluster import usable_cpus
 
-from . import preflight
-from .cluster import usable_cpus
-from .geo import parse_site_origin
-from .stages.features import CONFIG_FIELDS, scales
-from .stages.ingest import frame_record
-from .stages.pairs import pairs_from_models
-from .terrain import pipeline
 from .terrain import grid as gridmod
+from .terrain import pipeline
 from .terrain.stereo_pairs import find_pairs
-
 
 # -- measured constants ---------------------------------------------------------------------------
 # Stitch: fitted by benchmarks/bench_plan.py (which prints the estimate beside the run and the
@@ -68,13 +68,13 @@ TERRAIN_BYTES_PER_PAIR_MP = 490 * 2**20
 
 
 def _threads(workers, threads_per_worker=None) -> int:
-    """Threads of the embedded cluster (mosaic.cluster.client's defaults)."""
+    """Threads of the embedded cluster (mosaic.runtime.cluster.client's defaults)."""
     return max(1, (workers or 1) * (threads_per_worker or usable_cpus()))
 
 
 def stitch_plan(inputs, config, out=None) -> dict:
     """The plan of ``mosaic stitch inputs -o out`` with ``config`` (a StitchConfig): the labels
-    are checked as the run checks them (mosaic.preflight), the pixels are not read."""
+    are checked as the run checks them (mosaic.pipeline.preflight), the pixels are not read."""
     paths = preflight.resolve_inputs(inputs, out)
     metas = preflight.frames(paths, out)
     preflight.check_frames(metas)

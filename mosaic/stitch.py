@@ -38,17 +38,19 @@ import time
 from pathlib import Path
 
 from calib.errors import InputError
+from mosaic.formats import pixels
+from mosaic.formats import solution as solution_io
+from mosaic.formats.solution import render_input
+from mosaic.formats.workspace import Workspace, digest, file_digest
+from mosaic.pipeline import preflight
+from mosaic.pipeline.registration import run_stages, tie_points
+from mosaic.pipeline.stages import code_key
+from mosaic.runtime import atomic, cluster, lock
+from mosaic.runtime.config import FEATURES, PROJECTIONS, StitchConfig, render_options
+from mosaic.runtime.memory import PeakMemory, trim_freed
 
-from . import atomic, cluster, lock, pixels, preflight
-from . import solution as solution_io
-from .config import FEATURES, PROJECTIONS, StitchConfig, render_options
-from .memory import PeakMemory, trim_freed
 from .products import write_products
-from .registration import run_stages, tie_points
 from .render import render_panorama
-from .solution import render_input
-from .stages import code_key
-from .workspace import Workspace, digest, file_digest
 
 log = logging.getLogger("mosaic")
 
@@ -73,9 +75,9 @@ def stitch(inputs, out, config: StitchConfig | None = None, *, client=None, forc
     ``options`` are StitchConfig fields (e.g. ``hfov=48``, ``scheduler="tcp://..."``), applied
     over ``config``. ``client``: an existing dask client to run on (``mosaic batch`` shares one);
     None starts one from the config. ``force``: drop the workspace and recompute everything, and
-    take over a lock left by another host (mosaic.lock).
+    take over a lock left by another host (mosaic.runtime.lock).
 
-    Every input is checked first, in this process (mosaic.preflight): bad input raises InputError
+    Every input is checked first, in this process (mosaic.pipeline.preflight): bad input raises InputError
     before a cluster starts or a byte is written. Then OUT is locked for the run, and the products
     are published together at the end (atomic.Products); a full disk raises atomic.OutputError
     and leaves OUT's earlier products as they were.
@@ -171,13 +173,13 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
 
 #: The code the render runs (every module :mod:`mosaic.render.panorama` imports, directly or not,
 #: tests/test_architecture.py checks): a change to any of it renders again.
-RENDER_CODE = ("calib", "mosaic.render", "mosaic.solution", "mosaic.cog", "mosaic.atomic", "mosaic.cluster",
-               "mosaic.progress", "mosaic.memory")
+RENDER_CODE = ("calib", "mosaic.render", "mosaic.formats.solution", "mosaic.formats.cog", "mosaic.runtime.atomic", "mosaic.runtime.cluster",
+               "mosaic.runtime.progress", "mosaic.runtime.memory")
 
 
 def _render(out: Path, ws: Workspace, config: StitchConfig, client, products, solution: dict,
             ties: list) -> dict:
-    """Render ``solution`` (as :func:`mosaic.solution.render_input` gives it) into the staged
+    """Render ``solution`` (as :func:`mosaic.formats.solution.render_input` gives it) into the staged
     ``products`` (atomic.Products), the photometric fit sampling ``ties`` first.
 
     Finished tiles are kept in ``work/render/KEY/`` until the panorama is written, so a killed

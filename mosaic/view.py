@@ -25,10 +25,9 @@ import webbrowser
 from pathlib import Path
 
 from calib.errors import InputError
-
-from . import solution
-from .viewer import write_viewer
-from .viewer.tiles import MANIFEST, write_tiles
+from mosaic.formats import solution
+from mosaic.formats.viewer import write_viewer
+from mosaic.formats.viewer.tiles import MANIFEST, write_tiles
 
 log = logging.getLogger("mosaic")
 

@@ -24,14 +24,12 @@ DOC = ROOT / "docs" / "architecture.md"
 #: covers it (``mosaic.render`` covers ``mosaic.render.warp``).
 LAYERS = [
     ("calib", ["calib"]),
-    ("runtime", ["mosaic.atomic", "mosaic.config", "mosaic.lock", "mosaic.memory", "mosaic.cluster",
-                 "mosaic.progress"]),
-    ("formats", ["mosaic.geo", "mosaic.cog", "mosaic.hugin", "mosaic.stac", "mosaic.webmap", "mosaic.webtiles",
-                 "mosaic.viewer", "mosaic.solution", "mosaic.workspace", "mosaic.pixels"]),
+    ("runtime", ["mosaic.runtime"]),
+    ("formats", ["mosaic.formats"]),
     ("render", ["mosaic.render", "mosaic.synth"]),
-    ("pipeline", ["mosaic.stages", "mosaic.registration", "mosaic.preflight"]),
+    ("pipeline", ["mosaic.pipeline"]),
     ("terrain", ["mosaic.terrain"]),
-    ("products", ["mosaic.products", "mosaic.quality", "mosaic.seamless"]),
+    ("products", ["mosaic.products"]),
     ("commands", ["mosaic", "mosaic.__main__", "mosaic.cli", "mosaic.stitch", "mosaic.batch", "mosaic.info",
                   "mosaic.evaluate", "mosaic.view", "mosaic.plan", "mosaic.terrain.command", "mosaic.synth.cli"]),
 ]
@@ -147,6 +145,29 @@ def test_no_function_local_import_of_the_project():
     assert local == [], "function-local imports of the project's modules: " + ", ".join(local)
 
 
+def test_each_folder_is_a_layer_and_the_top_holds_only_commands():
+    """The tree shows the flow: every module directly in mosaic/ is a command, every other one
+    lives in its layer's folder (mosaic/runtime, formats, pipeline, products, render, ...)."""
+    top = [m for m, p in modules().items() if p.parent == ROOT / "mosaic" and p.name != "__init__.py"]
+    assert [m for m in top if layer_of(m) != "commands"] == []
+    for layer, prefixes in LAYERS:
+        if layer not in ("calib", "commands"):
+            assert all((ROOT / Path(*pre.split("."))).is_dir() for pre in prefixes), layer
+
+
+def test_documented_old_paths_are_the_same_modules_and_the_project_does_not_use_them():
+    import importlib
+
+    import mosaic
+
+    for old, new in mosaic._DOCUMENTED_PATHS.items():
+        assert importlib.import_module(old) is importlib.import_module(new)
+    assert mosaic.config.StitchConfig is importlib.import_module("mosaic.runtime.config").StitchConfig
+    used = [f"{a}:{line} -> {b}" for a, b, _, line in imports(modules())
+            if any(b == old or b.startswith(old + ".") for old in mosaic._DOCUMENTED_PATHS)]
+    assert used == [], "the project imports a documented old path instead of its home: " + ", ".join(used)
+
+
 def test_the_table_is_the_documented_one():
     """docs/architecture.md's table lists the same layers, in the same order, with the same names."""
     rows = re.findall(r"^\| *\*\*(\w+)\*\* *\|([^|]*)\|", DOC.read_text(), re.M)
@@ -180,7 +201,7 @@ def test_the_render_key_hashes_every_module_the_render_runs():
 
 
 def test_a_change_to_the_blending_changes_the_render_key(monkeypatch):
-    from mosaic.stages import code_key
+    from mosaic.pipeline.stages import code_key
     from mosaic.stitch import RENDER_CODE
 
     before = code_key(*RENDER_CODE)
@@ -208,9 +229,9 @@ def test_the_docstring_examples_run():
 
 def test_the_checks_can_fail():
     """The cycle and layer checks see a cycle and a climbing import when there is one."""
-    edges = [("mosaic.atomic", "mosaic.stitch", False, 1), ("mosaic.stitch", "mosaic.atomic", False, 1)]
-    assert cycles(edges) == [["mosaic.atomic", "mosaic.stitch"]]
-    assert upward(edges) == [("mosaic.atomic", "mosaic.stitch")]
+    edges = [("mosaic.runtime.atomic", "mosaic.stitch", False, 1), ("mosaic.stitch", "mosaic.runtime.atomic", False, 1)]
+    assert cycles(edges) == [["mosaic.runtime.atomic", "mosaic.stitch"]]
+    assert upward(edges) == [("mosaic.runtime.atomic", "mosaic.stitch")]
 
 
 if __name__ == "__main__":

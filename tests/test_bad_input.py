@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from mosaic import atomic, batch
-from mosaic.cli import main
 from synth_cache import QUICK_360, listing, scene
+
+from mosaic import batch
+from mosaic.cli import main
+from mosaic.runtime import atomic
 
 FIRST = "NCAM10000"
 SECOND = "NCAM10001"
@@ -356,10 +357,9 @@ def test_terrain_bad_site_origin(frames, tmp_path, capsys):
 
 def test_render_refuses_an_oversized_output_before_allocating(frames, tmp_path):
     from calib.errors import InputError
-    from mosaic.render.panorama import plan
-
     from calib.labels import discover
-    from mosaic.solution import frame_entry
+    from mosaic.formats.solution import frame_entry
+    from mosaic.render.panorama import plan
 
     metas = discover([str(frames)])
     sol = {"frames": [frame_entry({"id": m.id, "image": str(m.image), "width": m.width, "height": m.height},
@@ -439,9 +439,9 @@ def test_solution_readers_raise_only_input_error(frames, tmp_path_factory, data)
 
     from calib.errors import InputError
     from calib.labels import discover
-    from mosaic import solution as solution_io
+    from mosaic.formats import solution as solution_io
+    from mosaic.formats.solution import frame_entry
     from mosaic.render.panorama import frames_of
-    from mosaic.solution import frame_entry
 
     metas = discover([str(frames)])
     base = {"frames": [frame_entry({"id": m.id, "image": str(m.image), "width": m.width, "height": m.height},

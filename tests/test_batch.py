@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-
-from mosaic import batch, cluster
-from mosaic.cli import main
 from synth_cache import QUICK_360, QUICK_STEREO, digest, scene
+
+from mosaic import batch
+from mosaic.cli import main
+from mosaic.runtime import cluster
 
 
 def test_jobs_file_runs_every_job_on_one_client_and_continues_past_a_failure(tmp_path, monkeypatch, capsys):

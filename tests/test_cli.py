@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from synth_cache import QUICK_360, QUICK_STEREO, scene
 
 from mosaic.cli import COMMANDS, build_parser, main
-from mosaic.config import StitchConfig
-from synth_cache import QUICK_360, QUICK_STEREO, scene
+from mosaic.runtime.config import StitchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mosaic import cluster
 from synth_cache import QUICK_360, QUICK_STEREO, REPO, digest, scene
+
+from mosaic.runtime import cluster
 
 DASK = Path(sys.executable).parent / "dask"
 TERRAIN_ARGS = ["--gsd", "0.1", "--radius", "8", "--no-web"]

@@ -17,8 +17,8 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from mosaic import geo
-from mosaic.cog import CogWriter, equirect_transform, validate, write_cog
+from mosaic.formats import geo
+from mosaic.formats.cog import CogWriter, equirect_transform, validate, write_cog
 
 GDALINFO = shutil.which("gdalinfo")
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -221,7 +221,7 @@ def test_window_overviews_are_masked_means_and_any_order_gives_the_same_bytes(tm
 _KILLED = """
 import os, signal, sys
 import numpy as np
-from mosaic.cog import CogWriter
+from mosaic.formats.cog import CogWriter
 h, w, tile = {h}, {w}, {tile}
 img = np.load(sys.argv[1])
 cw = CogWriter(sys.argv[2], w, h, 4, "uint8", alpha=True, tile=256, window_overviews=True, workdir=sys.argv[3],

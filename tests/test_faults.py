@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mosaic import cluster
-from mosaic.cog import read_journal
 from synth_cache import QUICK_360, QUICK_STEREO, digest, listing, scene
+
+from mosaic.formats.cog import read_journal
+from mosaic.runtime import cluster
 
 
 def _reported_solution(frames) -> dict:
     """A solution of the frames' reported models (absolute image paths): something to render."""
     from calib.labels import discover
-    from mosaic.solution import frame_entry
+    from mosaic.formats.solution import frame_entry
 
     metas = discover([str(frames)])
     return {"frames": [frame_entry({"id": m.id, "image": str(m.image), "width": m.width, "height": m.height},
@@ -30,13 +30,13 @@ def _reported_solution(frames) -> dict:
 
 
 def journaled(folder) -> list:
-    """The tiles a render's work folder records as written (mosaic.cog's journal)."""
+    """The tiles a render's work folder records as written (mosaic.formats.cog's journal)."""
     return [at for j in Path(folder).glob("**/journal.jsonl") for at in read_journal(j.parent)[1]]
 
 
 @pytest.mark.slow
 def test_worker_killed_mid_render_gives_the_same_bytes(tmp_path, monkeypatch):
-    from mosaic import cog
+    from mosaic.formats import cog
     from mosaic.render import render_panorama
 
     sol = _reported_solution(scene("navcam-360", keep=QUICK_360))
@@ -239,8 +239,8 @@ def test_a_full_disk_while_publishing_is_one_line_and_keeps_the_earlier_set(regi
     into a fresh folder: nothing of ours."""
     import errno
 
-    from mosaic import quality
     from mosaic.cli import main
+    from mosaic.products import quality
 
     frames = scene("navcam-360", keep=QUICK_360)
     out = tmp_path / "out"

@@ -9,7 +9,7 @@ import pytest
 from pyproj import CRS, Transformer
 
 from calib.errors import InputError
-from mosaic import geo
+from mosaic.formats import geo
 
 
 def test_geographic_crs_is_iau_mars_sphere_east_positive():

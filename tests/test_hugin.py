@@ -11,7 +11,7 @@ import pytest
 
 from calib.models import CAHVOR, CAHVORE
 from calib.rotation import axis_angle, vector_to_azel
-from mosaic.hugin import fit_lens, hugin_project, write_pto
+from mosaic.formats.hugin import fit_lens, hugin_project, write_pto
 
 # A real Perseverance Navcam left model (sol 670, full frame), and a real MER Navcam CAHVOR model.
 NAVCAM = CAHVORE(

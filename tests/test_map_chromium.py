@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mosaic import geo, webmap, webtiles
+from mosaic.formats import geo, webmap, webtiles
 
 SITE = geo.DEFAULT_SITE_ORIGIN
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)

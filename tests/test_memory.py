@@ -1,4 +1,4 @@
-"""mosaic.memory: freed native memory handed back to the system (glibc malloc_trim)."""
+"""mosaic.runtime.memory: freed native memory handed back to the system (glibc malloc_trim)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from mosaic.memory import tree_rss, trim_freed
+from mosaic.runtime.memory import tree_rss, trim_freed
 
 
 def _has_malloc_trim() -> bool:

@@ -1,4 +1,4 @@
-"""mosaic.pixels: the check that proves a frame's pixels complete before any work, and the small
+"""mosaic.formats.pixels: the check that proves a frame's pixels complete before any work, and the small
 cache through which the features stage reads what the check decoded."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from calib.errors import InputError
-from mosaic import pixels
-from mosaic.stages import features
+from mosaic.formats import pixels
+from mosaic.pipeline.stages import features
 
 W, H = 3200, 2400  # a photo large enough for the features stage's 1/2 DCT decode
 
@@ -68,8 +68,8 @@ def test_the_check_keeps_only_the_photos_features_reads_from_the_cache(photo, tm
     """A photo decoded at a DCT reduction stays in the cache for the features stage; one that no
     reduction fits (features reads it in colour at full size) is proven and dropped."""
     from calib.meta import FrameMeta
-    from mosaic.config import StitchConfig
-    from mosaic.preflight import check_pixels
+    from mosaic.pipeline.preflight import check_pixels
+    from mosaic.runtime.config import StitchConfig
 
     small = tmp_path / "small.jpg"
     cv2.imwrite(str(small), cv2.resize(cv2.imread(str(photo)), (W // 4, H // 4)))

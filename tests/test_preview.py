@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.enums import Resampling
 
-from mosaic.cog import write_cog
+from mosaic.formats.cog import write_cog
 from mosaic.render.panorama import write_preview
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from synth_cache import QUICK_360, scene
 
 import mosaic
 from mosaic.products import control_points, write_products
-from mosaic.quality import HEADER_HEIGHT, ownership, palette
-from synth_cache import QUICK_360, scene
+from mosaic.products.quality import HEADER_HEIGHT, ownership, palette
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_quality_and_eval_report_seamlessness(stitched, capsys):
     """quality.png's strip and ``mosaic eval OUT`` (no truth needed) state the edge visibility
     ratio and the overlap agreement on the tie points the photometric fit held out."""
     from mosaic.cli import main
-    from mosaic.quality import render_quality
+    from mosaic.products.quality import render_quality
 
     out, _ = stitched
     record = json.loads((out / "render.json").read_text())

@@ -11,11 +11,11 @@ import pytest
 from calib.errors import InputError
 from calib.models import CAHVOR
 from calib.rotation import azel_to_vector, matrix_to_rotvec, rotvec_to_matrix
-from mosaic import solution as solution_io
-from mosaic.config import StitchConfig
-from mosaic.stages.adjust import build_tracks, focals_from_homography
-from mosaic.stages.bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
-from mosaic.stages.matches import _best_two, _segment_candidates, ratio_match, verify_rotation
+from mosaic.formats import solution as solution_io
+from mosaic.pipeline.stages.adjust import build_tracks, focals_from_homography
+from mosaic.pipeline.stages.bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
+from mosaic.pipeline.stages.matches import _best_two, _segment_candidates, ratio_match, verify_rotation
+from mosaic.runtime.config import StitchConfig
 
 F = 1220.0
 W = H = 1024
@@ -301,7 +301,7 @@ def test_rotation_ransac_with_parallax_and_outliers():
 def test_rotation_ransac_stops_once_confident(monkeypatch):
     """With 90 % inliers the first chunk of hypotheses holds an all-inlier sample at far more than
     0.999 confidence: the other chunks are not scored. With 30 % it takes them all."""
-    from mosaic.stages import matches
+    from mosaic.pipeline.stages import matches
 
     assert matches._enough(0.9, 3, 32) and not matches._enough(0.3, 3, 32) and matches._enough(1.0, 3, 1)
     rng = np.random.default_rng(2)
@@ -394,7 +394,7 @@ def test_sift_keypoints_are_centred():
     """OpenCV's SIFT reports blobs +0.25 px off; the feature stage's correction removes it."""
     import cv2
 
-    from mosaic.stages import features
+    from mosaic.pipeline.stages import features
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:400, 0:400].astype(float)
@@ -447,8 +447,8 @@ def test_refine_matches_recovers_subpixel_positions():
     unrelated patches are refused."""
     import cv2
 
-    from mosaic.stages.features import PATCH_RADIUS, sample_patches
-    from mosaic.stages.matches import refine_matches
+    from mosaic.pipeline.stages.features import PATCH_RADIUS, sample_patches
+    from mosaic.pipeline.stages.matches import refine_matches
 
     rng = np.random.default_rng(3)
     size = 1200

@@ -13,12 +13,12 @@ import pytest
 import rasterio
 
 from calib.errors import InputError
-from mosaic.cluster import client as make_client
-from mosaic.cog import validate
+from mosaic.formats.cog import validate
 from mosaic.render import plan, render_panorama
 from mosaic.render import truthworld as tw
 from mosaic.render.projections import Equirectangular, Perspective, make_projection
 from mosaic.render.warp import frame_map
+from mosaic.runtime.cluster import client as make_client
 
 WORLD_H = 900  # 0.2 deg per world pixel
 RES = 0.25  # render resolution: 1440 x 720

@@ -68,7 +68,7 @@ def test_viewer_places_a_cropped_panorama_on_the_sphere(photos, tmp_path):
 
     from PIL import Image
 
-    from mosaic.viewer import write_viewer
+    from mosaic.formats.viewer import write_viewer
 
     render_panorama(photos, tmp_path, resolution=RES, crop=True)
     page = write_viewer(tmp_path).read_text()

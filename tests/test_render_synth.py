@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from mosaic.cog import validate
+from mosaic.formats.cog import validate
 from mosaic.render import render_panorama
 
 SCENE = Path(__file__).resolve().parents[1] / "sample_tiles" / "navcam_360"
@@ -32,7 +32,7 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    from mosaic.cluster import client as make_client
+    from mosaic.runtime.cluster import client as make_client
 
     with make_client() as c:
         yield c

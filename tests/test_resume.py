@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mosaic import atomic
-from mosaic.cog import read_journal
 from synth_cache import QUICK_360, REPO, digest, listing, scene
+
+from mosaic.formats.cog import read_journal
+from mosaic.runtime import atomic
 
 OUTPUTS = ("solution.json", "panorama.tif", "preview.jpg")
 #: one worker thread: tiles finish one at a time, so the kill lands between two of them

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import rasterio
 
+from mosaic.products.seamless import edge_visibility
 from mosaic.render import masks, photometry, render_panorama, seams
 from mosaic.render import truthworld as tw
 from mosaic.render.warp import read_image, read_pixels
-from mosaic.seamless import edge_visibility
 
 RES = 0.25
 
@@ -267,9 +267,9 @@ def test_ownership_is_the_same_in_any_window(world, tmp_path):
     """The owner of an output pixel depends on the pixel alone (maps on the global grid, the pair
     seams, the frames' order): windows that overlap label their common pixels identically."""
     from mosaic.render import warp
-    from mosaic.render.panorama import frames_of, prepare_frames, _output_kind
+    from mosaic.render.panorama import _output_kind, frames_of, prepare_frames
     from mosaic.render.projections import make_projection
-    from mosaic.cluster import client as make_client
+    from mosaic.runtime.cluster import client as make_client
 
     sol = _ring(world, tmp_path / "f", gains=[1.0, 0.9, 1.1, 1.0, 0.95, 1.05, 1.0, 0.9])
     frames = frames_of(sol)
@@ -309,8 +309,8 @@ def test_one_tile_and_many_tiles_agree_exactly_in_ownership(world, tmp_path):
 def test_edge_visibility_sees_a_line_along_a_frame_edge(world, tmp_path):
     """The measure itself: a clean render scores below 1; the same panorama with a dark line
     painted along one frame's edge (what a dark border row does) scores well above."""
+    from mosaic.products.seamless import PanoramaGrid
     from mosaic.render.panorama import frames_of
-    from mosaic.seamless import PanoramaGrid
 
     sol = _ring(world, tmp_path / "f")
     r = render_panorama(sol, tmp_path / "out", resolution=RES)
@@ -390,8 +390,8 @@ def test_features_keep_off_detected_borders(tmp_path):
     """Keypoints stay a border band (``border_px``) away from the frame's own dark border, not
     from its outer edge: textured dim columns would otherwise give keypoints that sit on
     pixels the renderer drops."""
-    from mosaic.config import StitchConfig
-    from mosaic.stages import features
+    from mosaic.pipeline.stages import features
+    from mosaic.runtime.config import StitchConfig
 
     rng = np.random.default_rng(4)
     img = np.clip(128 + 60 * cv2.GaussianBlur(rng.standard_normal((400, 500)), (0, 0), 1.5), 0, 255).astype(np.uint8)

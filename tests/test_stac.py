@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mosaic import geo, stac
+from mosaic.formats import geo, stac
 
 
 def _item():

@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from calib.instruments import instrument
 from calib.rotation import axis_angle, matrix_to_quat
-from mosaic.geo import DEFAULT_SITE_ORIGIN, map_to_local_level
+from mosaic.formats.geo import DEFAULT_SITE_ORIGIN, map_to_local_level
 
 ROVER_XYZ = np.array([3.0, -2.0, 0.1])  # SITE metres (north, east, down)
 ROVER_YAW_DEG = 25.0
@@ -180,7 +180,7 @@ def test_georeferencing(stereo_run):
     """What GIS tools see, through GDAL's own reading of the file (rasterio: no gdal-bin needed)."""
     from pyproj import CRS
 
-    from mosaic.geo import local_level_to_map
+    from mosaic.formats.geo import local_level_to_map
 
     out, report = stereo_run
     with rasterio.open(out / "dem.tif") as ds:
@@ -206,7 +206,7 @@ def test_georeferencing(stereo_run):
 def test_site_origin_option_moves_the_map(stereo_run, tmp_path):
     """--site-origin moves the grid to the new origin's map position and lifts the heights."""
     from mosaic.cli import main
-    from mosaic.geo import SiteOrigin, origin_map
+    from mosaic.formats.geo import SiteOrigin, origin_map
 
     out, _ = stereo_run
     frames = out.parent / "frames"
@@ -374,8 +374,8 @@ def test_no_valid_cell_exits_2_with_nothing_written(scene, tmp_path, capsys):
 
 def test_one_run_starts_one_cluster(stereo_run, tmp_path, monkeypatch):
     """Registration shares the terrain run's dask client (stitch's stages, not stitch itself):
-    a run with --register asks mosaic.cluster for one client, and registers into OUT/work."""
-    from mosaic import cluster
+    a run with --register asks mosaic.runtime.cluster for one client, and registers into OUT/work."""
+    from mosaic.runtime import cluster
     from mosaic.terrain.pipeline import terrain
 
     calls = []

@@ -175,7 +175,7 @@ def test_gains_balance_overlapping_pairs():
 def test_code_key_follows_the_code(tmp_path, monkeypatch):
     """A stage key hashes the source of every module named, a package standing for all of its
     modules: editing any of them changes the key; the single-module call still works."""
-    from mosaic.stages import code_key
+    from mosaic.pipeline.stages import code_key
 
     pkg = tmp_path / "kpkg"
     (pkg / "sub").mkdir(parents=True)

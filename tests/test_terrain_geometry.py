@@ -274,7 +274,7 @@ def test_unrectifiable_pair_is_skipped_not_fatal(tmp_path):
     """Eyes swapped in the labels (right camera left of the left one): the pair is reported as
     skipped, the run goes on."""
     from calib.instruments import instrument
-    from mosaic.geo import DEFAULT_SITE_ORIGIN
+    from mosaic.formats.geo import DEFAULT_SITE_ORIGIN
     from mosaic.terrain.stereo import StereoSettings, process_pair
     from mosaic.terrain.stereo_pairs import StereoPair
 

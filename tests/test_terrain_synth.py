@@ -72,7 +72,7 @@ def test_ortho_lands_on_truth_albedo(synth_run):
 
 
 def test_products_are_valid(synth_run):
-    from mosaic.cog import validate
+    from mosaic.formats.cog import validate
 
     _, out = synth_run
     for name in ("dem.tif", "dem_sigma.tif", "ortho.tif"):

@@ -1,4 +1,4 @@
-"""The panorama viewer page (mosaic/viewer) and `mosaic view`.
+"""The panorama viewer page (mosaic/formats/viewer) and `mosaic view`.
 
 The browser tests render a synthetic equirectangular preview whose colour encodes the azimuth
 sector (north white, then seven hues every 45°) and darkens above +60° elevation, in headless
@@ -29,8 +29,8 @@ from PIL import Image
 
 from calib.errors import InputError
 from mosaic import view
-from mosaic.viewer import embed_image, render_page, write_viewer
-from mosaic.viewer.tiles import plan_levels, tile_window, write_tiles
+from mosaic.formats.viewer import embed_image, render_page, write_viewer
+from mosaic.formats.viewer.tiles import plan_levels, tile_window, write_tiles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -341,7 +341,7 @@ def striped_panorama(width):
 
 
 def make_cog(path, rgb, alpha=None, dtype=np.uint8):
-    from mosaic.cog import equirect_transform, write_cog
+    from mosaic.formats.cog import equirect_transform, write_cog
 
     h, w = rgb.shape[:2]
     alpha = np.full((h, w), np.iinfo(dtype).max, dtype) if alpha is None else alpha.astype(dtype)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pyproj import CRS, Transformer
 
-from mosaic import geo, webtiles
-from mosaic.cog import write_cog
+from mosaic.formats import geo, webtiles
+from mosaic.formats.cog import write_cog
 
 MAGENTA = (255, 0, 255)
 SITE = geo.DEFAULT_SITE_ORIGIN

@@ -12,7 +12,7 @@
    support) with their tones, margins and the seams of their pairs, maps the window into each
    frame (:mod:`.warp`), decides each pixel's owner (:func:`.seams.assign`), blends
    (:mod:`.blend`) and returns the tile's pixels, which the client writes into ``panorama.tif``
-   (:class:`mosaic.cog.CogWriter`) as they arrive.
+   (:class:`mosaic.formats.cog.CogWriter`) as they arrive.
 
 Memory is O(tile x frames touching it) per tile task, O(reduced frame) per pair task, plus a
 bounded number of tiles in flight and the reduced copies (about 0.1 MP per frame) on the client,
@@ -39,16 +39,16 @@ import numpy as np
 
 from calib.errors import InputError
 from calib.models import model_from_dict
-from mosaic import cluster
-from mosaic.atomic import write_bytes, write_json
-from mosaic.cluster import as_completed
-from mosaic.cog import CogWriter, equirect_transform, overview_factors, overview_levels
-from mosaic.progress import stage, track_futures
+from mosaic.formats import solution as solution_io
+from mosaic.formats.cog import CogWriter, equirect_transform, overview_factors, overview_levels
+from mosaic.runtime import cluster
+from mosaic.runtime.atomic import write_bytes, write_json
+from mosaic.runtime.cluster import as_completed
+from mosaic.runtime.progress import stage, track_futures
 
-from .. import solution as solution_io
 from . import blend, photometry, seams, warp
-from .masks import Margins
 from .masks import NONE as NO_MARGINS
+from .masks import Margins
 from .masks import valid_box as masks_box
 from .projections import Equirectangular, EquirectWindow, covered_window, make_projection
 
@@ -492,7 +492,7 @@ def render_tile(job: TileJob):
 
 def _tile_task(job: TileJob, levels: int):
     """A tile task: ((row0, col0) of the tile, its pixels or None, their first ``levels`` overview
-    levels (:func:`mosaic.cog.overview_levels`, computed where the tile was rendered), stats)."""
+    levels (:func:`mosaic.formats.cog.overview_levels`, computed where the tile was rendered), stats)."""
     result, stats = render_tile(job)
     if result is None:
         return (job.core[1], job.core[0]), None, [], stats
@@ -581,11 +581,11 @@ def render_panorama(solution, out_dir, *, projection="equirect", resolution=None
     (False), or one gain per used frame (an array). ``seams``: cut seams where frames agree
     (True) or give each pixel to the frame that sees it nearest its centre (False). ``ties``:
     the registration's tie points (i, j, xi, yi, xj, yj), i and j indexing the used frames
-    (:func:`mosaic.registration.tie_points`), which the photometric fit samples first (all but
+    (:func:`mosaic.pipeline.registration.tie_points`), which the photometric fit samples first (all but
     every :data:`.photometry.HOLD_OUT`-th distinct one, held out for the agreement measure).
-    ``client``: an executor (:mod:`mosaic.cluster`: local threads or a dask client); None starts the
+    ``client``: an executor (:mod:`mosaic.runtime.cluster`: local threads or a dask client); None starts the
     local default. ``work_dir``: a folder that keeps the finished tiles (the COG's intermediate
-    and a journal of the tiles in it, :class:`mosaic.cog.CogWriter`; the caller keys the folder by
+    and a journal of the tiles in it, :class:`mosaic.formats.cog.CogWriter`; the caller keys the folder by
     its inputs), so a run killed mid-render and started again renders only the missing tiles and
     writes the same bytes. Returns paths and stats.
     """

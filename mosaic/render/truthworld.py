@@ -20,7 +20,7 @@ import numpy as np
 
 from calib.models import CAHV, CAHVORE
 from calib.rotation import azel_to_vector
-from mosaic.atomic import write_json
+from mosaic.runtime.atomic import write_json
 
 
 def blur_wrap(a, sigma):

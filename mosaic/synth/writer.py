@@ -29,8 +29,9 @@ from calib.mast import mast_pivot
 from calib.meta import LOCAL_LEVEL
 from calib.models import model_from_dict
 from calib.rotation import matrix_to_quat
-from mosaic import geo, progress
-from mosaic.atomic import atomic_path, write_json
+from mosaic.formats import geo
+from mosaic.runtime import progress
+from mosaic.runtime.atomic import atomic_path, write_json
 
 from . import render, scenes
 from .terrain import jezero_floor

@@ -24,9 +24,10 @@ import argparse
 import json
 import logging
 
-from .. import cluster
-from ..lock import output_folder
-from ..preflight import check
+from mosaic.pipeline.preflight import check
+from mosaic.runtime import cluster
+from mosaic.runtime.lock import output_folder
+
 from .pipeline import terrain
 
 log = logging.getLogger("mosaic")

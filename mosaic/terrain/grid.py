@@ -1,6 +1,6 @@
 """The DEM's grid and the point files: what each pair's points are bucketed into.
 
-The grid is north-up in the site map CRS (``mosaic.geo``), ``gsd`` metres per cell, covering a
+The grid is north-up in the site map CRS (``mosaic.formats.geo``), ``gsd`` metres per cell, covering a
 square of ``radius`` around the rover, cut into square tiles of ``tile`` cells. Every pair's points
 are written into one small file per tile they touch (the tile plus a halo, so the neighbourhood
 test and the hole fill at a tile's edge see their neighbours' points); a tile then reads only its
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from mosaic import atomic
-from mosaic.geo import grid_transform
+from mosaic.formats.geo import grid_transform
+from mosaic.runtime import atomic
 
 #: Fields a point file holds, all float32: column and row in grid cells (continuous, cell (0, 0)
 #: spans [0, 1)), height above the site origin (m, up), brightness, the 1-sigma error along the

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic import atomic
+from mosaic.runtime import atomic
 
 #: Side of a brightness block (grid cells).
 BLOCK = 16

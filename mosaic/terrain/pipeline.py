@@ -6,7 +6,7 @@ neither stereo nor gridding, and an upgrade of any module a stage runs redoes it
 
 1. pairs: frames are read (``calib.labels.discover``) and paired (``stereo_pairs.find_pairs``);
 2. register (default on): the registration stages of ``mosaic stitch`` (features, pairs, matches,
-   bundle adjustment; ``mosaic.registration.run_stages``) on the same dask client, into
+   bundle adjustment; ``mosaic.pipeline.registration.run_stages``) on the same dask client, into
    ``OUT/work/registration``; the frames take its adjusted models. The labels' pointing is off by
    up to a degree, which tilts each pair's surface about the mast: on our synthetic scenes it is
    the largest error of the DEM near the rover (docs/terrain.md);
@@ -18,7 +18,7 @@ neither stereo nor gridding, and an upgrade of any module a stage runs redoes it
 6. products: ``dem.tif`` (float32, nodata -32768, metres above the IAU 2015 Mars sphere),
    ``dem_sigma.tif`` (float32, each valid cell's predicted 1-sigma height error, m),
    ``ortho.tif`` (8-bit gray + alpha), then web tiles of the ortho, a hillshade and the sigma
-   (``mosaic.webtiles``), ``item.json`` (``mosaic.stac``) and ``index.html`` (``mosaic.webmap``),
+   (``mosaic.formats.webtiles``), ``item.json`` (``mosaic.formats.stac``) and ``index.html`` (``mosaic.formats.webmap``),
    all on the same grid.
 
 Frames: points live in LOCAL_LEVEL of their frame (rover origin, north-east-down), plus the
@@ -43,19 +43,20 @@ from calib.errors import InputError
 from calib.labels import discover
 from calib.meta import LOCAL_LEVEL
 from calib.models import model_from_dict
-from mosaic import atomic, cluster, solution, stac
-from mosaic.cog import CogWriter
-from mosaic.config import StitchConfig
-from mosaic.geo import DEFAULT_SITE_ORIGIN, SiteOrigin, parse_site_origin, site_crs_wkt
-from mosaic.registration import run_stages
-from mosaic.stages import code_key
-from mosaic.webmap import write_map
-from mosaic.webtiles import SIGMA_LEGEND, write_tiles
-from mosaic.workspace import Workspace, digest, file_digest, resumable
+from mosaic.formats import solution, stac
+from mosaic.formats.cog import CogWriter
+from mosaic.formats.geo import DEFAULT_SITE_ORIGIN, SiteOrigin, parse_site_origin, site_crs_wkt
+from mosaic.formats.webmap import WEB, write_map
+from mosaic.formats.webtiles import SIGMA_LEGEND, write_tiles
+from mosaic.formats.workspace import Workspace, digest, file_digest, resumable
+from mosaic.pipeline.registration import run_stages
+from mosaic.pipeline.stages import code_key
+from mosaic.runtime import atomic, cluster
+from mosaic.runtime.config import StitchConfig
 
-from . import ortho
 from . import fuse as fusemod
 from . import grid as gridmod
+from . import ortho
 from .stereo import StereoSettings, process_pair, site_offset
 from .stereo_pairs import find_pairs
 
@@ -65,11 +66,11 @@ DEM_NODATA = -32768.0
 #: What a run writes into OUT (and removes the temporary leftovers of).
 OUTPUTS = ("dem.tif", "dem_sigma.tif", "ortho.tif", "solution.json", "report.json", "item.json", "index.html")
 #: The code each stage runs: a change to any of it re-runs the stage.
-STEREO_CODE = ("calib", "mosaic.geo", "mosaic.terrain.stereo", "mosaic.terrain.rectify", "mosaic.terrain.relative",
+STEREO_CODE = ("calib", "mosaic.formats.geo", "mosaic.terrain.stereo", "mosaic.terrain.rectify", "mosaic.terrain.relative",
                "mosaic.terrain.disparity", "mosaic.terrain.triangulate", "mosaic.terrain.grid", "mosaic.terrain.ortho")
 GRID_CODE = ("mosaic.terrain.fuse", "mosaic.terrain.grid", "mosaic.terrain.ortho")
-PRODUCTS_CODE = ("mosaic.terrain.pipeline", "mosaic.cog", "mosaic.webtiles", "mosaic.webmap", "mosaic.stac",
-                 "mosaic.solution")
+PRODUCTS_CODE = ("mosaic.terrain.pipeline", "mosaic.formats.cog", "mosaic.formats.webtiles", "mosaic.formats.webmap", "mosaic.formats.stac",
+                 "mosaic.formats.solution")
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,7 @@ def terrain(inputs, out, gsd: float = 0.02, radius: float = 20.0, site_origin=No
 
     t = time.perf_counter()
     products_key = digest("terrain-products", code_key(*PRODUCTS_CODE), grid_key, bool(web),
-                          (Path(__file__).resolve().parents[1] / "web" / "map.html").read_text())
+                          (WEB / "map.html").read_text())
     outputs = ["dem.tif", "dem_sigma.tif", "ortho.tif", "solution.json"]
     if web:
         outputs += ["item.json", "index.html"]

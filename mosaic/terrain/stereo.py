@@ -17,10 +17,10 @@ import numpy as np
 
 from calib.errors import ModelError
 from calib.labels import read_image
-from mosaic.geo import local_level_to_map
+from mosaic.formats.geo import local_level_to_map
 
-from . import ortho
 from . import grid as gridmod
+from . import ortho
 from .disparity import MatchSettings, disparity, to_uint8
 from .rectify import rectify_image, rectify_pair, remap_maps
 from .relative import fit_right_rotation, sift_matches

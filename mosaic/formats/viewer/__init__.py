@@ -1,16 +1,16 @@
 """The panorama viewer page: one self-contained ``index.html`` beside the panorama.
 
-The page (template ``mosaic/viewer/index.html``) is raw WebGL with the preview JPEG embedded as a
+The page (template ``mosaic/formats/viewer/index.html``) is raw WebGL with the preview JPEG embedded as a
 ``data:`` URI, so it opens from disk with no network: Chromium refuses ``file://`` images as WebGL
 textures, and a data URI is same-origin everywhere. Where WebGL is missing it shows a message and
 the flat preview.
 
 Example::
 
-    from mosaic.viewer import write_viewer
+    from mosaic.formats.viewer import write_viewer
     write_viewer("out", title="Sol 1002 Navcam", meta={"frames": 35, "rms px": 0.41})
     # with a tile pyramid for deep zoom when served by `mosaic view`:
-    write_viewer("out", tiles=write_tiles("out"))   # from mosaic.viewer.tiles
+    write_viewer("out", tiles=write_tiles("out"))   # from mosaic.formats.viewer.tiles
     # then open out/index.html#az=90&el=0&fov=60
 """
 
@@ -24,8 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from calib.errors import InputError
-
-from ..atomic import write_text
+from mosaic.runtime.atomic import write_text
 
 #: The embedded image is at most this wide: 4096 × 2048 is 8 M texels, within every WebGL's texture
 #: limit, and keeps the page at a few MB.
@@ -128,7 +127,7 @@ def write_viewer(out_dir, preview_name: str = "preview.jpg", tiles: dict | None 
                  max_width: int = MAX_EMBED_WIDTH) -> Path:
     """Write ``out_dir/index.html`` showing ``out_dir/preview_name``; return its path.
 
-    ``tiles``: the manifest from ``mosaic.viewer.tiles.write_tiles(out_dir)``; when the page is
+    ``tiles``: the manifest from ``mosaic.formats.viewer.tiles.write_tiles(out_dir)``; when the page is
     served over HTTP it then loads full-resolution tiles as the view zooms in (from disk it keeps
     to the preview, which browsers allow as a WebGL texture only when embedded).
     ``meta`` is shown as a small key/value list under the title (values are turned into text).

@@ -12,12 +12,12 @@ Ownership is the renderer's own rule (:func:`mosaic.render.seams.assign` over
 :func:`mosaic.render.warp.frame_map`, the same calls a tile task makes, with the frames' valid
 margins and the pair seams the render recorded in ``render.json``), evaluated on a coarse grid,
 so the seams drawn are the panorama's seams, not a re-derivation. Above the map, the panorama's
-seamlessness (:mod:`mosaic.seamless`): the edge visibility ratio and the overlap agreement on
+seamlessness (:mod:`mosaic.products.seamless`): the edge visibility ratio and the overlap agreement on
 held-out tie points, when a panorama and tie points are there to measure.
 
 Example::
 
-    from mosaic.quality import write_quality
+    from mosaic.products.quality import write_quality
     write_quality("out/pan/solution.json", "out/pan/quality.png")
 """
 
@@ -29,12 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import seamless
-from . import solution as solution_io
-from .atomic import write_bytes
-from .render import seams, warp
-from .render.panorama import frames_of, read_record
-from .render.projections import make_projection
+from mosaic.formats import solution as solution_io
+from mosaic.products import seamless
+from mosaic.render import seams, warp
+from mosaic.render.panorama import frames_of, read_record
+from mosaic.render.projections import make_projection
+from mosaic.runtime.atomic import write_bytes
 
 #: Width of the map in the picture (the equirect map is half as high).
 MAP_WIDTH = 1024

@@ -23,10 +23,9 @@ import zlib
 import numpy as np
 
 from calib.models import model_from_dict
-
-from ..atomic import write_bytes
-from ..workspace import Workspace, digest, resumable
-from . import code_key, upstream_key
+from mosaic.formats.workspace import Workspace, digest, resumable
+from mosaic.pipeline.stages import code_key, upstream_key
+from mosaic.runtime.atomic import write_bytes
 
 CONFIG_FIELDS = ("ratio", "ransac_px", "ransac_iterations", "min_depth_m", "min_inliers", "seed", "margin_deg")
 #: Distance used to predict where a keypoint's partner lies (the far field).

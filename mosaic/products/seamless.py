@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import registration
-from .render import photometry, warp
-from .render.panorama import frames_of, read_record
-from .render.warp import bilinear
+from mosaic.pipeline import registration
+from mosaic.render import photometry, warp
+from mosaic.render.panorama import frames_of, read_record
+from mosaic.render.warp import bilinear
 
 #: Edge measure: pixels along the edge per run, pixels each side of the line, control line inset.
 RUN, DEPTH, CONTROL = 32, 4, 40
@@ -226,7 +226,7 @@ def overlap_agreement(out_dir, solution=None, workspace=None, ties=None) -> dict
     tie points or tones. ``bias`` is the pair's median relative difference, ``spread`` the
     median absolute deviation about it, ``error`` the standard error of the median. ``solution``:
     a path or its dict (default: ``out_dir/solution.json``); ``ties``: the registration's tie
-    points over its used frames (default: :func:`mosaic.registration.tie_points` of
+    points over its used frames (default: :func:`mosaic.pipeline.registration.tie_points` of
     ``workspace``, default ``out_dir/work``)."""
     out_dir = Path(out_dir)
     solution = solution if isinstance(solution, dict) else Path(solution) if solution else out_dir / "solution.json"

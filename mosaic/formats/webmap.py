@@ -1,7 +1,7 @@
 """A self-contained Leaflet page for the site's XYZ tiles, opening from disk with no network.
 
-``write_map(out_dir, center_lonlat, zooms, layers, title=...)`` fills mosaic/web/map.html and copies
-the vendored Leaflet 1.9.4 (mosaic/web/leaflet/, BSD-2-Clause) beside it, so ``out_dir/index.html``
+``write_map(out_dir, center_lonlat, zooms, layers, title=...)`` fills mosaic/formats/web/map.html and copies
+the vendored Leaflet 1.9.4 (mosaic/formats/web/leaflet/, BSD-2-Clause) beside it, so ``out_dir/index.html``
 works over ``file://`` and behind any static web server. The page uses Leaflet's Web Mercator
 arithmetic with the Mars radius (tile numbers of MarsWebMercatorSphere equal Earth's; the scale
 bar reads Mars metres), shows each layer with a layer switch, a metric scale bar and the site
@@ -22,7 +22,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .atomic import write_text
+from mosaic.runtime.atomic import write_text
 
 WEB = Path(__file__).resolve().parent / "web"
 

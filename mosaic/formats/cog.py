@@ -3,7 +3,7 @@
 A COG cannot be written window by window (its tiles and overviews must follow a fixed order), so
 writes go to a tiled, uncompressed, sparse intermediate GeoTIFF; ``close()`` (or leaving the
 ``with`` block) converts it once with GDAL's COG driver (overviews included) and renames the
-result onto the target (``mosaic.atomic``). If the block raises, nothing appears at the target.
+result onto the target (``mosaic.runtime.atomic``). If the block raises, nothing appears at the target.
 
 API::
 
@@ -63,7 +63,7 @@ import numpy as np
 # rasterio (and affine) are imported where they are used, as elsewhere in the house: every
 # command imports this module (through the render), and with rasterio at the top `mosaic --help`
 # took 0.61 CPU-s and 84 MiB instead of 0.54 and 61.
-from .atomic import atomic_path
+from mosaic.runtime.atomic import atomic_path
 
 log = logging.getLogger("mosaic")
 
@@ -401,10 +401,10 @@ class CogWriter:
 
     def _vrt(self) -> Path:
         """The intermediate with the window overviews as its own: what the COG driver copies."""
+        from xml.sax.saxutils import escape
+
         import rasterio
         from affine import Affine
-
-        from xml.sax.saxutils import escape
 
         types = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
         head = ds_head = ""

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from .cluster import as_completed
+from mosaic.runtime.cluster import as_completed
 
 log = logging.getLogger("mosaic")
 
@@ -34,8 +34,14 @@ class _Lines:
 
 class _Bar:
     def __init__(self, name, total):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.p = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(),
@@ -70,7 +76,7 @@ def stage(name: str, total: int | None = None):
 
 
 def track_futures(name, futures, client=None):
-    """Advance a stage bar as futures (of any executor, :mod:`mosaic.cluster`) finish; returns
+    """Advance a stage bar as futures (of any executor, :mod:`mosaic.runtime.cluster`) finish; returns
     their results in order."""
     index = {f.key: i for i, f in enumerate(futures)}
     out = [None] * len(futures)

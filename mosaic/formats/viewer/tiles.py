@@ -19,8 +19,8 @@ page is served over HTTP (``mosaic view``); from disk it shows the embedded prev
 
 Example::
 
-    from mosaic.viewer import write_viewer
-    from mosaic.viewer.tiles import write_tiles
+    from mosaic.formats.viewer import write_viewer
+    from mosaic.formats.viewer.tiles import write_tiles
     write_viewer("out", tiles=write_tiles("out"))
 """
 
@@ -41,9 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from calib.errors import InputError
-
-from ..atomic import replace_dir, write_json
-from ..progress import stage
+from mosaic.runtime.atomic import replace_dir, write_json
+from mosaic.runtime.progress import stage
 
 TILE = 512
 QUALITY = 85

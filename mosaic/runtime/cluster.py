@@ -30,7 +30,7 @@ import os
 import queue
 import threading
 
-from .memory import tree_rss
+from mosaic.runtime.memory import tree_rss
 
 log = logging.getLogger("mosaic")
 

@@ -77,7 +77,7 @@ def output_dir(path) -> Path:
 
 def remove_stale(folder, names) -> int:
     """Remove what a killed run left beside the outputs ``names`` in ``folder``: the hidden
-    ``.{stem}.*`` temporary files and folders that ``atomic_path`` and ``mosaic.cog.CogWriter``
+    ``.{stem}.*`` temporary files and folders that ``atomic_path`` and ``mosaic.formats.cog.CogWriter``
     create (an exception removes them, SIGKILL cannot). Call it before a run writes there, never
     while another run writes into the same folder. Returns how many were removed."""
     import shutil

@@ -11,10 +11,10 @@ the file (exit 2) rather than in a worker's traceback. So, in order, cheapest fi
    with and without camera models cannot be mixed;
 3. the output size: the renderer's own planner on the reported camera models (for plain photos
    a lower bound from one photo's field of view), against ``max_megapixels``;
-4. every frame's pixels, decoded completely by ``mosaic.pixels.decode`` on a few threads, at the
+4. every frame's pixels, decoded completely by ``mosaic.formats.pixels.decode`` on a few threads, at the
    scale the features stage reads them (which keeps them for it).
 
-The configuration's types and ranges are checked when the StitchConfig is made (mosaic.config).
+The configuration's types and ranges are checked when the StitchConfig is made (mosaic.runtime.config).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from pathlib import Path
 
 from calib.errors import InputError, LabelError
 from calib.labels import discover
-
-from . import pixels
-from .cluster import usable_cpus
-from .config import render_options
-from .render.panorama import plan as render_plan
-from .stages.features import CONFIG_FIELDS, reads_reduced_jpeg, scales
-from .stages.ingest import frame_record
+from mosaic.formats import pixels
+from mosaic.pipeline.stages.features import CONFIG_FIELDS, reads_reduced_jpeg, scales
+from mosaic.pipeline.stages.ingest import frame_record
+from mosaic.render.panorama import plan as render_plan
+from mosaic.runtime.cluster import usable_cpus
+from mosaic.runtime.config import render_options
 
 log = logging.getLogger("mosaic")
 
@@ -46,7 +45,7 @@ class Checked:
     metas: list
     files: list[str]
     seconds: dict = field(default_factory=dict)
-    kept: int = 0          #: frames whose decoded pixels stayed in mosaic.pixels.CACHE
+    kept: int = 0          #: frames whose decoded pixels stayed in mosaic.formats.pixels.CACHE
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -150,7 +149,7 @@ PROOF_SCALE = 0.125
 
 
 def check_pixels(metas, config=None) -> int:
-    """Decode every frame's pixels (``mosaic.pixels.decode``) at the scale features reads them,
+    """Decode every frame's pixels (``mosaic.formats.pixels.decode``) at the scale features reads them,
     on a few threads; InputError for the first frame, in order, that is not whole. The pixels of
     the frames a stage reads from the cache (``kept_for_stages``) stay there; returns how many."""
     from concurrent.futures import ThreadPoolExecutor
@@ -184,7 +183,7 @@ def check_pixels(metas, config=None) -> int:
 
 def kept_for_stages(record, scale: float) -> bool:
     """Whether a stage of this process reads the frame's checked pixels (decoded at ``scale``)
-    from mosaic.pixels.CACHE: today the features stage's JPEG photos decoded grey at a DCT
+    from mosaic.formats.pixels.CACHE: today the features stage's JPEG photos decoded grey at a DCT
     reduction (the same bytes). The others are decoded, proven whole and dropped, until their
     readers take them too: keeping pixels nobody reads would only raise the run's peak memory
     (budapest's photos, which no reduction fits, held 5.5 MiB of unread full-size decodes through

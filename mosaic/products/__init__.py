@@ -4,14 +4,14 @@ project.
 ``write_products(out, workspace, solution=..., ties=..., render=...)`` runs after
 ``render_panorama`` has written ``OUT/panorama.tif`` and ``OUT/preview.jpg`` and adds:
 
-- ``OUT/index.html`` — the 360-degree viewer (:func:`mosaic.viewer.write_viewer`) over the
+- ``OUT/index.html`` — the 360-degree viewer (:func:`mosaic.formats.viewer.write_viewer`) over the
   preview, with the frame count and RMS in its corner; opens from disk.
 - ``OUT/quality.png`` — which frame fills each pixel, the seams, and the residual per frame
-  (:mod:`mosaic.quality`).
-- ``OUT/panorama.pto`` — a Hugin project of the solved panorama (:mod:`mosaic.hugin`): every used
+  (:mod:`mosaic.products.quality`).
+- ``OUT/panorama.pto`` — a Hugin project of the solved panorama (:mod:`mosaic.formats.hugin`): every used
   frame with a lens fitted to its adjusted model, the panorama's size and projection, and control
   points from the registration's verified matches (the tie points the render was given, or
-  :func:`mosaic.registration.tie_points` from the workspace), so ``nona OUT/panorama.pto``
+  :func:`mosaic.pipeline.registration.tie_points` from the workspace), so ``nona OUT/panorama.pto``
   re-renders our geometry and Hugin can open, inspect and re-optimise it.
 
 Each product is independent: one that fails is logged and skipped (the panorama is still good),
@@ -24,12 +24,13 @@ import functools
 import logging
 from pathlib import Path
 
-from . import hugin, registration
-from . import quality as quality_picture
-from . import solution as solution_io
-from .atomic import disk_full
-from .render.panorama import frames_of
-from .viewer import write_viewer
+from mosaic.formats import hugin
+from mosaic.formats import solution as solution_io
+from mosaic.formats.viewer import write_viewer
+from mosaic.pipeline import registration
+from mosaic.products import quality as quality_picture
+from mosaic.render.panorama import frames_of
+from mosaic.runtime.atomic import disk_full
 
 log = logging.getLogger("mosaic")
 
@@ -42,7 +43,7 @@ def control_points(workspace, frame_ids, per_pair: int | None = MAX_POINTS_PER_P
     """(i, j, xi, yi, xj, yj) for the verified matches between frames in ``frame_ids`` (their
     index in that list), in pixels of the frames as delivered (centre convention, as Hugin's);
     at most ``per_pair`` per pair, evenly spread (None: all), in a fixed order
-    (:func:`mosaic.registration.tie_points`)."""
+    (:func:`mosaic.pipeline.registration.tie_points`)."""
     return registration.per_pair(registration.tie_points(workspace, frame_ids), per_pair)
 
 
@@ -94,7 +95,7 @@ def write_products(out, workspace=None, viewer: bool = True, quality: bool = Tru
     """Write the products beside ``OUT/panorama.tif``; returns {name: path} of those written and
     {"failed": {name: message}} for any that could not be. ``solution``: the solution as adjusted
     (a dict; default: read from :func:`solution_path`); the quality picture and the Hugin project
-    show the frames the render used (:func:`mosaic.solution.render_input`). ``ties``: the
+    show the frames the render used (:func:`mosaic.formats.solution.render_input`). ``ties``: the
     registration's tie points over those frames (default: read from the workspace); ``render``: what
     the render returned (the panorama's size and window; default: read from ``panorama.tif``)."""
     out = Path(out)

@@ -1,9 +1,9 @@
 """The registration: its stages run in order into a workspace, and what it hands down.
 
 ``mosaic stitch`` and ``mosaic terrain --register`` both register their frames here
-(:func:`run_stages`: ingest -> features -> pairs -> matches -> adjust, :mod:`mosaic.stages`),
+(:func:`run_stages`: ingest -> features -> pairs -> matches -> adjust, :mod:`mosaic.pipeline.stages`),
 each into its own workspace; the adjusted models are ``adjust/solution.json``
-(:mod:`mosaic.solution`) and the tie points are the verified matches (:func:`tie_points`), which
+(:mod:`mosaic.formats.solution`) and the tie points are the verified matches (:func:`tie_points`), which
 the render's photometric fit, the seamlessness measure and the Hugin project take from here.
 """
 
@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from .memory import PeakMemory
-from .stages import ORDER
-from .stages import features as features_stage
-from .stages import matches as matches_stage
-from .workspace import Workspace
+from mosaic.formats.workspace import Workspace
+from mosaic.pipeline.stages import ORDER
+from mosaic.pipeline.stages import features as features_stage
+from mosaic.pipeline.stages import matches as matches_stage
+from mosaic.runtime.memory import PeakMemory
 
 log = logging.getLogger("mosaic")
 
@@ -33,7 +33,7 @@ def run_stages(ws: Workspace, config, client) -> dict:
     report."""
     stages = {}
     for name in ORDER:
-        mod = importlib.import_module(f"mosaic.stages.{name}")
+        mod = importlib.import_module(f"mosaic.pipeline.stages.{name}")
         t0, c0 = time.perf_counter(), time.process_time()
         before = _finished(ws, name)
         with PeakMemory() as mem:

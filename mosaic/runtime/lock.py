@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 from calib.errors import InputError
-
-from . import atomic
+from mosaic.runtime import atomic
 
 NAME = ".mosaic.lock"
 

@@ -17,13 +17,12 @@ import io
 import numpy as np
 
 from calib.labels import read_frame, read_image
-
-from ..atomic import write_bytes
-from ..memory import trim_freed
-from ..pixels import CACHE
-from ..render.masks import detect_margins
-from ..workspace import Workspace, digest, resumable
-from . import code_key, upstream_key
+from mosaic.formats.pixels import CACHE
+from mosaic.formats.workspace import Workspace, digest, resumable
+from mosaic.pipeline.stages import code_key, upstream_key
+from mosaic.render.masks import detect_margins
+from mosaic.runtime.atomic import write_bytes
+from mosaic.runtime.memory import trim_freed
 
 CONFIG_FIELDS = ("feature", "work_megapixels", "min_scale", "refine_scale", "photo_megapixels", "photo_keypoints",
                  "max_keypoints", "border_px", "stretch_percentiles")
@@ -84,7 +83,7 @@ def _detector(kind: str, n: int):
 
 def scales(record: dict, options: dict) -> tuple[float, float, bool]:
     """(detection scale, decode scale, refined) of a frame: the scale its pixels are read at is
-    the larger of the two (``mosaic.pixels`` checks and keeps them at that scale)."""
+    the larger of the two (``mosaic.formats.pixels`` checks and keeps them at that scale)."""
     w, h = int(record["width"]), int(record["height"])
     refine = record.get("model") is None and options["refine_scale"] > 0
     # Refined photos: detection only has to find and match keypoints (no precision floor);

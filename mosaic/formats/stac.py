@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 
-from .atomic import write_json
+from mosaic.runtime.atomic import write_json
 
 STAC_VERSION = "1.1.0"
 SSYS_SCHEMA = "https://stac-extensions.github.io/ssys/v1.1.0/schema.json"

@@ -4,7 +4,7 @@ The tile matrix set is planetcantile's ``MarsWebMercatorSphere``: spherical (pse
 the IAU 2015 Mars sphere (R = 3 396 190 m), 256-px tiles, the quadtree of Earth's WebMercatorQuad.
 Tile numbers (z, x, y) are a function of (lon, lat) alone and equal Earth's for the same lon/lat,
 so any XYZ client (Leaflet, OpenLayers, QGIS "XYZ Tiles") fetches the right tiles; only distances
-differ (Leaflet's scale bar must use the Mars radius: mosaic/web/map.html does). EPSG:3857 is
+differ (Leaflet's scale bar must use the Mars radius: mosaic/formats/web/map.html does). EPSG:3857 is
 never used: it is an Earth CRS and PROJ refuses to transform Mars coordinates into it.
 
 Layout under ``out_dir``::
@@ -50,10 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic.formats.geo import MARS_SPHERE_RADIUS
+
 # rasterio and PIL are imported where they are used: every command imports this module (see
-# mosaic/cog.py for the cost).
-from .atomic import replace_dir
-from .geo import MARS_SPHERE_RADIUS
+# mosaic/formats/cog.py for the cost).
+from mosaic.runtime.atomic import replace_dir
 
 TMS_ID = "MarsWebMercatorSphere"
 TILE = 256

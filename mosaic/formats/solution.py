@@ -17,8 +17,7 @@ from pathlib import Path
 
 from calib.errors import InputError
 from calib.models import model_from_dict
-
-from . import atomic
+from mosaic.runtime import atomic
 
 log = logging.getLogger("mosaic")
 

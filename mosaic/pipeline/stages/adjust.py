@@ -22,14 +22,13 @@ import numpy as np
 from calib.errors import InputError
 from calib.models import model_from_dict
 from calib.rotation import matrix_to_rotvec
-
-from .. import progress
-from .. import solution as solution_io
-from ..workspace import Workspace, digest
-from . import code_key, upstream_key
-from . import features as features_stage
-from . import matches as matches_stage
-from .bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
+from mosaic.formats import solution as solution_io
+from mosaic.formats.workspace import Workspace, digest
+from mosaic.pipeline.stages import code_key, upstream_key
+from mosaic.pipeline.stages import features as features_stage
+from mosaic.pipeline.stages import matches as matches_stage
+from mosaic.pipeline.stages.bundle import Bundle, Lens, PhotoCamera, Points, PosedCamera, triangulate
+from mosaic.runtime import progress
 
 CONFIG_FIELDS = ("shared_lens", "prior_deg", "loss", "loss_px", "outlier_px", "max_iterations")
 OUTLIER_ROUNDS = 4
@@ -214,7 +213,7 @@ def _photo_rotations(recs, focals, homographies, group, inliers):
 
 
 def run(ws: Workspace, config, client=None) -> dict:
-    key = digest("adjust", code_key(__name__), code_key("mosaic.stages.bundle"), upstream_key(ws, "matches"),
+    key = digest("adjust", code_key(__name__), code_key("mosaic.pipeline.stages.bundle"), upstream_key(ws, "matches"),
                  config.key_of(*CONFIG_FIELDS))
     if ws.stage_done("adjust", key):
         return ws.stage_report("adjust")

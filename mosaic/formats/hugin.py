@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calib.rotation import azel_to_vector, vector_to_azel
-
-from . import atomic
+from mosaic.runtime import atomic
 
 
 @dataclass

@@ -15,11 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from calib.models import model_from_dict
-
-from .. import progress
-from ..workspace import Workspace, digest
-from . import features as features_stage
-from . import code_key, upstream_key
+from mosaic.formats.workspace import Workspace, digest
+from mosaic.pipeline.stages import code_key, upstream_key
+from mosaic.pipeline.stages import features as features_stage
+from mosaic.runtime import progress
 
 CONFIG_FIELDS = ("margin_deg", "min_overlap", "neighbours")
 GRID = (16, 12)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, progress
+from mosaic.runtime import atomic, progress
 
 
 def digest(*parts) -> str:

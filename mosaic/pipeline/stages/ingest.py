@@ -16,10 +16,9 @@ import numpy as np
 from calib.errors import InputError
 from calib.labels import discover
 from calib.mast import mast_pivot
-
-from .. import progress
-from ..workspace import digest, file_digest
-from . import code_key
+from mosaic.formats.workspace import digest, file_digest
+from mosaic.pipeline.stages import code_key
+from mosaic.runtime import progress
 
 #: A camera whose centre lies this close to the Mars 2020 RSM pivot rides on the mast head and is
 #: re-pointed about the pivot (JPL's pointing correction); any other camera about its own centre.
