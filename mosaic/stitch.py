@@ -126,6 +126,9 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
                               memory_limit=config.memory_limit))
     with session as client, atomic.Products(out, PRODUCTS) as products:
         stages = run_stages(ws, config, client)
+        # Only the features stage reads the checked pixels: the render need not carry them
+        # (boat: six 2.5 MP grey decodes).
+        pixels.CACHE.clear()
         result = {}
         solution = solution_io.load(ws.path("adjust", "solution.json"))  # read once, handed down
         st = solution["stats"]
