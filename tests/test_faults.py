@@ -5,6 +5,8 @@ run."""
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import signal
@@ -122,17 +124,28 @@ def test_internal_failure_exits_1_with_one_line_and_leaves_out_untouched(registe
 
 # -- two runs into one output folder -------------------------------------------------------------
 
-def _hold_lock(out):
-    """A second process holding OUT's lock (as a running stitch does) until killed."""
+@contextlib.contextmanager
+def _lock_held_elsewhere(*outs):
+    """Other processes holding each OUT's lock (as a running stitch does) for the block; yields
+    them (their pids name the owner), killed at its end."""
     import subprocess
     import sys
 
-    p = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mosaic import lock\n"
-                          f"with lock.held({str(out)!r}, command='stitch'):\n    print('held', flush=True)\n"
-                          "    time.sleep(600)\n"], stdout=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    assert p.stdout.readline().strip() == "held"
-    return p
+    holders = []
+    try:
+        for out in outs:
+            p = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mosaic.runtime import lock\n"
+                                  f"with lock.held({str(out)!r}, command='stitch'):\n    print('held', flush=True)\n"
+                                  "    time.sleep(600)\n"], stdout=subprocess.PIPE, text=True,
+                                 cwd=Path(__file__).resolve().parents[1])
+            holders.append(p)
+            assert p.stdout.readline().strip() == "held"
+        yield holders
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()
+            p.stdout.close()
 
 
 def _write_lock(out, host, pid):
@@ -157,16 +170,12 @@ def test_a_second_run_into_a_locked_folder_refuses_naming_the_owner(tmp_path, ca
     frames = scene("navcam-360", keep=QUICK_360)
     out = tmp_path / "out"
     out.mkdir()
-    holder = _hold_lock(out)
-    try:
+    with _lock_held_elsewhere(out) as (holder,):
         for extra in ([], ["--force"]):  # --force does not break a live run's lock on this host
             rc, lines = _stitch(frames, out, capsys, *extra)
             assert rc == 2 and len(lines) == 1, lines
             assert f"pid {holder.pid} on host {socket.gethostname()}" in lines[0] and str(out) in lines[0], lines
         assert not (out / "work").exists()  # refused before any work
-    finally:
-        holder.kill()
-        holder.wait()
     # The holder was killed: its lock file stays, naming a dead pid of this host: stale, taken over.
     assert (out / ".mosaic.lock").exists()
     rc, lines = _stitch(frames, out, capsys)
@@ -211,13 +220,8 @@ def test_batch_locks_each_job_folder(tmp_path, capsys):
                     f'[job.options]\ngsd = 0.1\nradius = 8\nweb = false\n')
     (out / "busy").mkdir(parents=True)
     (out / "site").mkdir(parents=True)
-    holders = [_hold_lock(out / "busy"), _hold_lock(out / "site")]
-    try:
+    with _lock_held_elsewhere(out / "busy", out / "site") as holders:
         rc = main(["-q", "batch", str(jobs), "-o", str(out), "--workers", "1"])
-    finally:
-        for h in holders:
-            h.kill()
-            h.wait()
     assert rc == 1
     rows = {r["name"]: r for r in json.loads((out / "batch-summary.json").read_text())["jobs"]}
     assert rows["free"]["status"] == "ok"
@@ -355,13 +359,9 @@ def test_terrain_into_a_locked_folder_refuses_naming_the_owner(tmp_path, capsys)
     stereo = scene("navcam-stereo", keep=QUICK_STEREO)
     out = tmp_path / "site"
     out.mkdir()
-    holder = _hold_lock(out)
-    try:
+    with _lock_held_elsewhere(out) as (holder,):
         capsys.readouterr()
         rc = main(["-q", "terrain", str(stereo), "-o", str(out), "--gsd", "0.1", "--radius", "8", "--no-web"])
         lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    finally:
-        holder.kill()
-        holder.wait()
     assert rc == 2 and len(lines) == 1 and f"pid {holder.pid}" in lines[0], lines
     assert not (out / "work").exists()  # refused before any work
