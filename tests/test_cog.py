@@ -261,6 +261,22 @@ def test_a_killed_writer_resumes_with_its_journaled_windows_and_the_same_bytes(t
         assert cw.done == {}
 
 
+def test_a_journal_counts_only_once_its_header_is_whole(tmp_path):
+    # A reader that looks while a writer starts (or after a kill at that moment) sees no windows
+    # rather than an error; a writer finding such a journal starts afresh.
+    from mosaic.formats.cog import read_journal
+
+    assert read_journal(tmp_path) == ({}, {})
+    for cut in ("", '{"spec": {"wid'):
+        (tmp_path / "journal.jsonl").write_text(cut)
+        assert read_journal(tmp_path) == ({}, {})
+    img = _rgba(256, 256, seed=3)
+    with CogWriter(tmp_path / "pan.tif", 256, 256, 4, "uint8", alpha=True, tile=256, workdir=tmp_path) as cw:
+        assert cw.done == {}
+        cw.write((0, 0), img, record={"k": 0})
+    assert validate(tmp_path / "pan.tif")[0]
+
+
 def test_unwritten_windows_read_as_nodata_or_transparent(tmp_path):
     t = geo.grid_transform(geo.DEFAULT_SITE_ORIGIN, 0.0, 0.0, 1.0)
     with CogWriter(tmp_path / "dem.tif", 1024, 600, 1, "float32", transform=t, crs=geo.site_crs_wkt(),

@@ -63,7 +63,7 @@ import numpy as np
 # rasterio (and affine) are imported where they are used, as elsewhere in the house: every
 # command imports this module (through the render), and with rasterio at the top `mosaic --help`
 # took 0.61 CPU-s and 84 MiB instead of 0.54 and 61.
-from mosaic.runtime.atomic import atomic_path
+from mosaic.runtime.atomic import atomic_path, write_text
 
 log = logging.getLogger("mosaic")
 
@@ -262,8 +262,9 @@ class CogWriter:
             self._ds.append(self._create(self._level_path(k), -(-self.width // f), -(-self.height // f)))
         if self.persistent:
             self._checkpoint_files()
-            with open(journal, "w") as fh:
-                fh.write(json.dumps({"spec": self._spec()}) + "\n")
+            # The header lands whole or not at all (a reader of a journal being started never
+            # sees it half-written); the records after it are appended.
+            write_text(journal, json.dumps({"spec": self._spec()}) + "\n")
 
     def _read_journal(self, journal: Path) -> dict:
         spec, done = read_journal(journal.parent)
@@ -512,11 +513,14 @@ class CogWriter:
 
 def read_journal(workdir) -> tuple[dict, dict]:
     """(raster spec, {(row0, col0): record}) of the windows a resumable writer in ``workdir``
-    made durable; ({}, {}) when it has no journal."""
+    made durable; ({}, {}) when it has no journal, or none whose header can be read (a journal
+    only counts once its header is whole)."""
     path = Path(workdir) / _JOURNAL
-    if not path.exists():
+    try:
+        lines = path.read_text().split("\n")
+        spec = json.loads(lines[0]).get("spec", {})
+    except (OSError, ValueError):
         return {}, {}
-    lines = path.read_text().split("\n")
     done = {}
     for line in lines[1:]:
         try:  # the last line may be cut short by a kill: it never counts
@@ -524,7 +528,7 @@ def read_journal(workdir) -> tuple[dict, dict]:
         except ValueError:
             continue
         done[tuple(d["at"])] = d["record"]
-    return json.loads(lines[0]).get("spec", {}), done
+    return spec, done
 
 
 def overview_levels(array: np.ndarray, n: int, alpha: bool = False, nodata=None) -> list[np.ndarray]:
