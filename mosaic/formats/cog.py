@@ -268,6 +268,8 @@ class CogWriter:
 
     def _read_journal(self, journal: Path) -> dict:
         spec, done = read_journal(journal.parent)
+        if not spec:
+            raise ValueError("the journal has no whole header")
         if spec != json.loads(json.dumps(self._spec())):
             raise ValueError("the journal is of another raster")
         return done
