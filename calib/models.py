@@ -381,11 +381,12 @@ class CAHVORE(CAHVOR):
         super()._extra_checks()
         object.__setattr__(self, "E", _vec("E", self.E, self.source))
         try:
-            t = int(round(float(self.T)))
+            t = float(self.T)
         except (TypeError, ValueError):
             raise ModelError(self.source, f"not a number: {self.T!r}", field="T") from None
-        if t not in (1, 2, 3) or float(self.T) != t:
+        if t not in (1.0, 2.0, 3.0):  # inf and NaN included
             raise ModelError(self.source, f"unknown CAHVORE type {self.T!r} (expected 1, 2 or 3)", field="T")
+        t = int(t)
         try:
             p = float(self.P)
         except (TypeError, ValueError):

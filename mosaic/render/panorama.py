@@ -120,7 +120,9 @@ def frames_of(solution) -> list[FrameInfo]:
             fid = str(f.get("id", k))
             img = Path(f["image"])
             w, h = int(f["width"]), int(f["height"])
-        except (KeyError, TypeError, ValueError) as e:
+            if w < 1 or h < 1:
+                raise ValueError(f"a frame of {w} x {h} pixels")
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # Overflow: an infinite size
             raise InputError(src, f"frame {k}: missing or bad id/image/width/height ({e})", field="frames") from None
         frame = f.get("frame", "LOCAL_LEVEL")
         if frame != "LOCAL_LEVEL":
