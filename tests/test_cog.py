@@ -267,7 +267,7 @@ def test_a_journal_counts_only_once_its_header_is_whole(tmp_path):
     from mosaic.formats.cog import read_journal
 
     assert read_journal(tmp_path) == ({}, {})
-    for cut in ("", '{"spec": {"wid'):
+    for cut in ("", '{"spec": {"wid', "5\n", '{"other": 1}\n'):
         (tmp_path / "journal.jsonl").write_text(cut)
         assert read_journal(tmp_path) == ({}, {})
     img = _rgba(256, 256, seed=3)

@@ -520,16 +520,16 @@ def read_journal(workdir) -> tuple[dict, dict]:
     path = Path(workdir) / _JOURNAL
     try:
         lines = path.read_text().split("\n")
-        spec = json.loads(lines[0]).get("spec", {})
-    except (OSError, ValueError):
+        spec = json.loads(lines[0])["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
         return {}, {}
     done = {}
     for line in lines[1:]:
         try:  # the last line may be cut short by a kill: it never counts
             d = json.loads(line)
-        except ValueError:
+            done[tuple(d["at"])] = d["record"]
+        except (ValueError, KeyError, TypeError):
             continue
-        done[tuple(d["at"])] = d["record"]
     return spec, done
 
 
