@@ -15,7 +15,6 @@ import html
 import io
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +22,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import browser
 import numpy as np
 import pytest
+from browser import CHROMIUM
 from PIL import Image
 
 from calib.errors import InputError
@@ -133,40 +134,13 @@ def test_render_page_escapes_title():
 
 # ---- in a browser ------------------------------------------------------------------------------
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
-                 if p), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH")
 SIZE = (640, 480)
 
 
-def chromium(tmp_path, url, *, screenshot=None, extra=(), budget_ms=3000, until=None):
-    """Run headless Chromium on ``url``; return the PNG as an array, or the DOM text.
-
-    ``until``: a test of the result that says the page has drawn. Chromium's virtual time does
-    not wait for image decoding, so on a loaded machine a screenshot can come before the images
-    are drawn; until it passes, the page is opened again with a longer budget (10 s, then 30 s:
-    the user waiting longer). A page that never draws still fails the caller's assertions."""
-    budgets = [budget_ms] + ([b for b in (10000, 30000) if b > budget_ms] if until else [])
-    for budget in budgets:
-        got = _chromium_once(tmp_path, url, screenshot, extra, budget)
-        if until is None or until(got):
-            break
-    return got
-
-
-def _chromium_once(tmp_path, url, screenshot, extra, budget_ms):
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            f"--window-size={SIZE[0]},{SIZE[1]}", "--force-device-scale-factor=1",
-            f"--virtual-time-budget={budget_ms}", *extra]
-    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    r = subprocess.run([*args, url], capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr[-2000:]
-    if screenshot:
-        return np.asarray(Image.open(screenshot).convert("RGB"))
-    return r.stdout
+def chromium(tmp_path, url, **kw):
+    """The page in a SIZE window (:func:`browser.chromium`)."""
+    return browser.chromium(tmp_path, url, size=SIZE, **kw)
 
 
 @pytest.fixture(scope="module")
