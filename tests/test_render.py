@@ -402,3 +402,25 @@ def test_seam_components_are_numbered_as_scipy_numbers_them(connectivity):
         got, m = _components(mask, connectivity)
         assert m == n
         np.testing.assert_array_equal(got, want)
+
+
+def test_block_cache_holds_a_pass_of_tiles_and_their_overviews():
+    """The writer's GDAL cache is given in bytes (rasterio's unit: "256" once meant 256 bytes,
+    and every overview write read its block back from disk) and holds one column of tiles with
+    the overview blocks they touch, which the next column completes; bounded either way."""
+    from types import SimpleNamespace
+
+    from mosaic.render.panorama import CACHE_MAX, CACHE_MIN, _block_cache_bytes
+
+    wide = SimpleNamespace(width=8192, height=4096)
+    column = [SimpleNamespace(core=(512, y, 512, 512)) for y in range(0, 4096, 512)]
+    other = [SimpleNamespace(core=(1024, 0, 512, 512))]
+    got = _block_cache_bytes(column + other, wide, 4, "uint16")
+    assert got >= 4096 * 512 * 4 * 2 * 4 // 3  # the column and a third more for its overviews
+    assert CACHE_MIN <= got <= CACHE_MAX and CACHE_MIN >= 2**20
+    assert _block_cache_bytes([], wide, 4, "uint8") == CACHE_MIN
+    tall = SimpleNamespace(width=1024, height=8192)  # tiles go along rows there: a row is the pass
+    row = [SimpleNamespace(core=(x, 512, 512, 512)) for x in range(0, 1024, 512)]
+    assert _block_cache_bytes(row, tall, 4, "uint8") == CACHE_MIN
+    huge = [SimpleNamespace(core=(0, y, 1024, 1024)) for y in range(0, 200_000, 1024)]
+    assert _block_cache_bytes(huge, wide, 4, "uint16") == CACHE_MAX
