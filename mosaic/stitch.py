@@ -51,6 +51,7 @@ from mosaic.runtime.memory import PeakMemory, trim_freed
 
 from .products import write_products
 from .render import render_panorama
+from .render.panorama import preload
 
 log = logging.getLogger("mosaic")
 
@@ -125,7 +126,13 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
                cluster.client(config.scheduler, workers=config.workers, threads_per_worker=config.threads_per_worker,
                               memory_limit=config.memory_limit))
     with session as client, atomic.Products(out, PRODUCTS) as products:
-        stages = run_stages(ws, config, client)
+        # The render's first imports go on in the background while registration runs (not
+        # before features ends: see panorama.preload); joined before the render's threads start.
+        preloading = []
+        hooks = {"features": lambda: preloading.append(preload())} if config.render else None
+        stages = run_stages(ws, config, client, after=hooks)
+        for t in preloading:
+            t.join()
         # Only the features stage reads the checked pixels: the render need not carry them
         # (boat: six 2.5 MP grey decodes).
         pixels.CACHE.clear()

@@ -177,3 +177,35 @@ def test_the_hugin_project_takes_the_renders_size(stitched, tmp_path):
     text = write_pto(copy, out / "work", render=cropped).read_text()
     c0 = round(w / 2 - (w // 4) / 2)
     assert f"p f2 w{w} h{h} v360" in text and f" S{c0},{c0 + w // 4},{h // 8},{h // 8 + h // 4} " in text
+
+
+def test_stitch_preloads_the_renders_imports_after_features_and_joins_before_rendering(tmp_path, monkeypatch):
+    """The render's first imports (scipy's sparse modules) start in the background once the
+    features stage is done (not during it: its peak), and the thread is finished before the
+    render's tasks run (they would import the same modules)."""
+    import sys
+
+    import mosaic.stitch as stitch_module
+    from mosaic.formats.workspace import Workspace
+    from mosaic.pipeline.stages import ORDER
+    from mosaic.render import panorama
+
+    out, seen = tmp_path / "pan", {}
+    real_preload, real_render = panorama.preload, stitch_module.render_panorama
+
+    def preload():
+        ws = Workspace(out / "work")
+        seen["stages_done"] = [s for s in ORDER if ws.exists("stages", f"{s}.json")]
+        seen["thread"] = real_preload()
+        return seen["thread"]
+
+    def render(*args, **kwargs):
+        seen["preloading_at_render"] = seen["thread"].is_alive()
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(stitch_module, "preload", preload)
+    monkeypatch.setattr(stitch_module, "render_panorama", render)
+    mosaic.stitch(scene("navcam-360", keep=QUICK_360), out, workers=1)
+    assert seen["stages_done"] == ["ingest", "features"]
+    assert seen["preloading_at_render"] is False
+    assert all(name in sys.modules for name in panorama.FIRST_USE_IMPORTS)

@@ -28,9 +28,9 @@ def _finished(ws: Workspace, stage: str):
     return ws.read_json("stages", f"{stage}.json").get("finished") if ws.exists("stages", f"{stage}.json") else None
 
 
-def run_stages(ws: Workspace, config, client) -> dict:
+def run_stages(ws: Workspace, config, client, after: dict | None = None) -> dict:
     """Run every registration stage in order (``config``: a StitchConfig); returns the per-stage
-    report."""
+    report. ``after``: {stage name: callable()} called once that stage is done."""
     stages = {}
     for name in ORDER:
         mod = importlib.import_module(f"mosaic.pipeline.stages.{name}")
@@ -46,6 +46,8 @@ def run_stages(ws: Workspace, config, client) -> dict:
                         "skipped": before is not None and _finished(ws, name) == before, "counts": counts}
         log.info("%s: %.2f s, peak %.0f MiB %s", name, wall, mem.peak / 2**20,
                  "(skipped: unchanged)" if stages[name]["skipped"] else "")
+        if after and name in after:
+            after[name]()
     return stages
 
 
