@@ -17,7 +17,8 @@ class InputError(ValueError):
         self.problem = problem
         where = self.path or "<input>"
         what = f"{field}: {problem}" if field else problem
-        super().__init__(f"{where}: {what}")
+        # One line whatever the input put into the message (a value, a file name).
+        super().__init__(f"{where}: {what}".replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class LabelError(InputError):

@@ -30,6 +30,10 @@ from .rotation import skew
 _MAXITER = 100
 _CONV = 1e-12
 _EPS = 1e-15
+#: No component of a model's vectors is larger (metres, pixels): a camera centre in a
+#: Mars-centred frame is ~3.4e6 m, H and V are ~1e3-1e5 px. Beyond, the checks' squares
+#: overflow and a garbage model would print numpy warnings instead of one clear error.
+_LARGEST = 1e12
 
 
 def _vec(name, value, owner=None) -> np.ndarray:
@@ -39,6 +43,8 @@ def _vec(name, value, owner=None) -> np.ndarray:
         raise ModelError(owner, f"expected 3 numbers, got {value!r}", field=name) from None
     if not np.all(np.isfinite(v)):
         raise ModelError(owner, f"not finite: {v.tolist()}", field=name)
+    if np.abs(v).max() > _LARGEST:
+        raise ModelError(owner, f"implausibly large (a component beyond {_LARGEST:g}): {v.tolist()}", field=name)
     return v
 
 
@@ -89,6 +95,9 @@ class CAHV:
         object.__setattr__(self, "A", _unit("A", self.A, src))
         object.__setattr__(self, "H", _vec("H", self.H, src))
         object.__setattr__(self, "V", _vec("V", self.V, src))
+        for name in ("H", "V"):  # below this their products underflow in the checks that follow
+            if np.linalg.norm(getattr(self, name)) < 1e-9:
+                raise ModelError(src, "zero-length vector", field=name)
         if np.linalg.norm(np.cross(self.A, self.H)) < 1e-9 * np.linalg.norm(self.H):
             raise ModelError(src, "H is parallel to A (degenerate model)", field="H")
         if np.linalg.norm(np.cross(self.A, self.V)) < 1e-9 * np.linalg.norm(self.V):
@@ -143,16 +152,21 @@ class CAHV:
 
     # -- public API ---------------------------------------------------------------------------
 
+    # A point or pixel the model cannot map comes out NaN (module notes); the overflows and
+    # divisions on the way there are that outcome, not something to warn about.
+
     def project(self, points) -> np.ndarray:
         """Pixels (N, 2) of points (N, 3) in the model's frame."""
         p = np.atleast_2d(np.asarray(points, dtype=float))
-        pix, _ = self._cahv_project(self._distort(p - self.C))
+        with np.errstate(all="ignore"):
+            pix, _ = self._cahv_project(self._distort(p - self.C))
         return pix
 
     def backproject(self, pixels):
         """Ray origins (N, 3) and unit directions (N, 3) of pixels (N, 2)."""
         pix = np.atleast_2d(np.asarray(pixels, dtype=float))
-        return self._undistort(self._cahv_rays(pix))
+        with np.errstate(all="ignore"):
+            return self._undistort(self._cahv_rays(pix))
 
     def project_jacobian(self, points, pivot=None):
         """Pixels and their derivatives: (pix (N,2), d pix/d point (N,2,3), d pix/d rotation (N,2,3)).

@@ -438,6 +438,7 @@ def _one_line_naming(e, path):
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a numpy warning above the error is a second line
 def test_solution_readers_raise_only_input_error(frames, tmp_path_factory, data):
     import copy
 

@@ -24,6 +24,9 @@ NLF = "m20-navcam-mru-tiles/NLF_0670_0726421423_362ECM_N0320604NCAM08111_01_095J
 PDS4 = "m20-pds4-label/nlf_0629_0722782785_631ecm_n0301344ncam00427_06_095j.xml"
 MER = "mer-b-navcam-p0706/1N491020376ILFCNY9P0706L0M1.IMG"
 
+# A numpy warning printed above the error would make it more than one line.
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),  # more: FUZZ_EXAMPLES=400
     deadline=None,

@@ -208,3 +208,31 @@ def test_fisheye_does_not_fold_directions_behind_into_the_image():
     off_axis = np.degrees(np.arccos(d @ m.A))
     assert off_axis[inside].max() < 62  # the sensor's corners are ~60 deg off axis
     assert not np.isfinite(p[off_axis > 125]).any()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_implausible_vectors_are_one_clear_error_without_numpy_warnings():
+    """Values whose squares overflow (or underflow) in the degeneracy checks are refused by name,
+    before numpy would print an overflow warning above the error line; a model that cannot map a
+    point gives NaN quietly (found by tests/test_bad_input.py's fuzzing)."""
+    from calib.errors import ModelError
+
+    good = {"type": "CAHV", "C": [0, 0, 0], "A": [1, 0, 0], "H": [640, 1000, 0], "V": [480, 0, 1000]}
+    with pytest.raises(ModelError, match="implausibly large"):
+        model_from_dict(dict(good, A=[1e200, 0, 0]))
+    with pytest.raises(ModelError, match="implausibly large"):
+        model_from_dict(dict(good, H=[640, 1e13, 0]))
+    with pytest.raises(ModelError, match="zero-length"):
+        model_from_dict(dict(good, V=[1e-200, 0, 1e-200]))
+    m = model_from_dict(dict(good, type="CAHVOR", O=[1, 0, 0], R=[0, 1e11, 1e11]))
+    _, d = m.backproject([[0.0, 0.0], [1e9, 1e9]])  # far out, the radial terms overflow
+    assert d.shape == (2, 3)
+    assert m.project([[1.0, 1e150, 0.0]]).shape == (1, 2)
+
+
+def test_an_input_error_is_one_line_whatever_the_input_holds():
+    from calib.errors import InputError
+
+    e = InputError("odd\nname.json", "model in '\\n', expected\nLOCAL_LEVEL", field="frame")
+    assert "\n" not in str(e) and "\r" not in str(e)
+    assert str(e).startswith("odd\\nname.json: frame: ")

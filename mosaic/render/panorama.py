@@ -129,10 +129,12 @@ def frames_of(solution) -> list[FrameInfo]:
             raise InputError(src, f"frame {k}: missing or bad id/image/width/height ({e})", field="frames") from None
         frame = f.get("frame", "LOCAL_LEVEL")
         if frame != "LOCAL_LEVEL":
-            raise InputError(src, f"frame {fid}: model in {frame}, expected LOCAL_LEVEL", field="frame")
+            raise InputError(src, f"frame {fid}: model in {frame!r}, expected LOCAL_LEVEL", field="frame")
         model = model_from_dict(f.get("model"), source=src)
         path = img if img.is_absolute() else _resolve(base, img)
         b, r = _cone(model, w, h)
+        if not np.isfinite(b).all():
+            raise InputError(src, f"frame {fid}: its model gives no ray through the image centre", field="model")
         out.append(FrameInfo(len(out), fid, str(path), w, h, model, b, r))
     if not out:
         raise InputError(src, "no used frames to render", field="frames")
