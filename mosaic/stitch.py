@@ -128,8 +128,15 @@ def _run(checked, out: Path, config: StitchConfig, client, force: bool) -> dict:
     with session as client, atomic.Products(out, PRODUCTS) as products:
         # The render's first imports go on in the background while registration runs (not
         # before features ends: see panorama.preload); joined before the render's threads start.
+        # Not when features was skipped: an unchanged rerun skips the render too, and would
+        # only wait for the import.
         preloading = []
-        hooks = {"features": lambda: preloading.append(preload())} if config.render else None
+
+        def after_features(report):
+            if not report["skipped"]:
+                preloading.append(preload())
+
+        hooks = {"features": after_features} if config.render else None
         stages = run_stages(ws, config, client, after=hooks)
         for t in preloading:
             t.join()

@@ -182,7 +182,8 @@ def test_the_hugin_project_takes_the_renders_size(stitched, tmp_path):
 def test_stitch_preloads_the_renders_imports_after_features_and_joins_before_rendering(tmp_path, monkeypatch):
     """The render's first imports (scipy's sparse modules) start in the background once the
     features stage is done (not during it: its peak), and the thread is finished before the
-    render's tasks run (they would import the same modules)."""
+    render's tasks run (they would import the same modules); an unchanged rerun, whose features
+    and render are skipped, starts none."""
     import sys
 
     import mosaic.stitch as stitch_module
@@ -209,3 +210,6 @@ def test_stitch_preloads_the_renders_imports_after_features_and_joins_before_ren
     assert seen["stages_done"] == ["ingest", "features"]
     assert seen["preloading_at_render"] is False
     assert all(name in sys.modules for name in panorama.FIRST_USE_IMPORTS)
+    seen.clear()  # an unchanged rerun skips features and the render: nothing to import for
+    mosaic.stitch(scene("navcam-360", keep=QUICK_360), out, workers=1)
+    assert seen == {}

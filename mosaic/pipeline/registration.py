@@ -30,7 +30,7 @@ def _finished(ws: Workspace, stage: str):
 
 def run_stages(ws: Workspace, config, client, after: dict | None = None) -> dict:
     """Run every registration stage in order (``config``: a StitchConfig); returns the per-stage
-    report. ``after``: {stage name: callable()} called once that stage is done."""
+    report. ``after``: {stage name: callable(its report)} called once that stage is done."""
     stages = {}
     for name in ORDER:
         mod = importlib.import_module(f"mosaic.pipeline.stages.{name}")
@@ -47,7 +47,7 @@ def run_stages(ws: Workspace, config, client, after: dict | None = None) -> dict
         log.info("%s: %.2f s, peak %.0f MiB %s", name, wall, mem.peak / 2**20,
                  "(skipped: unchanged)" if stages[name]["skipped"] else "")
         if after and name in after:
-            after[name]()
+            after[name](stages[name])
     return stages
 
 
