@@ -555,9 +555,9 @@ def preload() -> threading.Thread:
 
     Imported by the first pair task, they took 0.18-0.3 s on 2 cores while the other task thread
     waited on the import lock (budapest's first pair 0.275 s, each other one 0.01-0.03 s). Imported
-    while registration goes on, from the end of its features stage, budapest's stitch took 3.50 s
-    instead of 3.82 s (medians of 8 alternating runs). Not earlier: features is budapest's peak
-    (two SIFT pyramids), and the modules add 27 MiB."""
+    while registration goes on, from the end of its features stage, budapest's gains phase took
+    0.32 s instead of 0.47 s (medians of 6 alternating runs; docs/benchmarks.md). Not earlier:
+    features is budapest's peak (two SIFT pyramids), and the modules add 27 MiB."""
     def work():
         for name in FIRST_USE_IMPORTS:
             try:
