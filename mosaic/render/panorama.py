@@ -514,14 +514,20 @@ def _count(tstats, st):
         tstats["covered_px"] += st["covered_px"]
 
 
+def _pass_key(proj) -> int:
+    """Which coordinate of a tile's core (x0: 0, y0: 1) stays the same along one pass of
+    :func:`_tile_order`: columns when the panorama is wider than tall, else rows."""
+    return 0 if proj.width > proj.height else 1
+
+
 def _tile_order(jobs, proj):
     """Tiles down each column in turn when the panorama is wider than tall (a pan: a column meets
     the few frames above each other there, and the next column most of them again), else along
     each row: consecutive tiles share frames, so each is decoded about once whatever the frame
     cache holds (row by row, a 360 degree pan's frames were all needed before any came back)."""
-    if proj.width > proj.height:
+    if _pass_key(proj) == 0:
         return sorted(jobs, key=lambda j: (j.core[0], j.core[1]))
-    return list(jobs)
+    return list(jobs)  # _windows gives them row-major
 
 
 def _block_cache_bytes(jobs, proj, bands: int, dtype) -> int:
@@ -535,12 +541,13 @@ def _block_cache_bytes(jobs, proj, bands: int, dtype) -> int:
     "256" was meant as MB), boat's 635 overview writes took 1.28 s under the writer's lock, and
     0.23 s with 16 MiB. The checkpoints close the files every ``CHECKPOINT_S`` and empty the cache,
     so what it holds stays within a second's tiles whatever the panorama's size."""
-    axis = 0 if proj.width > proj.height else 1
+    key = _pass_key(proj)
     per_pass: dict[int, int] = {}
     for j in jobs:
-        per_pass[j.core[axis]] = per_pass.get(j.core[axis], 0) + int(j.core[2]) * int(j.core[3])
+        per_pass[j.core[key]] = per_pass.get(j.core[key], 0) + int(j.core[2]) * int(j.core[3])
     pixels = max(per_pass.values(), default=0)
-    # Overviews add a third of the base at most; half as much again for the blocks in flight.
+    # Twice the pass: every overview level keeps at least one block of the pass open (boat: six
+    # base blocks in a column and seven open overview blocks, ~16 MiB with the cache's own).
     need = 2 * pixels * bands * np.dtype(dtype).itemsize
     return int(min(max(need, CACHE_MIN), CACHE_MAX))
 
